@@ -190,7 +190,7 @@ def write_trec_run(path: str | Path, pool: Pool, scores: Sequence[float] | np.nd
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    tag = run_name.split()[0] if run_name.strip() else "matchsig"
+    tag = "_".join(run_name.split()) or "matchsig"  # the tag is one whitespace-free column
     with open(path, "w", encoding="utf-8") as fh:
         for qid, docs in rank(pool, scores).items():
             for position, (docid, score) in enumerate(docs, 1):

@@ -1,0 +1,67 @@
+"""Paired t-tests, corrections and the significance mark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from matchsig.errors import MatchsigError
+from matchsig.statistics import correct, paired_ttest, register_correction, significance_mark
+
+
+def test_paired_ttest_matches_scipy_and_pairs_by_qid():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.5, 1, 40)
+    b = a - rng.normal(0.05, 0.1, 40)
+    reference = stats.ttest_rel(a, b)
+    result = paired_ttest(list(a), list(b))
+    assert result.pvalue == pytest.approx(reference.pvalue)
+    assert result.statistic == pytest.approx(reference.statistic)
+    assert result.mean_diff == pytest.approx(float(np.mean(a - b)))
+    # mappings are paired by key, whatever their order
+    qa = {str(i): v for i, v in enumerate(a)}
+    qb = {str(i): v for i, v in reversed(list(enumerate(b)))}
+    assert paired_ttest(qa, qb).pvalue == pytest.approx(reference.pvalue)
+    assert result.n == 40
+
+
+def test_identical_vectors_give_p_one_not_nan():
+    values = {"q1": 0.5, "q2": 0.7, "q3": 0.2}
+    result = paired_ttest(values, dict(values))
+    assert result.pvalue == 1.0 and result.statistic == 0.0 and not result.significant
+    assert significance_mark(result.pvalue) == ""
+    # a constant non-zero shift is a certain difference
+    shifted = paired_ttest([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
+    assert shifted.pvalue == 0.0 and shifted.significant
+    # too few pairs: no evidence
+    assert paired_ttest([1.0], [0.0]).pvalue == 1.0
+
+
+def test_mismatched_inputs():
+    with pytest.raises(MatchsigError, match="different queries"):
+        paired_ttest({"a": 1.0, "b": 2.0}, {"a": 1.0, "c": 2.0})
+    with pytest.raises(MatchsigError, match="3 and 2 values"):
+        paired_ttest([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_holm_and_bonferroni():
+    p = [0.01, 0.04, 0.03, 0.5]
+    assert correct(p, "bonferroni") == pytest.approx([0.04, 0.16, 0.12, 1.0])
+    # Holm: sorted 0.01*4, 0.03*3, 0.04*2, 0.5*1 -> 0.04, 0.09, 0.09 (monotone), 0.5
+    assert correct(p, "holm") == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert correct(p, None) == p
+    grid = {("D", "D"): 0.001, ("CLS", "Q"): 0.2, ("SEP1", "D"): float("nan")}
+    adjusted = correct(grid, "holm")
+    assert set(adjusted) == set(grid)
+    assert adjusted[("D", "D")] == pytest.approx(0.003) and adjusted[("SEP1", "D")] == 1.0
+    with pytest.raises(MatchsigError, match="unknown correction 'fdr'"):
+        correct(p, "fdr")
+    register_correction("halve", lambda x: x / 2)
+    assert correct([0.5], "halve") == [0.25]
+
+
+def test_significance_mark():
+    assert significance_mark(0.05) == "*"
+    assert significance_mark(0.0501) == ""
+    assert significance_mark(float("nan")) == ""
