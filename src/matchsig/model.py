@@ -1,0 +1,474 @@
+"""`CrossEncoder`: a Hugging Face sequence classifier read as a query-document relevance scorer.
+
+>>> ce = CrossEncoder.load("embedded")
+>>> ce.score(["what is a flea"], ["The cat flea is an insect."], ablation=Ablation.parse("D<-D"))
+
+Inputs are tokenised once, sorted by length, dynamically padded and run in batches; every
+intervention happens in :mod:`matchsig.attention`, inside the model's own attention call.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import attention
+from .ablation import Ablation, as_ablation
+from .attention import ATTN_NAME, ForwardContext, use_context
+from .attention_stats import AttentionStats, reduce_probs
+from .errors import MatchsigError
+from .parts import PAD, PART_NAMES, PairLayout, label_parts, probe_layout
+
+EMBEDDED = "embedded"
+
+
+@dataclass
+class Encoded:
+    """Tokenised pairs: lists of token ids, token type ids and part ids, one list per pair."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    part_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise MatchsigError(f"unknown device {device!r}: {exc}") from None
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype not in names:
+        raise MatchsigError(f"unknown dtype {dtype!r}: use one of {', '.join(names)}")
+    return names[dtype]
+
+
+class CrossEncoder:
+    """A cross-encoder over ``[CLS] q [SEP] d [SEP]`` with exact attention-direction interventions.
+
+    Score convention: 2 labels -> log-softmax of label 1 (MonoBERT); 1 label -> the logit.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int = 512, name: str | None = None,
+                 device: str | torch.device | None = None):
+        self.name = name or getattr(model.config, "_name_or_path", "model")
+        self.tokenizer = tokenizer
+        self.device = _resolve_device(device)
+        cfg = model.config
+        num_labels = getattr(cfg, "num_labels", None)
+        if num_labels not in (1, 2):
+            raise MatchsigError(
+                f"model {self.name}: {num_labels} output labels; a cross-encoder needs 1 (score = logit) "
+                "or 2 (score = log-softmax of label 1)"
+            )
+        self.num_labels = int(num_labels)
+        limit = getattr(cfg, "max_position_embeddings", None) or max_length
+        self.max_length = int(min(max_length, limit))
+        self.layout: PairLayout = probe_layout(tokenizer)
+        attention.register()
+        try:
+            model.set_attn_implementation(ATTN_NAME)
+        except Exception as exc:  # transformers raises ValueError/NotImplementedError variants
+            raise MatchsigError(
+                f"model {self.name} ({type(model).__name__}) cannot use a custom attention function: {exc}"
+            ) from None
+        self.model = model.to(self.device).eval()
+        self._find_attention_modules()
+
+    # ---- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+             dtype: str | torch.dtype | None = None, max_length: int = 512) -> "CrossEncoder":
+        """Load ``"embedded"``, a local Hugging Face folder, or a hub id (e.g. ``castorini/monobert-large-msmarco``)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        dt = _resolve_dtype(dtype)
+        name = str(name_or_path)
+        if name == EMBEDDED:
+            from . import embedded
+
+            model, tokenizer = embedded.load_model_and_tokenizer(dtype=dt)
+            return cls(model, tokenizer, max_length=max_length, name=EMBEDDED, device=device)
+        path = Path(name).expanduser()
+        local = path.exists()
+        if local and not (path / "config.json").is_file():
+            raise MatchsigError(f"model folder {path} has no config.json: not a Hugging Face model folder")
+        if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+            raise MatchsigError(f"model folder {name} does not exist")
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MatchsigError(
+                f"cannot load model {name!r}: not a local folder and the Hugging Face hub could not provide it ({first})"
+            ) from None
+        archs = getattr(config, "architectures", None) or []
+        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise MatchsigError(
+                f"model {name} has no sequence-classification head (its config declares {', '.join(archs)}); "
+                "a cross-encoder needs *ForSequenceClassification weights"
+            )
+        try:
+            kwargs = {"dtype": dt} if dt is not None else {}
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name, output_loading_info=True, attn_implementation="sdpa", **kwargs
+            )
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MatchsigError(f"cannot load model {name!r}: {first}") from None
+        missing = [k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k]
+        if missing:
+            raise MatchsigError(
+                f"model {name} has no trained sequence-classification head (missing weights: {', '.join(sorted(missing))})"
+            )
+        return cls(model, tokenizer, max_length=max_length, name=name, device=device)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write a standard Hugging Face folder (config, safetensors weights, tokenizer)."""
+        out = Path(folder)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MatchsigError(f"cannot write model folder {out}: {exc.strerror}") from None
+        impl = self.model.config._attn_implementation
+        try:
+            self.model.config._attn_implementation = "sdpa"  # the saved folder must not depend on matchsig
+            self.model.save_pretrained(out)
+        finally:
+            self.model.config._attn_implementation = impl
+        self.tokenizer.save_pretrained(out)
+        return out
+
+    # ---- structure -----------------------------------------------------------------------------
+    def _find_attention_modules(self) -> None:
+        """Run a probe pair and number attention modules in call order (= layer order).
+
+        This checks, rather than assumes, that the model routes attention through our function: a
+        model that does not would silently ignore every ablation.
+        """
+        enc = self.encode(["a"], ["b"])
+        probe: list = []
+        batch = self._collate(enc, [0])
+        ctx = ForwardContext(part_ids=batch["part_ids"], probe=probe)
+        with torch.inference_mode(), use_context(ctx):
+            self.model(**batch["model_inputs"])
+        if not probe:
+            raise MatchsigError(
+                f"model {self.name} ({type(self.model).__name__}) does not route attention through transformers' "
+                "AttentionInterface: attention interventions are not supported for it"
+            )
+        self.attention_modules = [m for m, _ in probe]
+        if len({id(m) for m in self.attention_modules}) != len(self.attention_modules):
+            raise MatchsigError(f"model {self.name}: an attention module is called twice per forward; unsupported")
+        for i, m in enumerate(self.attention_modules):
+            m._matchsig_layer = i
+        self.num_layers = len(probe)
+        self.num_heads = int(probe[0][1])
+
+    # ---- tokenisation --------------------------------------------------------------------------
+    def encode(self, queries: Sequence[str], documents: Sequence[str]) -> Encoded:
+        """Tokenise pairs; only documents are truncated to fit ``max_length``."""
+        queries, documents = list(queries), list(documents)
+        if len(queries) != len(documents):
+            raise MatchsigError(f"{len(queries)} queries but {len(documents)} documents: give one query per document")
+        for what, seq in (("query", queries), ("document", documents)):
+            for i, s in enumerate(seq):
+                if not isinstance(s, str):
+                    raise MatchsigError(f"{what} {i} is {type(s).__name__}, not a string")
+        if not queries:
+            return Encoded([], None, [])
+        budget = self.max_length - self.layout.n_special
+        q_lens = [len(x) for x in self.tokenizer(queries, add_special_tokens=False)["input_ids"]]
+        for i, n in enumerate(q_lens):
+            if n == 0:
+                raise MatchsigError(f"query {i} is empty")
+            if n >= budget:
+                raise MatchsigError(
+                    f"query {i} has {n} tokens: longer than max_length {self.max_length} allows "
+                    f"({budget - 1} query tokens at most, leaving one for the document)"
+                )
+        enc = self.tokenizer(queries, documents, truncation="only_second", max_length=self.max_length)
+        parts = [label_parts(enc.sequence_ids(i), self.layout) for i in range(len(queries))]
+        return Encoded(enc["input_ids"], enc.get("token_type_ids"), parts)
+
+    def parts(self, query: str, document: str) -> list[tuple[str, str]]:
+        """The labelling of one pair: ``[(token, part), ...]``, e.g. ``("[CLS]", "CLS")``."""
+        enc = self.encode([query], [document])
+        tokens = self.tokenizer.convert_ids_to_tokens(enc.input_ids[0])
+        return [(t, PART_NAMES[p]) for t, p in zip(tokens, enc.part_ids[0])]
+
+    def _collate(self, enc: Encoded, rows: Sequence[int]) -> dict:
+        n = len(rows)
+        width = max(len(enc.input_ids[i]) for i in rows)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((n, width), pad_id, dtype=torch.long)
+        parts = torch.full((n, width), PAD, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        types = torch.zeros((n, width), dtype=torch.long) if enc.token_type_ids is not None else None
+        for r, i in enumerate(rows):
+            k = len(enc.input_ids[i])
+            ids[r, :k] = torch.tensor(enc.input_ids[i])
+            parts[r, :k] = torch.tensor(enc.part_ids[i])
+            mask[r, :k] = 1
+            if types is not None:
+                types[r, :k] = torch.tensor(enc.token_type_ids[i])
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            inputs["token_type_ids"] = types
+        dev = self.device
+        return {
+            "model_inputs": {k: v.to(dev) for k, v in inputs.items()},
+            "part_ids": parts.to(dev),
+            "input_ids": ids.to(dev),
+        }
+
+    def _batches(self, lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+        """Length-sorted batches (longest first, so memory peaks at once and early)."""
+        if batch_size < 1:
+            raise MatchsigError(f"batch_size must be >= 1, got {batch_size}")
+        order = np.argsort(-lengths, kind="stable")
+        out, start = [], 0
+        while start < len(order):
+            size = batch_size
+            if max_tokens:
+                size = max(1, min(batch_size, max_tokens // int(lengths[order[start]])))
+            out.append(order[start : start + size])
+            start += size
+        return out
+
+    def _scores_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.num_labels == 2:
+            return torch.log_softmax(logits, dim=-1)[:, 1]
+        return logits[:, 0]
+
+    def _block_tensors(self, ablations: Sequence[Ablation]) -> list[list[torch.Tensor | None]]:
+        """Per ablation, per layer: (1, H, 6, 6) bool tensors on the device or None."""
+        out = []
+        for ab in ablations:
+            masks = ab.block_masks(self.num_layers, self.num_heads)
+            cache: dict[int, torch.Tensor] = {}
+            layer_blocks = []
+            for m in masks:
+                if m is None:
+                    layer_blocks.append(None)
+                else:
+                    key = id(m)
+                    if key not in cache:
+                        cache[key] = torch.from_numpy(m)[None].to(self.device)
+                    layer_blocks.append(cache[key])
+            out.append(layer_blocks)
+        return out
+
+    # ---- scoring -------------------------------------------------------------------------------
+    def score(self, queries: Sequence[str], documents: Sequence[str], ablation: Ablation | str | None = None,
+              batch_size: int = 32, progress: bool = False, kernel: str = "auto") -> np.ndarray:
+        """One relevance score per (query, document) pair, in input order.
+
+        ``ablation``: an :class:`Ablation` (or spec string) applied to every pair.
+        ``kernel``: ``"auto"`` (fused SDPA in layers without intervention) or ``"eager"`` (reference math).
+        """
+        return self.score_many(queries, documents, [as_ablation(ablation)], batch_size=batch_size,
+                               progress=progress, kernel=kernel)[0]
+
+    def score_many(self, queries: Sequence[str], documents: Sequence[str], ablations: Sequence[Ablation | str | None],
+                   batch_size: int = 32, progress: bool = False, kernel: str = "auto",
+                   encoded: Encoded | None = None) -> np.ndarray:
+        """Scores of every pair under every ablation: array (len(ablations), n_pairs).
+
+        Work items (ablation, pair) are sorted by length and batched together, so several
+        configurations of the same pairs share batches; each row carries its own cut blocks.
+        """
+        if kernel not in ("auto", "eager"):
+            raise MatchsigError(f"unknown kernel {kernel!r}: use 'auto' or 'eager'")
+        abls = [as_ablation(a) for a in ablations]
+        enc = encoded if encoded is not None else self.encode(queries, documents)
+        n = len(enc)
+        out = np.zeros((len(abls), n), dtype=np.float64)
+        if n == 0 or not abls:
+            return out
+        blocks = self._block_tensors(abls)
+        lengths = enc.lengths()
+        items_pair = np.tile(np.arange(n), len(abls))
+        items_abl = np.repeat(np.arange(len(abls)), n)
+        batches = self._batches(lengths[items_pair], batch_size)
+        bar = _progress(len(items_pair), progress, "scoring")
+        with torch.inference_mode():
+            for rows in batches:
+                pairs, kinds = items_pair[rows], items_abl[rows]
+                batch = self._collate(enc, pairs)
+                layer_blocks = self._row_blocks(blocks, kinds)
+                ctx = ForwardContext(part_ids=batch["part_ids"], blocks=layer_blocks, kernel=kernel,
+                                     input_ids=batch["input_ids"])
+                with use_context(ctx):
+                    logits = self.model(**batch["model_inputs"]).logits
+                out[kinds, pairs] = self._scores_from_logits(logits).cpu().numpy()
+                bar.update(len(rows))
+        bar.close()
+        return out
+
+    def _row_blocks(self, blocks: list[list[torch.Tensor | None]], kinds: np.ndarray) -> list[torch.Tensor | None] | None:
+        """Per layer, a (B or 1, H, 6, 6) block tensor for the rows of a batch, or None if no row cuts."""
+        distinct = np.unique(kinds)
+        if len(distinct) == 1:
+            per_layer = blocks[int(distinct[0])]
+            return per_layer if any(b is not None for b in per_layer) else None
+        result: list[torch.Tensor | None] = []
+        for layer in range(self.num_layers):
+            col = [blocks[int(k)][layer] for k in distinct]
+            if all(b is None for b in col):
+                result.append(None)
+                continue
+            zero = torch.zeros((1, self.num_heads, PAD + 1, PAD + 1), dtype=torch.bool, device=self.device)
+            stacked = torch.cat([b if b is not None else zero for b in col], 0)  # (K, H, 6, 6)
+            pos = torch.from_numpy(np.searchsorted(distinct, kinds)).to(self.device)
+            result.append(stacked[pos])
+        return result
+
+    def score_layer_curve(self, queries: Sequence[str], documents: Sequence[str], ablation: Ablation | str,
+                          batch_size: int = 32, progress: bool = False, kernel: str = "auto",
+                          encoded: Encoded | None = None) -> np.ndarray:
+        """Scores when cutting ``ablation``'s directions/heads in layers 0..l, for every l.
+
+        Returns (num_layers, n_pairs); row l equals ``score(..., ablation.with_layers(range(l + 1)))``.
+        The ablated prefix is computed once: one forward ablated in every layer yields the hidden
+        state after layers 0..l for all l, and each row then runs only the unablated suffix.
+        """
+        ab = as_ablation(ablation)
+        if ab.layers is not None:
+            raise MatchsigError(f"layer curve of {ab.name}: give the directions and heads only, the layers vary")
+        enc = encoded if encoded is not None else self.encode(queries, documents)
+        n, nl = len(enc), self.num_layers
+        out = np.zeros((nl, n), dtype=np.float64)
+        if n == 0:
+            return out
+        all_blocks = self._block_tensors([ab])[0]
+        batches = self._batches(enc.lengths(), batch_size)
+        bar = _progress(n * nl, progress, f"layers {ab.name}")
+        with torch.inference_mode():
+            for rows in batches:
+                batch = self._collate(enc, rows)
+                ctx = ForwardContext(part_ids=batch["part_ids"], blocks=all_blocks, kernel=kernel,
+                                     input_ids=batch["input_ids"])
+                with use_context(ctx):
+                    res = self.model(**batch["model_inputs"], output_hidden_states=True)
+                out[nl - 1, rows] = self._scores_from_logits(res.logits).cpu().numpy()
+                hidden = res.hidden_states  # hidden[l + 1] = output of layer l
+                for layer in range(nl - 1):
+                    plain = ForwardContext(part_ids=batch["part_ids"], kernel=kernel, input_ids=batch["input_ids"])
+                    with use_context(plain), self._start_at(layer + 1, hidden[layer + 1]):
+                        logits = self.model(**batch["model_inputs"]).logits
+                    out[layer, rows] = self._scores_from_logits(logits).cpu().numpy()
+                bar.update(len(rows) * nl)
+        bar.close()
+        return out
+
+    def _encoder_layers(self) -> tuple[nn.Module, str, nn.ModuleList]:
+        """The module holding the layer list, the list's attribute name, and the list."""
+        if getattr(self, "_layers_cache", None) is None:
+            targets = {id(m) for m in self.attention_modules}
+            for mod in self.model.modules():
+                for attr, child in mod.named_children():
+                    if isinstance(child, nn.ModuleList) and len(child) == self.num_layers:
+                        owners = [{id(x) for x in layer.modules()} & targets for layer in child]
+                        if all(len(o) == 1 for o in owners):
+                            self._layers_cache = (mod, attr, child)
+                            return self._layers_cache
+            raise MatchsigError(f"model {self.name}: cannot find its list of encoder layers for prefix sharing")
+        return self._layers_cache
+
+    def _start_at(self, first_layer: int, hidden: torch.Tensor):
+        """Context manager: run only layers ``first_layer..`` starting from ``hidden``."""
+        encoder, attr, layers = self._encoder_layers()
+
+        class _Suffix:
+            def __enter__(self_inner):
+                setattr(encoder, attr, nn.ModuleList(list(layers)[first_layer:]))
+
+                def pre(module, args, kwargs):
+                    if args:
+                        return (hidden,) + tuple(args[1:]), kwargs
+                    kwargs = dict(kwargs)
+                    kwargs["hidden_states"] = hidden
+                    return args, kwargs
+
+                self_inner.handle = encoder.register_forward_pre_hook(pre, with_kwargs=True)
+
+            def __exit__(self_inner, *exc):
+                self_inner.handle.remove()
+                setattr(encoder, attr, layers)
+
+        return _Suffix()
+
+    # ---- attention statistics ------------------------------------------------------------------
+    def attention_stats(self, queries: Sequence[str], documents: Sequence[str], ablation: Ablation | str | None = None,
+                        batch_size: int = 32, progress: bool = False) -> AttentionStats:
+        """Per pair, layer and head: M, entropy, exact-match mass and total mass for Q<-D and D<-Q.
+
+        Reduced inside each layer's attention call; no attention map is kept. With an ``ablation``,
+        each layer's statistics describe its distribution before its own ablation.
+        """
+        enc = self.encode(queries, documents)
+        n = len(enc)
+        from .attention_stats import DIRECTIONS, STATS
+
+        values = np.full((n, self.num_layers, self.num_heads, len(DIRECTIONS), len(STATS)), np.nan, dtype=np.float32)
+        if n == 0:
+            return AttentionStats(values)
+        blocks = self._block_tensors([as_ablation(ablation)])[0]
+        bar = _progress(n, progress, "attention statistics")
+        with torch.inference_mode():
+            for rows in self._batches(enc.lengths(), batch_size):
+                batch = self._collate(enc, rows)
+                per_layer: dict[int, torch.Tensor] = {}
+
+                def collect(layer: int, probs: torch.Tensor, ctx: ForwardContext) -> None:
+                    per_layer[layer] = reduce_probs(probs, ctx.part_ids, ctx.input_ids)
+
+                ctx = ForwardContext(part_ids=batch["part_ids"], blocks=blocks if any(b is not None for b in blocks) else None,
+                                     stats_fn=collect, input_ids=batch["input_ids"])
+                with use_context(ctx):
+                    self.model(**batch["model_inputs"])
+                stacked = torch.stack([per_layer[l] for l in range(self.num_layers)], 1)  # (B, L, H, 2, 4)
+                values[rows] = stacked.cpu().numpy()
+                bar.update(len(rows))
+        bar.close()
+        return AttentionStats(values)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="pair", dynamic_ncols=True)

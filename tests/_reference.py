@@ -1,0 +1,114 @@
+"""An independent reference: BERT sequence classification written out by hand in float64.
+
+Nothing here calls matchsig. Parts are found from the token ids ([CLS] first, the [SEP] ids),
+attention is computed explicitly, and ablated blocks are zeroed after the softmax without
+renormalisation, as SPEC §3 states.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+PARTS = ["CLS", "Q", "SEP1", "D", "SEP2"]
+
+
+def bert_parts(input_ids: list[int], sep_id: int) -> list[str]:
+    """[CLS] q... [SEP] d... [SEP] -> part names, from the SEP positions."""
+    seps = [i for i, t in enumerate(input_ids) if t == sep_id]
+    first, last = seps[0], seps[-1]
+    out = []
+    for i in range(len(input_ids)):
+        if i == 0:
+            out.append("CLS")
+        elif i < first:
+            out.append("Q")
+        elif i == first:
+            out.append("SEP1")
+        elif i < last:
+            out.append("D")
+        else:
+            out.append("SEP2")
+    return out
+
+
+def _ln(x, w, b, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def _gelu(x):
+    erf = np.vectorize(math.erf)
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def bert_score(model, input_ids: list[int], token_type_ids: list[int], cuts: dict[int, dict[int, set]] | None = None,
+               sep_id: int = 102, return_probs: bool = False):
+    """Score of one unpadded pair under cuts {layer: {head: {(target, source), ...}}}."""
+    sd = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    cfg = model.config
+    eps = cfg.layer_norm_eps
+    prefix = "bert."
+    n = len(input_ids)
+    parts = bert_parts(input_ids, sep_id)
+    x = (sd[prefix + "embeddings.word_embeddings.weight"][input_ids]
+         + sd[prefix + "embeddings.position_embeddings.weight"][np.arange(n)]
+         + sd[prefix + "embeddings.token_type_embeddings.weight"][token_type_ids])
+    x = _ln(x, sd[prefix + "embeddings.LayerNorm.weight"], sd[prefix + "embeddings.LayerNorm.bias"], eps)
+    nh = cfg.num_attention_heads
+    dh = cfg.hidden_size // nh
+    all_probs = []
+    for layer in range(cfg.num_hidden_layers):
+        p = f"{prefix}encoder.layer.{layer}."
+        lin = lambda h, name: h @ sd[p + name + ".weight"].T + sd[p + name + ".bias"]
+        q = lin(x, "attention.self.query").reshape(n, nh, dh).transpose(1, 0, 2)
+        k = lin(x, "attention.self.key").reshape(n, nh, dh).transpose(1, 0, 2)
+        v = lin(x, "attention.self.value").reshape(n, nh, dh).transpose(1, 0, 2)
+        s = q @ k.transpose(0, 2, 1) / math.sqrt(dh)
+        s = s - s.max(-1, keepdims=True)
+        probs = np.exp(s)
+        probs = probs / probs.sum(-1, keepdims=True)
+        all_probs.append(probs.copy())
+        for head, dirs in (cuts or {}).get(layer, {}).items():
+            for i in range(n):
+                for j in range(n):
+                    if (parts[i], parts[j]) in dirs:
+                        probs[head, i, j] = 0.0
+        ctx = (probs @ v).transpose(1, 0, 2).reshape(n, nh * dh)
+        x = _ln(lin(ctx, "attention.output.dense") + x, sd[p + "attention.output.LayerNorm.weight"],
+                sd[p + "attention.output.LayerNorm.bias"], eps)
+        h = _gelu(lin(x, "intermediate.dense"))
+        x = _ln(lin(h, "output.dense") + x, sd[p + "output.LayerNorm.weight"], sd[p + "output.LayerNorm.bias"], eps)
+    pooled = np.tanh(x[0] @ sd[prefix + "pooler.dense.weight"].T + sd[prefix + "pooler.dense.bias"])
+    logits = pooled @ sd["classifier.weight"].T + sd["classifier.bias"]
+    if len(logits) == 2:
+        score = logits[1] - np.log(np.exp(logits).sum())
+    else:
+        score = logits[0]
+    return (score, all_probs, parts) if return_probs else score
+
+
+def expand(spec: str) -> set:
+    """'Q<-D,CLS<-*' -> {('Q','D'), ('CLS','CLS'), ...}, written independently of matchsig's parser."""
+    out = set()
+    for tok in spec.split(","):
+        t, s = tok.split("<-")
+        ts = PARTS if t == "*" else [t]
+        ss = PARTS if s == "*" else [s]
+        out |= {(a, b) for a in ts for b in ss}
+    return out
+
+
+def cuts_for(spec: str, layers, heads, num_layers: int, num_heads: int) -> dict:
+    dirs = expand(spec)
+    layers = range(num_layers) if layers is None else layers
+    heads = range(num_heads) if heads is None else heads
+    return {l: {h: dirs for h in heads} for l in layers}
+
+
+def torch_reference_ids(tokenizer, query: str, document: str):
+    enc = tokenizer(query, document)
+    return enc["input_ids"], enc["token_type_ids"]
