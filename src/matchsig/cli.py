@@ -29,3 +29,159 @@ def main() -> None:
 
 
 # ---- commands are added below, one section per module they front -------------------------------
+
+
+# ---- baseline / evaluate: collections, sampling, evaluation (datasets.py, sampling.py, evaluation.py)
+
+
+def _parse_cap(text: str) -> int | None:
+    """``--per-grade``: a positive integer, or ``all`` for no cap."""
+    if text.strip().lower() in ("all", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise MatchsigError(f"bad --per-grade {text!r}: expected a positive integer or 'all'") from None
+    if value < 1:
+        raise MatchsigError(f"bad --per-grade {value}: must be >= 1 (or 'all')")
+    return value
+
+
+_DATASET_HELP = "Collection: 'demo', a folder (queries.tsv, qrels.txt, passages.tsv), or an ir_datasets id."
+_CAP_HELP = "Up to N judged passages per relevance grade per query, or 'all' (the paper states 20)."
+
+
+def _print_json(payload: dict) -> None:
+    import json
+
+    # stdout carries exactly this one object; everything else goes to stderr.
+    typer.echo(json.dumps(payload, ensure_ascii=False))
+
+
+def _settings_table(title: str, rows: list[tuple[str, object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@app.command()
+def baseline(
+    dataset: str = typer.Option("demo", "--dataset", "-d", help=_DATASET_HELP),
+    per_grade: str = typer.Option("20", "--per-grade", "-n", help=_CAP_HELP),
+    easy_negatives: int = typer.Option(0, "--easy-negatives", "-k", help="Random unjudged passages (grade -1, gain 0) per query."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the random rankings."),
+    rankings: int = typer.Option(1000, "--rankings", "-r", help="Number of random rankings to average."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """nDCG@10 of a random ranking of the sampled pools (the paper's 'random' reference)."""
+    from .datasets import load_collection
+    from .evaluation import random_baseline
+    from .sampling import sample_pool
+
+    cap = _parse_cap(per_grade)
+    pool = sample_pool(load_collection(dataset), per_grade=cap, easy_negatives=easy_negatives, seed=seed)
+    result = random_baseline(pool, rankings=rankings, seed=seed)
+    payload = {
+        **pool.describe(),
+        "rankings": result.rankings,
+        "random_ndcg@10": result.mean,
+        "random_ndcg@10_sd": result.sd,
+        "grades": {str(g): n for g, n in pool.grade_counts().items()},
+    }
+    if as_json:
+        _print_json(payload)
+        return
+    _settings_table(
+        "Random-ranking baseline",
+        [
+            ("dataset", pool.dataset),
+            ("per grade (cap)", "all" if cap is None else cap),
+            ("easy negatives", easy_negatives),
+            ("seed", seed),
+            ("queries", payload["queries"]),
+            ("pairs", payload["pairs"]),
+            ("pairs per grade", ", ".join(f"{g}: {n}" for g, n in pool.grade_counts().items())),
+            ("random nDCG@10", f"{result.mean:.4f} (sd {result.sd:.4f} over {result.rankings} rankings)"),
+            ("sample fingerprint", pool.fingerprint),
+        ],
+    )
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Option("embedded", "--model", "-m", help="'embedded', a Hugging Face folder, or a hub id."),
+    dataset: str = typer.Option("demo", "--dataset", "-d", help=_DATASET_HELP),
+    per_grade: str = typer.Option("20", "--per-grade", "-n", help=_CAP_HELP),
+    easy_negatives: int = typer.Option(0, "--easy-negatives", "-k", help="Random unjudged passages (grade -1, gain 0) per query."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Pairs per forward pass."),
+    measure: list[str] = typer.Option(None, "--measure", help="Extra ir_measures measure (repeatable), e.g. RR@10."),
+    run_file: str = typer.Option(None, "--run-file", help="Also write the ranking as a TREC run file."),
+    device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
+    max_length: int = typer.Option(512, "--max-length", help="Maximum tokens per pair."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Score the sampled pools with a cross-encoder and report nDCG@10 (and other measures)."""
+    import time
+
+    from .datasets import load_collection
+    from .evaluation import evaluate_scores, parse_measures, random_baseline, write_trec_run
+    from .sampling import sample_pool
+
+    cap = _parse_cap(per_grade)
+    if batch_size < 1:
+        raise MatchsigError(f"bad --batch-size {batch_size}: must be >= 1")
+    names = ["nDCG@10", *[m for m in (measure or []) if m != "nDCG@10"]]
+    measures = parse_measures(names)  # fail on a typo before loading a model
+    pool = sample_pool(load_collection(dataset), per_grade=cap, easy_negatives=easy_negatives, seed=seed)
+    queries, documents = pool.pairs()
+
+    from .model import CrossEncoder
+
+    encoder = CrossEncoder.load(model, device=device, max_length=max_length)
+    started = time.perf_counter()
+    scores = encoder.score(queries, documents, batch_size=batch_size, progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - started
+    result = evaluate_scores(pool, scores, measures)
+    if run_file:
+        from pathlib import Path
+
+        write_trec_run(run_file, pool, scores, run_name=Path(str(getattr(encoder, "name", model))).name or "matchsig")
+    payload = {
+        "model": str(getattr(encoder, "name", model)),
+        **pool.describe(),
+        "ndcg@10": result.mean["nDCG@10"],
+        "measures": result.mean,
+        "random_ndcg@10": random_baseline(pool, rankings=1000, seed=seed).mean,
+        "seconds": seconds,
+        "pairs_per_second": len(pool) / seconds if seconds > 0 else None,
+        "run_file": run_file,
+        "per_query": result.per_query,
+    }
+    if as_json:
+        _print_json(payload)
+        return
+    rows: list[tuple[str, object]] = [
+        ("model", payload["model"]),
+        ("dataset", pool.dataset),
+        ("per grade (cap)", "all" if cap is None else cap),
+        ("easy negatives", easy_negatives),
+        ("seed", seed),
+        ("queries", payload["queries"]),
+        ("pairs", payload["pairs"]),
+    ]
+    rows += [(name, f"{value:.4f}") for name, value in result.mean.items()]
+    rows += [
+        ("random nDCG@10", f"{payload['random_ndcg@10']:.4f}"),
+        ("pairs / second", f"{payload['pairs_per_second']:.1f}" if payload["pairs_per_second"] else "-"),
+        ("sample fingerprint", pool.fingerprint),
+    ]
+    if run_file:
+        rows.append(("run file", run_file))
+    _settings_table("Evaluation", rows)
