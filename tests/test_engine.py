@@ -243,3 +243,20 @@ def test_save_round_trip(ce, tmp_path):
     import json
 
     assert json.loads((out / "config.json").read_text()).get("_attn_implementation", "sdpa") != "matchsig"
+
+
+def test_ablation_set_of_heads_matches_reference(ce, hf_model, tokenizer):
+    from _reference import expand
+
+    from matchsig.ablation import AblationSet
+
+    chosen = [(1, 3), (4, 7), (4, 0)]
+    ab = AblationSet.heads("Q<-D,D<-Q", chosen, label="top3")
+    assert ab.name == "top3"
+    got = ce.score(QUERIES, DOCS, ablation=ab)
+    cuts: dict = {}
+    for layer, head in chosen:
+        cuts.setdefault(layer, {})[head] = expand("Q<-D,D<-Q")
+    for i, (q, d) in enumerate(zip(QUERIES, DOCS)):
+        ids, types = torch_reference_ids(tokenizer, q, d)
+        assert abs(got[i] - bert_score(hf_model, ids, types, cuts)) <= 1e-5

@@ -157,12 +157,48 @@ class Ablation:
         return out
 
 
-def as_ablation(value: "Ablation | str | None") -> Ablation:
-    """Accept an :class:`Ablation`, a spec string or ``None`` (no ablation)."""
+def as_ablation(value: "Ablation | AblationSet | str | None") -> "Ablation | AblationSet":
+    """Accept an :class:`Ablation`, an :class:`AblationSet`, a spec string or ``None`` (no ablation)."""
     if value is None:
         return Ablation.none()
-    if isinstance(value, Ablation):
+    if isinstance(value, (Ablation, AblationSet)):
         return value
     if isinstance(value, str):
         return Ablation.parse(value)
     raise ValueError(f"expected an Ablation or a spec string, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class AblationSet:
+    """The union of several ablations (e.g. Q<-D,D<-Q in head 3 of layer 1 *and* head 7 of layer 4).
+
+    Usable wherever an :class:`Ablation` is: its cut blocks are the OR of its members'.
+    """
+
+    members: tuple[Ablation, ...]
+    label: str = field(default="", compare=False)
+
+    @classmethod
+    def heads(cls, spec: str, heads: Iterable[tuple[int, int]], label: str = "") -> "AblationSet":
+        """Cut ``spec``'s directions in the given (layer, head) pairs only."""
+        members = tuple(Ablation.parse(spec, layers=[l], heads=[h]) for l, h in sorted(set(heads)))
+        return cls(members, label)
+
+    @property
+    def is_empty(self) -> bool:
+        return all(m.is_empty for m in self.members)
+
+    @property
+    def name(self) -> str:
+        return self.label or " + ".join(m.name for m in self.members) or "none"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def block_masks(self, num_layers: int, num_heads: int) -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = [None] * num_layers
+        for member in self.members:
+            for layer, m in enumerate(member.block_masks(num_layers, num_heads)):
+                if m is not None:
+                    out[layer] = m.copy() if out[layer] is None else (out[layer] | m)
+        return out
