@@ -170,6 +170,7 @@ def test_ir_datasets_path_with_fake(monkeypatch):
             raise KeyError(f"{name} not found")
         return fake
 
+    monkeypatch.delenv("MATCHSIG_DATA", raising=False)  # no offline copy may stand in
     monkeypatch.setattr(ir_datasets, "load", fake_load)
     collection = load_collection("msmarco-passage/trec-dl-2019/judged")
     assert seen == ["msmarco-passage/trec-dl-2019/judged"]
@@ -194,6 +195,7 @@ def test_ir_datasets_download_failure_is_one_line(monkeypatch):
         def queries_iter(self):
             raise ConnectionError("no network\nsecond line")
 
+    monkeypatch.delenv("MATCHSIG_DATA", raising=False)
     monkeypatch.setattr(ir_datasets, "load", lambda name: Offline())
     with pytest.raises(MatchsigError) as info:
         load_collection("msmarco-passage-v2/trec-dl-2022/judged")
@@ -206,3 +208,20 @@ def test_paper_ids_are_known_to_ir_datasets():
 
     for dataset_id in datasets.PAPER_COLLECTIONS:
         assert dataset_id in ir_datasets.registry
+
+
+@needs_data
+def test_paper_id_uses_offline_copy_from_env(monkeypatch):
+    import ir_datasets
+
+    def no_download(name):
+        raise AssertionError("ir_datasets must not be touched when an offline copy exists")
+
+    monkeypatch.setattr(ir_datasets, "load", no_download)
+    monkeypatch.setenv("MATCHSIG_DATA", str(SHARED))
+    collection = load_collection("msmarco-passage/trec-dl-2019/judged")
+    assert collection.name == "msmarco-passage/trec-dl-2019/judged"
+    assert collection.num_judgments == 9260
+    # no offline qrels for 2022 in the shared copy: falls through to ir_datasets
+    with pytest.raises(AssertionError, match="must not be touched"):
+        load_collection("msmarco-passage-v2/trec-dl-2022/judged")

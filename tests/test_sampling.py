@@ -134,6 +134,7 @@ def test_ir_datasets_corpus_view_feeds_easy_negatives(monkeypatch):
         def docs_store(self):
             return None
 
+    monkeypatch.delenv("MATCHSIG_DATA", raising=False)  # no offline copy may stand in
     monkeypatch.setattr(ir_datasets, "load", lambda name: Fake())
     collection = load_collection("msmarco-passage/trec-dl-2019/judged")
     pool = sample_pool(collection, easy_negatives=10, seed=0)

@@ -7,7 +7,8 @@ A collection spec is resolved in this order:
 2. a local folder holding ``queries.tsv`` (``qid<TAB>text``), ``qrels.txt`` (TREC qrels,
    ``qid 0 docid grade``) and ``passages.tsv`` (``docid<TAB>text``), each optionally ``.gz``;
 3. an ir_datasets id, e.g. ``msmarco-passage/trec-dl-2019/judged`` (ir_datasets is imported
-   lazily; its texts come from ``docs_store()``).
+   lazily; its texts come from ``docs_store()``). For the four paper ids, an offline copy in
+   ``$MATCHSIG_DATA/trec-dl-20XX/`` (same layout as 2) is used instead when it exists.
 
 Anything else raises :class:`~matchsig.errors.MatchsigError` with a one-line message.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -297,12 +299,38 @@ class _CorpusIds(Sequence[str]):
         return self._iter[int(index)].doc_id
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, limit: int = 160) -> str:
     message = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+    text = f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: Environment variable naming a folder of offline copies (``trec-dl-2019/``, ``trec-dl-2020/`` ...).
+DATA_ENV = "MATCHSIG_DATA"
+
+#: Subfolder of ``$MATCHSIG_DATA`` that stands in for an ir_datasets id.
+OFFLINE_FOLDERS: dict[str, str] = {
+    "msmarco-passage/trec-dl-2019/judged": "trec-dl-2019",
+    "msmarco-passage/trec-dl-2020/judged": "trec-dl-2020",
+    "msmarco-passage-v2/trec-dl-2021/judged": "trec-dl-2021",
+    "msmarco-passage-v2/trec-dl-2022/judged": "trec-dl-2022",
+}
+
+
+def _offline_copy(dataset_id: str) -> Path | None:
+    """The folder ``$MATCHSIG_DATA/<subfolder>`` for a paper id, when it holds qrels."""
+    root = os.environ.get(DATA_ENV)
+    if not root or dataset_id not in OFFLINE_FOLDERS:
+        return None
+    folder = Path(root).expanduser() / OFFLINE_FOLDERS[dataset_id]
+    return folder if _find(folder, _QRELS_FILES) is not None else None
 
 
 def _from_ir_datasets(dataset_id: str) -> Collection:
+    offline = _offline_copy(dataset_id)
+    if offline is not None:
+        # Same queries, qrels and (encoding-repaired) texts as ir_datasets, without a download.
+        return read_folder(offline, name=dataset_id)
     try:
         import ir_datasets
     except ImportError:  # pragma: no cover - ir_datasets is a dependency
@@ -327,7 +355,7 @@ def _from_ir_datasets(dataset_id: str) -> Collection:
     except Exception as exc:  # downloads fail offline with many exception types
         raise MatchsigError(
             f"could not load {dataset_id!r} through ir_datasets ({_one_line(exc)}); "
-            "download it first or pass a local folder"
+            f"download it first, pass a local folder, or set {DATA_ENV} to a folder of offline copies"
         ) from None
 
     store: Any = None
