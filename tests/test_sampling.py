@@ -154,3 +154,41 @@ def test_dl19_cap_20_has_2563_pairs_and_stable_fingerprint():
     # the demo bundle gives the same pool as the real folder
     assert sample_pool(load_collection("demo"), per_grade=20, seed=0).fingerprint == pool.fingerprint
     assert pool.describe()["sample_fingerprint"] == pool.fingerprint
+
+
+def test_corpus_view_counts_through_the_docstore_and_reports_read_errors(monkeypatch):
+    import ir_datasets
+
+    Q = namedtuple("Q", "query_id text")
+    R = namedtuple("R", "query_id doc_id relevance")
+
+    class Store:
+        def count(self):
+            return 2_000_000  # large: rejection sampling path
+
+    class Broken:
+        def __getitem__(self, i):
+            raise OSError("corrupt docstore")
+
+    class Fake:
+        def queries_iter(self):
+            return iter([Q("q", "query")])
+
+        def qrels_iter(self):
+            return iter([R("q", "7", 2)])
+
+        def docs_count(self):
+            return None  # like msmarco-passage before its docstore is built
+
+        def docs_store(self):
+            return Store()
+
+        def docs_iter(self):
+            return Broken()
+
+    monkeypatch.delenv("MATCHSIG_DATA", raising=False)
+    monkeypatch.setattr(ir_datasets, "load", lambda name: Fake())
+    collection = load_collection("msmarco-passage/trec-dl-2019/judged")
+    assert len(collection.negative_candidates()) == 2_000_000
+    with pytest.raises(MatchsigError, match="could not read passage #.* \\(OSError: corrupt docstore\\)"):
+        sample_pool(collection, easy_negatives=2)

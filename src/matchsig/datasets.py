@@ -281,11 +281,18 @@ def _record_text(record: Any) -> str:
 
 
 class _CorpusIds(Sequence[str]):
-    """Lazy docid view over an ir_datasets corpus: ``len`` and ``[i]`` without reading it all."""
+    """Lazy docid view over an ir_datasets corpus: ``len`` and ``[i]`` without reading it all.
 
-    def __init__(self, dataset: Any) -> None:
+    Uses ``docs_iter()[i]``, which ir_datasets serves from its docstore (built on first use).
+    """
+
+    def __init__(self, dataset: Any, dataset_id: str) -> None:
         self._dataset = dataset
-        self._len = int(dataset.docs_count())
+        self._id = dataset_id
+        count = dataset.docs_count()
+        if count is None:  # msmarco-passage only knows its size once its docstore is built
+            count = dataset.docs_store().count()
+        self._len = int(count)
         self._iter: Any = None
 
     def __len__(self) -> int:
@@ -294,9 +301,12 @@ class _CorpusIds(Sequence[str]):
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._len))]
-        if self._iter is None:
-            self._iter = self._dataset.docs_iter()
-        return self._iter[int(index)].doc_id
+        try:
+            if self._iter is None:
+                self._iter = self._dataset.docs_iter()
+            return self._iter[int(index)].doc_id
+        except Exception as exc:
+            raise MatchsigError(f"could not read passage #{index} of {self._id!r} ({_one_line(exc)})") from None
 
 
 def _one_line(exc: BaseException, limit: int = 160) -> str:
@@ -381,11 +391,18 @@ def _from_ir_datasets(dataset_id: str) -> Collection:
             raise MatchsigError(f"could not read passages of {dataset_id!r} ({_one_line(exc)})") from None
 
     def candidates() -> Sequence[str]:
-        # The whole corpus when the dataset can count and index it; else the judged passages.
-        try:
-            return _CorpusIds(dataset)
-        except Exception:
+        # Easy negatives come from the whole corpus; a dataset without a corpus (or a test fake)
+        # falls back to the passages judged for any of its queries.
+        if not (hasattr(dataset, "docs_count") and hasattr(dataset, "docs_iter")):
             return sorted({d for docs in qrels.values() for d in docs}, key=natural_key)
+        if hasattr(dataset, "has_docs") and not dataset.has_docs():
+            return sorted({d for docs in qrels.values() for d in docs}, key=natural_key)
+        try:
+            return _CorpusIds(dataset, dataset_id)
+        except MatchsigError:
+            raise
+        except Exception as exc:
+            raise MatchsigError(f"could not index the corpus of {dataset_id!r} ({_one_line(exc)})") from None
 
     return Collection(dataset_id, queries, qrels, lookup, candidates)
 
