@@ -192,3 +192,16 @@ def test_corpus_view_counts_through_the_docstore_and_reports_read_errors(monkeyp
     assert len(collection.negative_candidates()) == 2_000_000
     with pytest.raises(MatchsigError, match="could not read passage #.* \\(OSError: corrupt docstore\\)"):
         sample_pool(collection, easy_negatives=2)
+
+
+def test_pool_round_trips_through_tsv(tmp_path):
+    from matchsig.sampling import read_pool
+
+    pool = sample_pool(toy(), per_grade=3, easy_negatives=2, seed=5)
+    path = pool.write_tsv(tmp_path / "pool.tsv")
+    again = read_pool(path, toy(), per_grade=3, easy_negatives=2, seed=5)
+    assert again.rows == pool.rows and again.fingerprint == pool.fingerprint
+    assert again.describe() == pool.describe()
+    assert again.pairs() == pool.pairs()
+    with pytest.raises(MatchsigError, match="missing file"):
+        read_pool(tmp_path / "nope.tsv")

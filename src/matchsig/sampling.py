@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -35,7 +36,7 @@ import numpy as np
 from .datasets import Collection, natural_key
 from .errors import MatchsigError
 
-__all__ = ["EASY_NEGATIVE", "Pool", "PoolRow", "sample_pool", "fingerprint", "query_rng"]
+__all__ = ["EASY_NEGATIVE", "Pool", "PoolRow", "fingerprint", "query_rng", "read_pool", "sample_pool"]
 
 #: Grade given to easy negatives (SPEC §2).
 EASY_NEGATIVE = -1
@@ -158,6 +159,35 @@ class Pool:
             "pairs": len(self.rows),
             "sample_fingerprint": self.fingerprint,
         }
+
+    def write_tsv(self, path: str | Path) -> Path:
+        """Save the rows as ``qid<TAB>docid<TAB>grade`` lines (see :func:`read_pool`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{r.qid}\t{r.docid}\t{r.grade}\n" for r in self.rows), encoding="utf-8")
+        return path
+
+
+def read_pool(path: str | Path, collection: Collection | None = None, **settings: object) -> Pool:
+    """Read rows saved by :meth:`Pool.write_tsv`; ``settings`` fill ``dataset``, ``per_grade``...
+
+    The fingerprint depends on the rows only, so a re-read pool proves it is the same sample.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MatchsigError(f"missing file: pool {path} does not exist")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        try:
+            rows.append(PoolRow(parts[0], parts[1], int(parts[2])))
+        except (IndexError, ValueError):
+            raise MatchsigError(f"{path}:{lineno}: expected 'qid<TAB>docid<TAB>grade'") from None
+    if collection is not None:
+        settings.setdefault("dataset", collection.name)
+    return Pool(tuple(rows), collection, **settings)  # type: ignore[arg-type]
 
 
 def _check_count(name: str, value: int | None, allow_none: bool) -> None:
