@@ -142,3 +142,12 @@ def test_evaluate_rejects_a_bad_measure_before_loading_a_model():
     result = runner.invoke(app, ["evaluate", "--model", "/nonexistent", "--measure", "nDCG@@3"])
     assert isinstance(result.exception, MatchsigError)
     assert "unknown measure" in str(result.exception)
+
+
+def test_baseline_notes_judged_queries_without_text(tmp_path):
+    (tmp_path / "queries.tsv").write_text("1\tone\n", encoding="utf-8")
+    (tmp_path / "qrels.txt").write_text("1 0 a 1\n2 0 b 1\n", encoding="utf-8")
+    result = runner.invoke(app, ["baseline", "--dataset", str(tmp_path), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["queries"] == 1
+    assert "1 judged query" in result.stderr and "left out (e.g. 2)" in result.stderr

@@ -224,3 +224,14 @@ def test_paper_id_uses_offline_copy_from_env(monkeypatch):
     # no offline qrels for 2022 in the shared copy: falls through to ir_datasets
     with pytest.raises(AssertionError, match="must not be touched"):
         load_collection("msmarco-passage-v2/trec-dl-2022/judged")
+
+
+def test_crlf_bom_and_untexted_queries(tmp_path):
+    (tmp_path / "queries.tsv").write_bytes("\ufeffq1\tfirst\r\nq2\tsecond\r\nq9\tunjudged\r\n".encode("utf-8"))
+    (tmp_path / "qrels.txt").write_bytes(b"q1 0 a 1\r\nq2 0 b 0\r\nq3 0 c 2\r\n")
+    (tmp_path / "passages.tsv").write_bytes(b"a\tA text\r\nb\tB\r\nc\tC\r\n")
+    collection = load_collection(tmp_path)
+    assert collection.queries == {"q1": "first", "q2": "second", "q9": "unjudged"}
+    assert collection.judged_qids() == ["q1", "q2"]
+    assert collection.untexted_qids() == ["q3"]
+    assert collection.doc_text("a") == "A text"

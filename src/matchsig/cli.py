@@ -51,6 +51,21 @@ _DATASET_HELP = "Collection: 'demo', a folder (queries.tsv, qrels.txt, passages.
 _CAP_HELP = "Up to N judged passages per relevance grade per query, or 'all' (the paper states 20)."
 
 
+def _load_for_pools(dataset: str):
+    """load_collection, with a stderr note about judged queries that have no text (not pooled)."""
+    from .datasets import load_collection
+
+    collection = load_collection(dataset)
+    missing = collection.untexted_qids()
+    if missing:
+        typer.secho(
+            f"note: {len(missing)} judged quer{'y' if len(missing) == 1 else 'ies'} of {collection.name} "
+            f"{'has' if len(missing) == 1 else 'have'} no text and {'is' if len(missing) == 1 else 'are'} left out (e.g. {missing[0]})",
+            err=True, fg="yellow",
+        )
+    return collection
+
+
 def _print_json(payload: dict) -> None:
     import json
 
@@ -80,12 +95,11 @@ def baseline(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """nDCG@10 of a random ranking of the sampled pools (the paper's 'random' reference)."""
-    from .datasets import load_collection
     from .evaluation import random_baseline
     from .sampling import sample_pool
 
     cap = _parse_cap(per_grade)
-    pool = sample_pool(load_collection(dataset), per_grade=cap, easy_negatives=easy_negatives, seed=seed)
+    pool = sample_pool(_load_for_pools(dataset), per_grade=cap, easy_negatives=easy_negatives, seed=seed)
     result = random_baseline(pool, rankings=rankings, seed=seed)
     payload = {
         **pool.describe(),
@@ -130,7 +144,6 @@ def evaluate(
     """Score the sampled pools with a cross-encoder and report nDCG@10 (and other measures)."""
     import time
 
-    from .datasets import load_collection
     from .evaluation import evaluate_scores, parse_measures, random_baseline, write_trec_run
     from .sampling import sample_pool
 
@@ -139,7 +152,7 @@ def evaluate(
         raise MatchsigError(f"bad --batch-size {batch_size}: must be >= 1")
     names = ["nDCG@10", *[m for m in (measure or []) if m != "nDCG@10"]]
     measures = parse_measures(names)  # fail on a typo before loading a model
-    pool = sample_pool(load_collection(dataset), per_grade=cap, easy_negatives=easy_negatives, seed=seed)
+    pool = sample_pool(_load_for_pools(dataset), per_grade=cap, easy_negatives=easy_negatives, seed=seed)
     queries, documents = pool.pairs()
 
     from .model import CrossEncoder

@@ -80,6 +80,10 @@ class Collection:
         """Number of (qid, docid) judgments."""
         return sum(len(d) for d in self.qrels.values())
 
+    def untexted_qids(self) -> list[str]:
+        """Judged qids without a query text (left out of pools)."""
+        return sorted((q for q in self.qrels if q not in self.queries), key=natural_key)
+
     def judged_qids(self) -> list[str]:
         """Qids that have both judgments and a query text, in natural order."""
         return sorted((q for q in self.qrels if q in self.queries and self.qrels[q]), key=natural_key)
@@ -181,10 +185,10 @@ def _find(folder: Path, names: Sequence[str]) -> Path | None:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    # newline="\n" so stray \r inside texts never split a line.
+    # newline="\n" so stray \r inside texts never split a line; utf-8-sig drops a leading BOM.
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")  # type: ignore[return-value]
-    return open(path, encoding="utf-8", newline="\n")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="\n")  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig", newline="\n")
 
 
 def _read_tsv_pairs(path: Path) -> Iterator[tuple[str, str]]:
