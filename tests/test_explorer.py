@@ -1,0 +1,401 @@
+"""`matchsig view`: the page's data against full attention maps, the CLI, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from matchsig import Ablation, CrossEncoder, MatchsigError
+from matchsig.explorer import (
+    TABLE1_ABLATIONS,
+    build_view_data,
+    choose_top_k,
+    dequantise_links,
+    link_bytes,
+    load_run_pair,
+    quantise_links,
+    read_contrast_heads,
+    render_html,
+    top_links_from_map,
+    write_view,
+)
+from matchsig.parts import Part
+
+QUERY = "what is a flea"
+DOC = ("The cat flea (Ctenocephalides felis) is a small wingless insect that feeds on the blood of cats and dogs. "
+       "Fleas can jump 30 cm; a flea lives two to three months.")
+LONG_QUERY = "how do i get rid of fleas in my house for good"
+LONG_DOC = " ".join(
+    f"Paragraph {i}: the common cat flea is an insect of the order Siphonaptera; adult fleas feed on blood, "
+    f"and larvae live in carpets and bedding, so vacuum floors and wash pet bedding every {i + 2} days."
+    for i in range(40)
+)
+
+
+@pytest.fixture(scope="module")
+def ce(minilm_folder):
+    return CrossEncoder.load(minilm_folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data(ce):
+    return build_view_data(ce, QUERY, DOC, top_k=6)
+
+
+@pytest.fixture(scope="module")
+def reference_maps(minilm_folder, ce):
+    """Full post-softmax maps (L, H, T, T) from Hugging Face's own eager attention: an independent path."""
+    from transformers import BertForSequenceClassification
+
+    hf = BertForSequenceClassification.from_pretrained(minilm_folder, attn_implementation="eager").eval()
+    enc = ce.encode([QUERY], [DOC])
+    inputs = {"input_ids": torch.tensor(enc.input_ids), "token_type_ids": torch.tensor(enc.token_type_ids),
+              "attention_mask": torch.ones(1, len(enc.input_ids[0]), dtype=torch.long)}
+    with torch.no_grad():
+        out = hf(**inputs, output_attentions=True)
+    return np.stack([a[0].double().numpy() for a in out.attentions])
+
+
+def _decode(pack: dict, rows: int, n_layers: int, n_heads: int):
+    k = pack["k"]
+    dt = np.uint8 if pack["index_bytes"] == 1 else np.dtype("<u2")
+    index = np.frombuffer(base64.b64decode(pack["index"]), dtype=dt).reshape(n_layers, n_heads, rows, k)
+    codes = np.frombuffer(base64.b64decode(pack["weight"]), dtype=np.uint8).reshape(n_layers, n_heads, rows, k)
+    scale = np.asarray(pack["scale"], dtype=np.float64).reshape(n_layers, n_heads)
+    mass = np.frombuffer(base64.b64decode(pack["mass"]), dtype=np.uint8).reshape(n_layers, n_heads, rows) / 255.0
+    return index.astype(np.int64), dequantise_links(codes, scale), scale, mass
+
+
+# ---- data extraction ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", ["Q<-D", "D<-Q"])
+def test_top_links_equal_full_map_top_k(data, reference_maps, direction):
+    nl, nh = data["layers"], data["heads"]
+    qs, qe = data["q_span"]
+    ds, de = data["d_span"]
+    rows = (qe - qs) if direction == "Q<-D" else (de - ds)
+    pack = data["qd"] if direction == "Q<-D" else data["dq"]
+    index, weight, scale, mass = _decode(pack, rows, nl, nh)
+    k = pack["k"]
+    assert k == min(6, (de - ds) if direction == "Q<-D" else (qe - qs))
+    for layer in range(nl):
+        for head in range(nh):
+            full = reference_maps[layer, head]
+            ref_idx, ref_w = top_links_from_map(full, (qs, qe), (ds, de), k, direction)
+            blk = full[qs:qe, ds:de] if direction == "Q<-D" else full[ds:de, qs:qe]
+            tol = scale[layer, head] / 255 * 0.5 + 1e-5
+            got_i, got_w = index[layer, head], weight[layer, head]
+            # the weights are the k largest of each row, in order, within the quantisation step
+            np.testing.assert_allclose(got_w, ref_w, atol=tol, rtol=0)
+            # each index points at a weight of that size in the full map (robust to ties)
+            np.testing.assert_allclose(np.take_along_axis(blk, got_i, -1), ref_w, atol=2e-5, rtol=0)
+            # where the k-th and (k+1)-th weights are apart, the index sets are exactly the full map's top-k
+            if blk.shape[1] > k:
+                srt = -np.sort(-blk, axis=-1)
+                clear = srt[:, k - 1] - srt[:, k] > 1e-5
+                for r in np.flatnonzero(clear):
+                    assert set(got_i[r]) == set(ref_idx[r]), (direction, layer, head, r)
+            np.testing.assert_allclose(mass[layer, head], blk.sum(-1), atol=0.5 / 255 + 1e-5)
+
+
+def test_head_statistics_match_full_maps(data, reference_maps, ce):
+    qs, qe = data["q_span"]
+    ds, de = data["d_span"]
+    enc = ce.encode([QUERY], [DOC])
+    ids = np.asarray(enc.input_ids[0])
+    same = ids[qs:qe, None] == ids[None, ds:de]
+    qd = reference_maps[:, :, qs:qe, ds:de]
+    dq = reference_maps[:, :, ds:de, qs:qe]
+    np.testing.assert_allclose(data["stats"]["max_qd"], qd.max(-1).mean(-1), atol=2e-5)
+    np.testing.assert_allclose(data["stats"]["max_dq"], dq.max(-1).mean(-1), atol=2e-5)
+    want = (qd * same).sum((-1, -2)) / qd.sum((-1, -2))
+    np.testing.assert_allclose(data["stats"]["exact_qd"], want, atol=2e-5)
+    want = (dq * same.T).sum((-1, -2)) / dq.sum((-1, -2))
+    np.testing.assert_allclose(data["stats"]["exact_dq"], want, atol=2e-5)
+
+
+def test_tokens_parts_and_exact_matches(data, ce):
+    assert data["tokens"][0] == "[CLS]" and data["part"][0] == Part.CLS
+    qs, qe = data["q_span"]
+    ds, de = data["d_span"]
+    assert data["part"][qs:qe] == [int(Part.Q)] * (qe - qs)
+    assert data["part"][ds:de] == [int(Part.D)] * (de - ds)
+    assert [data["text"][i] for i in range(qs, qe)] == ["what", "is", "a", "flea"]
+    # display text comes from the original string (case kept), the raw token from the tokenizer
+    doc_text = [data["text"][i] for i in range(ds, de)]
+    assert "Fleas" in "".join(doc_text) or "Flea" in doc_text
+    T = len(data["tokens"])
+    exact = {data["tokens"][i] for i in range(T) if data["exact"][i]}
+    assert {"flea", "is", "a"} <= exact and "cat" not in exact and "[SEP]" not in exact
+    assert T == qe - qs + de - ds + 3
+
+
+def test_scores_are_the_31_table1_ablations(data, ce):
+    names = [s["name"] for s in data["scores"]]
+    assert len(names) == 31 == len(set(names))
+    assert set(names) == {Ablation.parse(a).name for a in TABLE1_ABLATIONS}
+    got = {s["name"]: s["score"] for s in data["scores"]}
+    specs = ("none", "D<-D", "CLS<-*", "SEP2<-Q")
+    want = ce.score_many([QUERY, QUERY], [DOC, "unrelated padding text " * 5], specs, kernel="eager")[:, 0]
+    for spec, w in zip(specs, want):
+        assert got[Ablation.parse(spec).name] == pytest.approx(float(w), abs=1e-5)
+
+
+def test_quantisation_and_budget():
+    rng = np.random.default_rng(0)
+    w = rng.random((2, 3, 5, 4)).astype(np.float32) * 0.3
+    codes, scale = quantise_links(w)
+    assert codes.dtype == np.uint8 and codes.max() == 255
+    np.testing.assert_allclose(dequantise_links(codes, scale), w, atol=float(scale.max()) / 510 + 1e-7)
+    # a large model at 512 tokens still fits the byte budget: D<-Q links shrink first
+    kq, kd = choose_top_k(24, 16, 20, 489, 8, 1_400_000)
+    assert link_bytes(24, 16, 20, 489, kq, kd) <= 1_400_000 and kq >= kd >= 2
+    assert choose_top_k(6, 12, 10, 100, 8, 10**9) == (8, 8)
+    assert choose_top_k(6, 12, 3, 100, 8, 10**9) == (8, 3)
+
+
+def test_page_is_self_contained_and_escapes_text(ce, tmp_path):
+    nasty = 'Fleas </script><script>window.pwned=1</script> & <!-- "quotes" \u2028 done'
+    page = render_html(build_view_data(ce, "flea </script>", nasty, top_k=3, ablations=("none",)))
+    assert page.count("</script>") == 2  # the data script and the code script, nothing from the text
+    assert "__MATCHSIG_" not in page and "/*__MATCHSIG" not in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "no external resources"
+    assert "<link" not in page and "@import" not in page
+    payload = re.search(r'<script type="application/json" id="matchsig-data">(.*?)</script>', page, re.S).group(1)
+    parsed = json.loads(payload)
+    assert "".join(parsed["text"]).replace(" ", "").startswith("[CLS]flea</script>")
+    assert parsed["scores"][0]["name"] == "none"
+    out = write_view(tmp_path / "sub" / "p.html", page)
+    assert out.read_text(encoding="utf-8") == page
+
+
+# ---- run folders and the CLI ----------------------------------------------------------------
+
+
+def _fake_run(tmp_path: Path, model: str, heads: bool = True) -> Path:
+    import pandas as pd
+
+    run = tmp_path / "run"
+    (run / "contrast").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": model, "datasets": ["demo"]}))
+    pd.DataFrame({
+        "qid": ["19335", "19335", "47923"], "docid": ["1017759", "8412684", "3"], "grade": [3, 0, 1],
+        "query": [QUERY, QUERY, "welsh corgi"],
+        "document": [DOC, 'A "flea market"\tsells old things.', "Corgis are herding dogs."],
+        "pool": ["main", "main", "contrast"],
+    }).to_csv(run / "pools.tsv", sep="\t", index=False)
+    if heads:
+        rows = []
+        for layer in range(6):
+            for head in range(12):
+                for d in ("Q<-D", "D<-Q"):
+                    kind = "syntactic" if (layer, head) == (1, 3) else "semantic" if (layer, head) == (5, 7) else "none"
+                    rows.append({"layer": layer, "head": head, "direction": d, "delta_relevant": 0.01 * layer - 0.002 * head,
+                                 "delta_hard": 0.001, "p_relevant": 0.5, "p_hard": 0.9, "kind": kind, "entropy_easy": 1.0})
+        pd.DataFrame(rows).to_csv(run / "contrast" / "heads.csv", index=False)
+    return run
+
+
+def test_run_folder_pairs_and_heads(tmp_path, minilm_folder):
+    run = _fake_run(tmp_path, str(minilm_folder))
+    pair = load_run_pair(run, "19335", "8412684")
+    assert pair.document == 'A "flea market"\tsells old things.' and pair.query == QUERY
+    assert pair.model == str(minilm_folder) and pair.heads_csv == run / "contrast" / "heads.csv" and pair.note is None
+    heads = read_contrast_heads(pair.heads_csv, 6, 12)
+    assert len(heads) == 144 and {(h["layer"], h["head"]) for h in heads if h["kind"] == "syntactic"} == {(1, 3)}
+    with pytest.raises(MatchsigError, match="does not exist in this model"):
+        read_contrast_heads(pair.heads_csv, 6, 2)
+    with pytest.raises(MatchsigError, match="query 19335 has no passage 999"):
+        load_run_pair(run, "19335", "999")
+    with pytest.raises(MatchsigError, match="no query 1"):
+        load_run_pair(run, "1", "999")
+    (run / "contrast" / "heads.csv").unlink()
+    assert "no heads are highlighted" in load_run_pair(run, "47923", "3").note
+    with pytest.raises(MatchsigError, match="does not exist"):
+        load_run_pair(tmp_path / "nope", "1", "2")
+
+
+def test_cli_view_run_dir_and_model(tmp_path, minilm_folder, ce, monkeypatch):
+    from typer.testing import CliRunner
+
+    from matchsig.cli import app
+
+    loaded = []
+
+    def fake_load(cls, name, **kwargs):  # the module's encoder, not a second copy: loading costs seconds
+        loaded.append(str(name))
+        return ce
+
+    monkeypatch.setattr(CrossEncoder, "load", classmethod(fake_load))
+    runner = CliRunner()
+    run = _fake_run(tmp_path, str(minilm_folder))
+    res = runner.invoke(app, ["view", str(run), "--qid", "19335", "--docid", "1017759", "--top-k", "4"])
+    assert res.exit_code == 0, res.output
+    page = (run / "view-19335-1017759.html").read_text(encoding="utf-8")
+    payload = json.loads(re.search(r'id="matchsig-data">(.*?)</script>', page, re.S).group(1))
+    assert payload["meta"]["qid"] == "19335" and payload["qd"]["k"] == 4 and len(payload["contrast"]) == 144
+    assert len(payload["scores"]) == 31 and loaded == [str(minilm_folder)]  # the run's model
+
+    out = tmp_path / "v.html"
+    res = runner.invoke(app, ["view", "--model", str(minilm_folder), "--query", "cat flea", "--document", "Fleas bite cats.",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and out.stat().st_size > 10_000 and loaded[-1] == str(minilm_folder)
+    res = runner.invoke(app, ["view", "--query", "cat flea", "--document", "Fleas bite cats.", "--out", str(out)])
+    assert res.exit_code == 0 and loaded[-1] == "embedded"  # the default model
+    payload = json.loads(re.search(r'id="matchsig-data">(.*?)</script>', out.read_text(encoding="utf-8"), re.S).group(1))
+    assert payload["contrast"] == [] and any("no heads are highlighted" in n for n in payload["notes"])
+
+    for args, msg in (
+        (["view", str(run), "--qid", "19335"], "--qid and --docid"),
+        (["view", "--query", "x"], "--query and --document"),
+        (["view", "--query", "x", "--document", "y", "--qid", "1"], "need a RUN_DIR"),
+        (["view", str(run), "--qid", "1", "--docid", "2", "--query", "x"], "not both"),
+        (["view", "--query", "x", "--document", "y", "--heads", str(tmp_path / "none.csv")], "no such file"),
+        (["view", "--query", "x", "--document", "y", "--top-k", "0"], "--top-k"),
+    ):
+        res = runner.invoke(app, args)
+        assert isinstance(res.exception, MatchsigError) and msg in str(res.exception), (args, res.exception)
+
+
+# ---- in a real browser ----------------------------------------------------------------------
+
+CHROMIUM = os.environ.get("MATCHSIG_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("MATCHSIG_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+    for exe in (CHROMIUM, CHROMEDRIVER):
+        if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+            pytest.skip(f"{exe} not found: install Debian's chromium and chromium-driver (scripts/setup.sh --browser)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _open(driver, path: Path) -> float:
+    started = time.perf_counter()
+    driver.get(path.resolve().as_uri())
+    deadline = time.time() + 20
+    while driver.execute_script("return document.body && document.body.getAttribute('data-ready')") != "1":
+        if time.time() > deadline:
+            errors = driver.get_log("browser") if hasattr(driver, "get_log") else []
+            raise AssertionError(f"page never became ready: {errors}")
+        time.sleep(0.02)
+    return time.perf_counter() - started
+
+
+def _doc_shading(driver) -> list[str]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#document .tk')).map(s => s.style.backgroundColor);")
+
+
+@pytest.mark.browser
+def test_page_in_chromium(browser, data, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    data = dict(data, contrast=[{"layer": 1, "head": 3, "direction": "Q<-D", "delta_relevant": 0.02, "delta_hard": 0.01,
+                                 "p_relevant": 0.01, "p_hard": 0.03, "kind": "syntactic"}])
+    path = write_view(tmp_path / "pair.html", render_html(data))
+    _open(browser, path)
+    # tokens shown, coloured by part, exact matches marked
+    q_tokens = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#query .tk.p1")]
+    assert q_tokens == ["what", "is", "a", "flea"]
+    doc = browser.find_element(By.ID, "document").text
+    assert "Ctenocephalides" in doc and "wingless insect" in doc
+    assert browser.find_elements(By.CSS_SELECTOR, "#document .tk.em") and browser.find_elements(By.CSS_SELECTOR, "#query .tk.em")
+    cells = browser.find_elements(By.CSS_SELECTOR, "#grid .cell")
+    assert len(cells) == data["layers"] * data["heads"]
+    assert browser.find_elements(By.CSS_SELECTOR, "#grid .cell.syn")  # the contrast head is highlighted
+    # the first highlighted head is selected at start
+    assert browser.find_element(By.ID, "head-label").text == "Layer 1 · Head 3"
+    table = browser.find_elements(By.CSS_SELECTOR, "#ablations td[data-ablation]")
+    assert len(table) == 30
+
+    # click another head: label, selection and shading change
+    before = _doc_shading(browser)
+    browser.find_element(By.CSS_SELECTOR, '#grid .cell[data-layer="4"][data-head="7"]').click()
+    assert browser.find_element(By.ID, "head-label").text == "Layer 4 · Head 7"
+    assert browser.find_element(By.CSS_SELECTOR, "#grid .cell.sel").get_attribute("data-head") == "7"
+    after = _doc_shading(browser)
+    assert after != before
+
+    # keyboard: right = next head, down = next layer, x = direction
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.ARROW_RIGHT)
+    assert browser.find_element(By.ID, "head-label").text == "Layer 4 · Head 8"
+    body.send_keys(Keys.ARROW_DOWN)
+    assert browser.find_element(By.ID, "head-label").text == "Layer 5 · Head 8"
+    body.send_keys(Keys.ARROW_UP, Keys.ARROW_UP, Keys.ARROW_LEFT)
+    assert browser.find_element(By.ID, "head-label").text == "Layer 3 · Head 7"
+    assert _doc_shading(browser) != after
+    body.send_keys("x")
+    assert "on" in browser.find_element(By.ID, "dir-dq").get_attribute("class")
+    body.send_keys("x")
+
+    # hover a query token: the tooltip lists its top links, the document is shaded by them
+    flea = browser.find_elements(By.CSS_SELECTOR, "#query .tk.p1")[3]
+    ActionChains(browser).move_to_element(flea).perform()
+    tip = browser.find_element(By.ID, "tip")
+    assert tip.is_displayed() and "flea" in tip.text and "top links" in tip.text
+    top = browser.execute_script("return window.matchsig.links('qd', 3, 7, arguments[0]);", 3)
+    assert top and len(top) <= data["qd"]["k"]
+    shaded = _doc_shading(browser)
+    assert sum(1 for s in shaded if s) <= len(top)  # only its links are shaded
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "head-label")).perform()
+    assert not browser.find_element(By.ID, "tip").is_displayed()
+
+    shot = tmp_path / "explorer.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 20_000
+    errors = [e for e in (browser.get_log("browser") if hasattr(browser, "get_log") else []) if e.get("level") == "SEVERE"]
+    assert not errors, errors
+
+
+@pytest.mark.browser
+def test_512_token_pair_is_small_and_fast(browser, ce, tmp_path):
+    started = time.perf_counter()
+    data = build_view_data(ce, LONG_QUERY, LONG_DOC, ablations=("none", "D<-D"))
+    build_s = time.perf_counter() - started
+    assert len(data["tokens"]) == 512 and any("truncated" in n for n in data["notes"])
+    path = write_view(tmp_path / "long.html", render_html(data))
+    size = path.stat().st_size
+    assert size < 2_000_000, size
+    load_s = _open(browser, path)
+    render_ms = float(browser.execute_script("return window.matchsig.renderMs"))
+    n_doc = browser.execute_script("return document.querySelectorAll('#document .tk').length")
+    assert n_doc == data["d_span"][1] - data["d_span"][0] + 1  # document tokens + final [SEP]
+    # switching heads stays interactive: time 20 head changes inside the page
+    per_switch = browser.execute_script(
+        "var t = performance.now(); for (var i = 0; i < 20; i++) window.matchsig.select(i % 6, (i * 5) % 12);"
+        "document.body.offsetHeight; return (performance.now() - t) / 20;")
+    browser.save_screenshot(str(tmp_path / "explorer-512.png"))
+    print(f"512 tokens: build {build_s:.1f}s, {size / 1024:.0f} KiB, load {load_s:.2f}s, "
+          f"first render {render_ms:.0f} ms, head switch {per_switch:.1f} ms")
+    assert render_ms < 3000 and per_switch < 250, (render_ms, per_switch)
+    assert load_s < 10
+
