@@ -75,11 +75,10 @@ def _cap_text(per_grade) -> str:
 
 def _pool_text(run: Run, pool: str = "main") -> str:
     info = (run.summary.get("pools") or {}).get(pool) or {}
-    if pool == "main":
-        cap = info.get("per_grade", run.config.get("per_grade"))
-    else:
-        cap = info.get("per_grade", run.config.get("contrast_per_grade"))
-    parts = [_cap_text(cap)]
+    key = "per_grade" if pool == "main" else "contrast_per_grade"
+    parts = []
+    if "per_grade" in info or key in run.config:
+        parts.append(_cap_text(info.get("per_grade", run.config.get(key))))
     if info.get("queries"):
         parts.append(f"{info['queries']} queries")
     if info.get("pairs"):
@@ -104,22 +103,38 @@ def _save(fig, path: Path) -> Path:
 # ---- Figure 1 -----------------------------------------------------------------------------------
 
 
+#: Figure 1's line styles: colour by attending part (target), line style and marker by attended part.
+TARGET_COLORS = {"CLS": "#2166ac", "Q": "#1b7837", "D": "#b2182b", "SEP1": "#8c510a", "SEP2": "#bf812d"}
+SOURCE_STYLES = {"CLS": (":", "^"), "Q": ("--", "s"), "D": ("-", "o"), "SEP1": ("-.", "v"), "SEP2": ("-.", "D")}
+
+
+def _line_style(direction: str, extra) -> tuple:
+    from .findings import normalize_direction
+
+    pairs = normalize_direction(direction)
+    if len(pairs) == 1:
+        target, source = next(iter(pairs))
+        if source == "*":
+            return "black", "-", "P", 2.4
+        if target in TARGET_COLORS and source in SOURCE_STYLES:
+            style, marker = SOURCE_STYLES[source]
+            return TARGET_COLORS[target], style, marker, 2.2 if (target, source) == ("D", "D") else 1.4
+    if pairs and {t for t, _ in pairs} == {"CLS"}:
+        return "#6a51a3", "-", "X", 2.2
+    return next(extra, "grey"), "-", "o", 1.4
+
+
 def plot_layers(run: Run, path: Path) -> Path | None:
     frame = run.layers
     if frame is None:
         return None
-    fig, ax = plt.subplots(figsize=(8.5, 4.6))
-    cmap = plt.get_cmap("tab20")
-    styles = ["-", "--", "-.", ":"]
-    for i, (direction, group) in enumerate(frame.groupby("direction", sort=False)):
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    extra = iter(plt.get_cmap("Dark2").colors)
+    for direction, group in frame.groupby("direction", sort=False):
         group = group.sort_values("layer")
-        label = _arrow(direction_label(direction))
-        strong = str(direction).replace(" ", "") in ("D<-D", "CLS<-*") or "," in str(direction)
-        ax.plot(
-            group["layer"], group["ndcg@10"], marker="o", markersize=3 if not strong else 4,
-            linewidth=2.2 if strong else 1.3, linestyle=styles[(i // 10) % len(styles)] if not strong else "-",
-            color=cmap(i % 20), label=label,
-        )
+        color, style, marker, width = _line_style(str(direction), extra)
+        ax.plot(group["layer"], group["ndcg@10"], color=color, linestyle=style, marker=marker, markersize=3.5,
+                linewidth=width, label=_arrow(direction_label(direction)))
     levels = []
     if run.unablated is not None:
         ax.axhline(run.unablated, color="black", linestyle="--", linewidth=1)
@@ -128,8 +143,8 @@ def plot_layers(run: Run, path: Path) -> Path | None:
         ax.axhline(run.random_ndcg, color="grey", linestyle="--", linewidth=1)
         levels.append(("random ranking", run.random_ndcg))
     for text, y in levels:
-        ax.annotate(f"{text} {y:.3f}", xy=(0, y), xycoords=("axes fraction", "data"), xytext=(2, 2),
-                    textcoords="offset points", fontsize=8, color="dimgray")
+        ax.annotate(f"{text} {y:.3f}", xy=(1, y), xycoords=("axes fraction", "data"), xytext=(-2, 2),
+                    textcoords="offset points", fontsize=8, color="dimgray", ha="right")
     layers = sorted(frame["layer"].unique())
     ax.set_xticks(layers)
     ax.set_xlabel("last ablated layer l (layers 0..l ablated, every head)")
@@ -256,7 +271,7 @@ def plot_contrast(run: Run, path: Path, level: int) -> Path | None:
     fig.suptitle(
         f"Figure {number}: M(·|{level}) − M(·|−1), mean over query tokens of the max attention to the other side, "
         f"{what} minus easy negative (−1)\n{_model_name(run)}; {_pool_text(run, 'contrast')}\n"
-        f"white dots in (a): significant heads, paired t-test over queries, Holm-corrected p ≤ {run.alpha:g}; "
+        f"white dots in (a): significant heads, paired t-test over queries, {run.corrected} p ≤ {run.alpha:g}; "
         f"labels: the top 3 heads as layer/head"
     )
     fig.tight_layout()

@@ -23,8 +23,9 @@ alpha = the run's ``alpha``, 0.05 by default):
 6. ``dd_from_middle``: for D<-D, no drop > 0.02 for l < floor(0.45 L) (layer 10 of 24, the paper
    sees the onset at 11/12) and a drop > 0.02 at some l >= floor(0.45 L).
 7. ``matching_heads_layers``: a head is a matching head when, in Q<-D or in D<-Q, delta_relevant > 0
-   and p_relevant <= alpha (the paired t-test over queries of M(.|3) vs M(.|-1), Holm-corrected over
-   all heads and both directions, as ``contrast/heads.csv`` stores it). Per layer, the fraction of
+   and p_relevant <= alpha (the paired t-test over queries of M(.|3) vs M(.|-1), corrected over
+   all heads and both directions with the run's ``correction``, Holm by default, as
+   ``contrast/heads.csv`` stores it). Per layer, the fraction of
    heads that are matching heads; holds when the mean fraction over the first half (l < L/2) is
    < 0.5 and the mean fraction over the last quarter (l >= L - ceil(L/4)) is >= 0.8.
 8. ``matching_heads_bidirectional``: of the heads matching for Q<-D, the share also matching for
@@ -201,6 +202,17 @@ class Run:
     @property
     def alpha(self) -> float:
         return _float(self.config.get("alpha")) or 0.05
+
+    @property
+    def correction(self) -> str:
+        """The multiple-comparison correction of the run's head tests (``holm`` unless config says otherwise)."""
+        return str(self.config.get("correction") or "holm").lower()
+
+    @property
+    def corrected(self) -> str:
+        """"Holm-corrected", "Bonferroni-corrected" or "uncorrected", for texts."""
+        names = {"holm": "Holm-corrected", "bonferroni": "Bonferroni-corrected", "none": "uncorrected"}
+        return names.get(self.correction, f"{self.correction}-corrected")
 
     @property
     def model_info(self) -> dict:
@@ -508,7 +520,7 @@ def _matching_heads_layers(run: Run) -> Finding:
     late_start = L - math.ceil(L / 4) if L else None
     rule = (
         f"Matching head = delta_relevant > 0 with p_relevant <= {run.alpha:g} (paired t-test over queries, "
-        f"Holm-corrected) in Q<-D or D<-Q. Holds when the mean per-layer fraction of matching heads is "
+        f"{run.corrected} over heads x directions) in Q<-D or D<-Q. Holds when the mean per-layer fraction of matching heads is "
         f"< 0.5 over the first half (l < L/2) and >= 0.8 over the last quarter (l >= L - ceil(L/4)"
         + (f" = {late_start}" if late_start is not None else "")
         + ")."
@@ -540,7 +552,7 @@ def _bidirectional(run: Run) -> Finding:
     name = "Matching heads are bidirectional (the same heads match Q<-D and D<-Q)"
     rule = (
         "Share of the Q<-D matching heads that also match D<-Q, and vice versa (matching: delta_relevant > 0, "
-        f"Holm-corrected p_relevant <= {run.alpha:g}); holds when both shares are >= 0.5."
+        f"{run.corrected} p_relevant <= {run.alpha:g}); holds when both shares are >= 0.5."
     )
     if run.contrast_heads is None:
         return _finding("matching_heads_bidirectional", name, None, "contrast/heads.csv is missing (contrast was not run).", rule)

@@ -103,8 +103,14 @@ def _cap_note(run: Run) -> str:
     pools = run.summary.get("pools") or {}
     main = pools.get("main") or {}
     contrast = pools.get("contrast") or {}
+    known = "per_grade" in main or "per_grade" in run.config
     cap = main.get("per_grade", run.config.get("per_grade"))
-    cap_text = "no cap (every judged passage)" if cap is None else f"<b>{_e(cap)}</b> passages per relevance grade and query"
+    if not known:
+        cap_text = "an unrecorded cap (neither config.json nor summary.json gives <code>per_grade</code>)"
+    elif cap is None:
+        cap_text = "<b>no cap</b> (every judged passage of each grade)"
+    else:
+        cap_text = f"up to <b>{_e(cap)}</b> passages per relevance grade and query"
     extra = ""
     ccap = contrast.get("per_grade", run.config.get("contrast_per_grade"))
     if contrast or run.config.get("contrast_per_grade") is not None:
@@ -193,7 +199,10 @@ def _section_table1(run: Run) -> str:
         for source in paper.TABLE1_COLUMNS:
             row = cells.get((target, source))
             ref = paper.cell(target, source)
-            ref_text = f'<span class="paper">paper {_e(ref.text())}</span>' if ref else '<span class="paper">paper –</span>'
+            ref_text = (
+                f'<span class="paper">paper {_e(ref.text())} ({ref.ndcg - paper.UNABLATED:+.2f})</span>'
+                if ref else '<span class="paper">paper –</span>'
+            )
             if row is None:
                 tds.append(f'<td class="cell">–{ref_text}</td>')
                 continue
@@ -206,7 +215,8 @@ def _section_table1(run: Run) -> str:
             shade = min(1.0, max(0.0, -delta) / 0.35)
             style = f' style="background: rgba(214, 96, 77, {0.08 + 0.55 * shade:.2f})"' if delta < -0.005 else ""
             title = f'{target}<-{source}: nDCG@10 {value:.4f}, delta {delta:+.4f}, p {_p(row.get("p_value"))}'
-            tds.append(f'<td class="cell"{style} title="{_e(title)}">{text}{ref_text}</td>')
+            ours = f'<span class="delta">{delta:+.3f}</span>' if unablated is not None else ""
+            tds.append(f'<td class="cell"{style} title="{_e(title)}">{text}{ours}{ref_text}</td>')
         rows.append(f"<tr><th>{_e(paper.PART_LABELS[target])}</th>{''.join(tds)}</tr>")
     grid = (
         f'<table class="grid"><thead><tr><th>X &larr; Y</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -217,10 +227,11 @@ def _section_table1(run: Run) -> str:
     )
     legend = (
         f'<p class="muted">Rows: the attending part X; columns: the attended part Y; "All" = X &larr; * (every source). '
-        f"Each cell: our nDCG@10 with the direction masked in every head of every layer; under it the paper's "
-        f"MonoBERT-large value. <b>Bold</b> = lower than the unablated model; * = two-sided paired Student t-test over "
+        f"Each cell: our nDCG@10 with the direction masked in every head of every layer, its change from the "
+        f"unablated model, and the paper's MonoBERT-large value (its change from 0.81). <b>Bold</b> = lower than the unablated model; * = two-sided paired Student t-test over "
         f"the per-query nDCG@10 against the unablated model, p &le; {run.alpha:g} (uncorrected, as in the paper"
-        + ("; Holm-corrected p values in the full table below" if "p_holm" in run.table1.columns else "")
+        + (f"; p values corrected over the 30 ablations ({_e(run.correction)}) in column p_holm of the full table below"
+           if "p_holm" in run.table1.columns else "")
         + "). Shading grows with the drop.</p>"
     )
     frame = run.table1.copy()
@@ -277,11 +288,10 @@ def _section_contrast(run: Run, figures: dict[str, Path]) -> str:
     heads = run.contrast_heads
     if heads is None and run.contrast_per_query is None:
         return f'<section id="contrast"><h2>Figures 2–4 — contrastive attention analysis</h2>{_missing("contrast/heads.csv", "contrast")}</section>'
-    correction = run.config.get("correction") or "holm"
     test = (
         f"Test: for each head and direction, a two-sided paired t-test over queries of the per-query M(&middot;|3) vs "
-        f"M(&middot;|&minus;1) (and M(&middot;|0) vs M(&middot;|&minus;1)), p values Holm-corrected over all heads &times; "
-        f"both directions (run setting: <code>{_e(correction)}</code>), threshold {run.alpha:g}. A head is a "
+        f"M(&middot;|&minus;1) (and M(&middot;|0) vs M(&middot;|&minus;1)), p values {_e(run.corrected)} over all heads &times; "
+        f"both directions (run setting <code>correction = {_e(run.correction)}</code>), threshold {run.alpha:g}. A head is a "
         "<b>matching head</b> when M(&middot;|3) &gt; M(&middot;|&minus;1) significantly. Kind: <b>syntactic</b> = it "
         "also differs for hard negatives vs easy negatives (exact-term matching); <b>semantic</b> = it differs only for "
         "relevant vs easy negatives."
@@ -310,14 +320,35 @@ semantically.</p>
         parts.append(_table(top, {"direction": _arrow, "delta_relevant": lambda v: f"{float(v):+.4f}",
                                   "delta_hard": lambda v: f"{float(v):+.4f}", "p_relevant": _p, "p_hard": _p,
                                   "kind": lambda v: f'<span class="kind {_e(v)}">{_e(v)}</span>'}))
+    if heads is not None and "kind" in heads:
         counts = (
             heads.assign(direction=heads["direction"].astype(str))
             .groupby(["direction", "kind"]).size().unstack(fill_value=0).reset_index()
         )
         counts.columns = [str(c) for c in counts.columns]
         parts.append("<p>Heads per kind and direction (all heads of the model):</p>" + _table(counts, {"direction": _arrow}))
+        parts.append(_kinds_per_layer(run, heads))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _kinds_per_layer(run: Run, heads: pd.DataFrame) -> str:
+    """Per layer and direction: how many heads are syntactic / semantic matching heads (paper: Figure 3)."""
+    frame = heads.assign(direction=heads["direction"].astype(str).str.replace(" ", ""))
+    layers = sorted(int(l) for l in frame["layer"].unique())
+    rows = []
+    for direction in ("Q<-D", "D<-Q"):
+        sub = frame[frame["direction"] == direction]
+        for kind in ("syntactic", "semantic"):
+            counts = sub[sub["kind"] == kind].groupby("layer").size()
+            rows.append({"direction": direction, "kind": kind, **{str(l): int(counts.get(l, 0)) for l in layers}})
+    table = pd.DataFrame(rows)
+    return (
+        "<details><summary>Matching heads per layer, by kind (the paper: syntactic heads in early and middle layers, "
+        "semantic heads in the last layers 20–23 of 24)</summary><div class=\"scroll\">"
+        + _table(table, {"direction": _arrow, "kind": lambda v: f'<span class="kind {_e(v)}">{_e(v)}</span>'})
+        + "</div></details>"
+    )
 
 
 def _section_heads(run: Run, figures: dict[str, Path]) -> str:
@@ -399,8 +430,9 @@ th, td { border-bottom: 1px solid var(--line); padding: 5px 10px; text-align: le
 thead th { background: var(--bg); font-weight: 600; }
 table.kv th { width: 190px; color: var(--muted); font-weight: 500; }
 table.data td { font-variant-numeric: tabular-nums; }
-table.grid th, table.grid td { text-align: center; border: 1px solid var(--line); min-width: 92px; }
+table.grid th, table.grid td { text-align: center; vertical-align: middle; border: 1px solid var(--line); min-width: 92px; }
 table.grid td.cell { font-size: 15px; font-variant-numeric: tabular-nums; padding: 6px 8px; }
+table.grid .delta { display: block; font-size: 11.5px; color: #333; }
 table.grid .paper { display: block; font-size: 11.5px; color: var(--muted); font-weight: normal; }
 .note { background: #fff8e6; border-left: 4px solid #e0a800; padding: 10px 14px; margin: 14px 0; border-radius: 4px; }
 .missing { background: var(--bg); border-left: 4px solid #9aa4ae; padding: 8px 12px; color: var(--muted); }
