@@ -217,6 +217,7 @@ def view(
     heads: str = typer.Option(None, "--heads", help="A contrast heads.csv whose matching heads are highlighted (default: RUN_DIR/contrast/heads.csv)."),
     top_k: int = typer.Option(8, "--top-k", "-k", help="Links kept per token and head in each direction (Q<-D, D<-Q)."),
     device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
+    dtype: str = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
     max_length: int = typer.Option(512, "--max-length", help="Maximum tokens per pair (documents are truncated)."),
 ) -> None:
     """One self-contained HTML page to explore a pair: tokens, heads, Q<-D / D<-Q attention, ablated scores."""
@@ -265,11 +266,12 @@ def view(
     from .model import CrossEncoder
 
     started = time.perf_counter()
-    encoder = CrossEncoder.load(model, device=device, max_length=max_length)
+    encoder = CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length)
     contrast = read_contrast_heads(heads_path, encoder.num_layers, encoder.num_heads) if heads_path else []
     if heads_path:
         meta["heads"] = str(heads_path)
-    data = build_view_data(encoder, query, document, top_k=top_k, contrast=contrast, meta=meta, notes=notes)
+    data = build_view_data(encoder, query, document, top_k=top_k, contrast=contrast, meta=meta, notes=notes,
+                           progress=sys.stderr.isatty())
     path = write_view(out, render_html(data))
     size = path.stat().st_size
     typer.echo(

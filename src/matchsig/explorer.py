@@ -325,6 +325,14 @@ def load_run_pair(run_dir: str | Path, qid: str, docid: str) -> RunPair:
 # ---------------------------------------------------------------------------------------------
 
 
+def _finite(value, digits: int | None = None) -> float | None:
+    """A JSON-safe number: None for NaN/inf (an overflowing fp16 model), rounded when asked."""
+    v = float(value)
+    if not math.isfinite(v):
+        return None
+    return round(v, digits) if digits is not None else v
+
+
 def _display_tokens(ce, query: str, document: str, input_ids: list[int]) -> tuple[list[str], list[str], list[bool], bool]:
     """(raw tokens, display text from the original strings, whether a space precedes each token,
     whether the document was truncated)."""
@@ -355,7 +363,8 @@ def _display_tokens(ce, query: str, document: str, input_ids: list[int]) -> tupl
 
 def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K, max_bytes: int = DEFAULT_MAX_BYTES,
                     ablations: Sequence[str] = TABLE1_ABLATIONS, contrast: list[dict] | None = None,
-                    meta: dict | None = None, notes: Sequence[str] = (), batch_size: int = 8) -> dict:
+                    meta: dict | None = None, notes: Sequence[str] = (), batch_size: int = 8,
+                    progress: bool = False) -> dict:
     """Everything the page shows, as a JSON-serialisable dict (binary arrays base64-encoded)."""
     from .ablation import Ablation
 
@@ -379,13 +388,13 @@ def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K
     abls = [Ablation.parse(a) for a in ablations]
     if "none" not in [a.name for a in abls]:
         abls = [Ablation.none()] + abls
-    scores = ce.score_many([query], [document], abls, batch_size=batch_size, encoded=enc)[:, 0]
+    scores = ce.score_many([query], [document], abls, batch_size=batch_size, encoded=enc, progress=progress)[:, 0]
     notes = [n for n in notes if n]
     if kq < min(top_k, nd) or kd < min(top_k, nq):
         notes.append(f"links reduced to the top {kq} per query token and top {kd} per document token to keep the page small")
     if truncated:
         notes.append(f"document truncated to {nd} tokens (max_length {ce.max_length})")
-    stats = {k: [[round(float(v), 5) for v in row] for row in a] for k, a in att.stats.items()}
+    stats = {k: [[_finite(v, 5) for v in row] for row in a] for k, a in att.stats.items()}
     return {
         "version": 1,
         "meta": {
@@ -408,7 +417,7 @@ def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K
         "qd": _pack_links(att.qd, nd),
         "dq": _pack_links(att.dq, nq),
         "stats": stats,
-        "scores": [{"name": a.name, "score": float(s)} for a, s in zip(abls, scores)],
+        "scores": [{"name": a.name, "score": _finite(s)} for a, s in zip(abls, scores)],
         "contrast": contrast or [],
         "notes": notes,
     }

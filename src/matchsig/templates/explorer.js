@@ -224,12 +224,12 @@
     if (isQ(p)) {
       var i = p - qs;
       tip.appendChild(el('div', null, 'puts ' + pct(mass(QD, c.hi, i)) + ' of its attention on the document'));
-      tip.appendChild(linkTable('Q\u2190D: its top links (p(Q\u1d62\u2190D\u2c7c))', c.outQ[i], ds, 8));
+      tip.appendChild(linkTable('Q\u2190D: its top links, p(Q\u1d62\u2190D\u2c7c)', c.outQ[i], ds, 8));
       tip.appendChild(linkTable('D\u2190Q: document tokens attending to it', c.revQ[i], ds, 6));
     } else if (isD(p)) {
       var j = p - ds;
       tip.appendChild(el('div', null, 'puts ' + pct(mass(DQ, c.hi, j)) + ' of its attention on the query'));
-      tip.appendChild(linkTable('D\u2190Q: its top links (p(D\u2c7c\u2190Q\u1d62))', c.outD[j], qs, 8));
+      tip.appendChild(linkTable('D\u2190Q: its top links, p(D\u2c7c\u2190Q\u1d62)', c.outD[j], qs, 8));
       tip.appendChild(linkTable('Q\u2190D: query tokens attending to it', c.revD[j], qs, 6));
     }
     tip.hidden = false;
@@ -308,13 +308,16 @@
     paintGrid();
   }
   function paintGrid() {
-    var m = metric(), mx = 0, v;
-    for (var i = 0; i < m.v.length; i++) if (m.v[i] !== null && isFinite(m.v[i])) mx = Math.max(mx, Math.abs(m.v[i]));
+    // diverging metrics (contrast deltas): 0 is white, scaled by the largest |value|;
+    // the pair's own statistics: scaled from their smallest to their largest value
+    var m = metric(), mx = 0, mn = Infinity, v, ok = function (x) { return x !== null && x !== undefined && isFinite(x); };
+    for (var i = 0; i < m.v.length; i++) if (ok(m.v[i])) { mx = Math.max(mx, m.div ? Math.abs(m.v[i]) : m.v[i]); mn = Math.min(mn, m.v[i]); }
+    var lo = m.div ? 0 : (isFinite(mn) ? mn : 0), span = mx - lo;
     for (i = 0; i < L * H; i++) {
       v = m.v[i];
       var c = cells[i], bg = '#f3f4f6';
-      if (v !== null && isFinite(v) && mx > 0) {
-        var a = Math.abs(v) / mx;
+      if (ok(v)) {
+        var a = span > 0 ? (m.div ? Math.abs(v) : v - lo) / span : 0.5;
         bg = (m.div && v < 0) ? 'rgba(37, 99, 235, ' + (0.08 + 0.92 * a).toFixed(3) + ')' : 'rgba(' + (m.div ? '220, 38, 38' : '13, 148, 136') + ', ' + (0.08 + 0.92 * a).toFixed(3) + ')';
       }
       c.style.background = bg;
@@ -327,7 +330,7 @@
     leg.textContent = '';
     var ramp = el('span', 'ramp');
     ramp.style.background = m.div ? 'linear-gradient(90deg, rgb(37,99,235), #fff, rgb(220,38,38))' : 'linear-gradient(90deg, rgba(13,148,136,.08), rgb(13,148,136))';
-    leg.appendChild(el('span', null, m.div ? '\u2212' + fmt(mx, 3) : '0'));
+    leg.appendChild(el('span', null, m.div ? '\u2212' + fmt(mx, 3) : fmt(lo, 3)));
     leg.appendChild(ramp);
     leg.appendChild(el('span', null, fmt(mx, 3)));
     if ((D.contrast || []).length) {
