@@ -164,15 +164,18 @@ def test_quantisation_and_budget():
 
 
 def test_page_is_self_contained_and_escapes_text(ce, tmp_path):
-    nasty = 'Fleas </script><script>window.pwned=1</script> & <!-- "quotes" \u2028 done'
-    page = render_html(build_view_data(ce, "flea </script>", nasty, top_k=3, ablations=("none",)))
+    nasty = 'Fleas </script><script>window.pwned=1</script> & <!-- "quotes" \u2028 done \u2615'
+    data = build_view_data(ce, "flea </script> \u2615", nasty, top_k=3, ablations=("none",))
+    unknown = [i for i, t in enumerate(data["tokens"]) if t == "[UNK]"]
+    assert len(unknown) == 2 and not any(data["exact"][i] for i in unknown)  # [UNK] = [UNK] is no term match
+    page = render_html(data)
     assert page.count("</script>") == 2  # the data script and the code script, nothing from the text
     assert "__MATCHSIG_" not in page and "/*__MATCHSIG" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "no external resources"
     assert "<link" not in page and "@import" not in page
     payload = re.search(r'<script type="application/json" id="matchsig-data">(.*?)</script>', page, re.S).group(1)
     parsed = json.loads(payload)
-    assert "".join(parsed["text"]).replace(" ", "").startswith("[CLS]flea</script>")
+    assert "".join(parsed["text"]).replace(" ", "").startswith("[CLS]flea</script>\u2615[SEP]Fleas</script>")
     assert parsed["scores"][0]["name"] == "none"
     out = write_view(tmp_path / "sub" / "p.html", page)
     assert out.read_text(encoding="utf-8") == page

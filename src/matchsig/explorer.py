@@ -381,6 +381,9 @@ def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K
     raw, texts, space, truncated = _display_tokens(ce, query, document, att.input_ids)
     (qs, qe), (ds, de) = att.q_span, att.d_span
     q_ids, d_ids = set(att.input_ids[qs:qe]), set(att.input_ids[ds:de])
+    unk = getattr(ce.tokenizer, "unk_token_id", None)
+    q_ids.discard(unk)  # two unknown characters are not the same term
+    d_ids.discard(unk)
     exact = [
         (p == Part.Q and t in d_ids) or (p == Part.D and t in q_ids)
         for t, p in zip(att.input_ids, att.part_ids)
