@@ -371,6 +371,15 @@ def test_page_in_chromium(browser, data, tmp_path):
     assert sum(1 for s in shaded if s) <= len(top)  # only its links are shaded
     ActionChains(browser).move_to_element(browser.find_element(By.ID, "head-label")).perform()
     assert not browser.find_element(By.ID, "tip").is_displayed()
+    # click pins the token (its links stay shown off hover); Escape unpins
+    flea.click()
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "head-label")).perform()
+    assert browser.execute_script("return window.matchsig.state().pin") == data["q_span"][0] + 3
+    assert "pinned" in browser.find_element(By.ID, "explain").text and _doc_shading(browser) == shaded
+    body.send_keys(Keys.ESCAPE)
+    assert browser.execute_script("return window.matchsig.state().pin") == -1
+    # the heatmap is drawn for the head
+    assert browser.execute_script("var c = document.getElementById('heat'); return c.width > 100 && c.height > 50;")
 
     shot = tmp_path / "explorer.png"
     browser.save_screenshot(str(shot))

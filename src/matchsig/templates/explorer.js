@@ -142,6 +142,7 @@
     var onClick = function (ev) {
       var p = posOf(ev.target); if (p < 0) return;
       S.pin = (S.pin === p) ? -1 : p; shade();
+      if (S.pin >= 0) reveal(S.pin);
     };
     [qBox, dBox].forEach(function (b) {
       b.addEventListener('mouseover', onOver); b.addEventListener('mouseout', onOut);
@@ -152,6 +153,19 @@
     if (!t || !t.getAttribute) return -1;
     var v = t.getAttribute('data-pos');
     return v === null ? -1 : +v;
+  }
+
+  /** Scroll the document so that the strongest link of token p (or p itself) is in view. */
+  function reveal(p) {
+    var target = p;
+    if (isQ(p) && cur) {
+      var ls = S.dir === 'qd' ? cur.outQ[p - qs] : cur.revQ[p - qs];
+      if (ls && ls.length) target = ds + ls[0][0];
+    }
+    if (isD(target) && spans[target] && spans[target].scrollIntoView) {
+      var box = $('document'), r = spans[target].getBoundingClientRect(), b = box.getBoundingClientRect();
+      if (r.top < b.top || r.bottom > b.bottom) box.scrollTop += r.top - b.top - b.height / 3;
+    }
   }
 
   /** Shade every token for the current head, direction and focus token. */
@@ -459,9 +473,9 @@
     cv.addEventListener('mouseleave', hideTip);
     cv.addEventListener('click', function (ev) {
       var h = heatHit(ev); if (!h) return;
-      var p = (h.j < 0 || h.block === 'qd') ? qs + h.i : ds + h.j;
-      if (h.block === 'qd' && h.j >= 0) p = qs + h.i;
+      var p = (h.j < 0 || h.block === 'qd') ? qs + h.i : ds + h.j; // Q<-D rows pin the query token, D<-Q cells the document token
       S.pin = S.pin === p ? -1 : p; shade();
+      if (S.pin >= 0) reveal(h.j >= 0 ? ds + h.j : S.pin);
     });
     var pending = false;
     window.addEventListener('resize', function () {
