@@ -273,3 +273,21 @@ def test_report_empty_and_partial_runs(tmp_path):
     assert (partial / "figures" / "layers.png").is_file()
     assert not (partial / "figures" / "fig2_relevant_vs_easy.png").exists()
     assert "contrast was not run" in text.lower() or "not run" in text.lower()
+
+
+def test_report_survives_a_malformed_file(tmp_path):
+    from matchsig.report import build_report
+
+    run_dir = make_run(tmp_path / "run", with_contrast=False, with_heads=False)
+    pd.read_csv(run_dir / "layers.csv").drop(columns=["ndcg@10", "delta"]).to_csv(run_dir / "layers.csv", index=False)
+    pd.read_csv(run_dir / "table1.csv").rename(columns={"ndcg@10": "ndcg"}).to_csv(run_dir / "table1.csv", index=False)
+    text = build_report(run_dir).read_text()
+    _assert_self_contained(text)
+    assert "layers.png could not be drawn" in text
+    assert "layers.csv could not be read" in text
+    assert "could not be rendered" in text  # Table 1's section, without its nDCG column
+    findings = judge(run_dir, write=False)
+    verdicts = _verdicts(findings)
+    assert verdicts["cls_last_layers"] is None and verdicts["dd_hurts_most"] is None
+    broken = next(f for f in findings if f.key == "dd_hurts_most")
+    assert "could not be judged" in broken.evidence.lower() and broken.name != broken.key

@@ -396,8 +396,13 @@ def plot_heads(run: Run, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def make_figures(run_dir: str | Path | Run) -> dict[str, Path]:
-    """Write every figure the run's files allow into ``RUN_DIR/figures``; returns {file name: path}."""
+def make_figures(run_dir: str | Path | Run, errors: dict[str, str] | None = None) -> dict[str, Path]:
+    """Write every figure the run's files allow into ``RUN_DIR/figures``; returns {file name: path}.
+
+    A figure whose files are missing is skipped. A figure that fails on malformed data is skipped
+    too, and the reason is put in ``errors`` ({file name: message}) when given, so that one bad file
+    does not cost the whole report.
+    """
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
     out = run.path / "figures"
     makers = {
@@ -413,7 +418,14 @@ def make_figures(run_dir: str | Path | Run) -> dict[str, Path]:
         target = out / name
         if target.exists():
             target.unlink()  # regenerate: never leave a stale figure from an earlier run
-        result = maker(target)
+        try:
+            result = maker(target)
+        except Exception as exc:  # noqa: BLE001 - one malformed file must not cost the other figures
+            plt.close("all")
+            if errors is None:
+                raise
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            continue
         if result is not None:
             made[name] = result
     return made

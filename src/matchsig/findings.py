@@ -316,9 +316,22 @@ def _finding(key: str, name: str, holds, evidence: str, rule: str, **data) -> Fi
     return Finding(name, holds, evidence, key, rule, paper.STATEMENTS.get(key, ""), data)
 
 
+#: Finding key -> its name in the checklist.
+NAMES = {
+    "dd_hurts_most": "D<-D hurts most among single directions",
+    "sep_noop": "Directions into or out of SEP change nothing (no-op sinks)",
+    "cls_all_random": "CLS<-* gives a random ranking",
+    "clsq_vs_clsd": "CLS<-Q hurts more than CLS<-D",
+    "cls_last_layers": "Up-to-layer CLS ablations hurt only in the last 2 layers",
+    "dd_from_middle": "Blocking D<-D hurts only from about the middle of the network",
+    "matching_heads_layers": "Matching heads: few per layer in early/middle layers, (almost) every head in late layers",
+    "matching_heads_bidirectional": "Matching heads are bidirectional (the same heads match Q<-D and D<-Q)",
+}
+
+
 def _dd_hurts_most(run: Run) -> Finding:
     rule = "Among the 25 single directions X<-Y, D<-D has the lowest nDCG@10 (ties within 0.005 count)."
-    name = "D<-D hurts most among single directions"
+    name = NAMES["dd_hurts_most"]
     cells = {k: float(v["ndcg@10"]) for k, v in run.cells().items() if k[1] != "*"}
     if ("D", "D") not in cells or len(cells) < 2:
         return _finding("dd_hurts_most", name, None, "table1.csv is missing (Table 1 was not run).", rule)
@@ -338,7 +351,7 @@ def _sep_noop(run: Run) -> Finding:
         f"Each of the 18 ablations into or out of SEP1/SEP2 (16 single directions + SEP1<-*, SEP2<-*) "
         f"has |delta| <= {SEP_NOOP} or is not significant (paired t-test p > {run.alpha:g}, uncorrected)."
     )
-    name = "Directions into or out of SEP change nothing (no-op sinks)"
+    name = NAMES["sep_noop"]
     cells = run.cells()
     chosen = {
         k: v
@@ -368,7 +381,7 @@ def _sep_noop(run: Run) -> Finding:
 
 def _cls_all_random(run: Run) -> Finding:
     rule = f"nDCG@10 of CLS<-* <= random-ranking nDCG@10 + {RANDOM_TOLERANCE}."
-    name = "CLS<-* gives a random ranking"
+    name = NAMES["cls_all_random"]
     row = run.cells().get(("CLS", "*"))
     rnd = run.random_ndcg
     if row is None or rnd is None:
@@ -381,7 +394,7 @@ def _cls_all_random(run: Run) -> Finding:
 
 def _clsq_vs_clsd(run: Run) -> Finding:
     rule = "nDCG@10 of CLS<-Q < nDCG@10 of CLS<-D (strictly)."
-    name = "CLS<-Q hurts more than CLS<-D"
+    name = NAMES["clsq_vs_clsd"]
     cells = run.cells()
     q, d = cells.get(("CLS", "Q")), cells.get(("CLS", "D"))
     if q is None or d is None:
@@ -426,7 +439,7 @@ def _layer_curves(run: Run) -> dict[frozenset, pd.DataFrame]:
 
 def _cls_last_layers(run: Run) -> Finding:
     L = run.num_layers
-    name = "Up-to-layer CLS ablations hurt only in the last 2 layers"
+    name = NAMES["cls_last_layers"]
     rule = f"For CLS<-* and CLS<-{{Q,D}}: drop <= {DROP} for every l < L-2 and drop > {DROP} for every l >= L-2" + (
         f" (L = {L}: layers {L - 2} and {L - 1})." if L else "."
     )
@@ -454,7 +467,7 @@ def _cls_last_layers(run: Run) -> Finding:
 
 def _dd_from_middle(run: Run) -> Finding:
     L = run.num_layers
-    name = "Blocking D<-D hurts only from about the middle of the network"
+    name = NAMES["dd_from_middle"]
     start = int(math.floor(0.45 * L)) if L else None
     rule = f"D<-D: no drop > {DROP} for l < floor(0.45 L)" + (f" = {start}" if start is not None else "") + f", and a drop > {DROP} at some later l."
     curves = _layer_curves(run)
@@ -516,7 +529,7 @@ def _layer_fractions(run: Run) -> tuple[dict[int, float], dict[str, dict[int, fl
 
 def _matching_heads_layers(run: Run) -> Finding:
     L = run.num_layers
-    name = "Matching heads: few per layer in early/middle layers, (almost) every head in late layers"
+    name = NAMES["matching_heads_layers"]
     late_start = L - math.ceil(L / 4) if L else None
     rule = (
         f"Matching head = delta_relevant > 0 with p_relevant <= {run.alpha:g} (paired t-test over queries, "
@@ -549,7 +562,7 @@ def _matching_heads_layers(run: Run) -> Finding:
 
 
 def _bidirectional(run: Run) -> Finding:
-    name = "Matching heads are bidirectional (the same heads match Q<-D and D<-Q)"
+    name = NAMES["matching_heads_bidirectional"]
     rule = (
         "Share of the Q<-D matching heads that also match D<-Q, and vice versa (matching: delta_relevant > 0, "
         f"{run.corrected} p_relevant <= {run.alpha:g}); holds when both shares are >= 0.5."
@@ -571,6 +584,7 @@ def _bidirectional(run: Run) -> Finding:
     return _finding("matching_heads_bidirectional", name, holds, evidence, rule, share_qd=share_qd, share_dq=share_dq, both=len(both))
 
 
+KEYS = tuple(NAMES)
 JUDGES = (
     _dd_hurts_most,
     _sep_noop,
@@ -604,8 +618,9 @@ def judge(run_dir: str | Path, write: bool = True) -> list[Finding]:
         try:
             findings.append(judge_one(run))
         except (KeyError, ValueError, TypeError, IndexError) as exc:  # malformed file: say so, don't crash
-            name = judge_one.__name__.strip("_")
-            findings.append(Finding(name, None, f"could not be judged: {type(exc).__name__}: {exc}", name))
+            key = KEYS[JUDGES.index(judge_one)]
+            findings.append(_finding(key, NAMES[key], None, f"Could not be judged from the run's files: "
+                                     f"{type(exc).__name__}: {exc}.", ""))
     if write:
         write_findings(run, findings)
     return findings

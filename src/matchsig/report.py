@@ -253,8 +253,17 @@ def _section_table1(run: Run) -> str:
 </section>"""
 
 
+class _Figures(dict):
+    """{file name: path} of the drawn figures, with ``errors`` {file name: why it could not be drawn}."""
+
+    errors: dict[str, str] = {}
+
+
 def _figure(figures: dict[str, Path], name: str) -> str:
     path = figures.get(name)
+    errors = getattr(figures, "errors", {})
+    if name in errors:
+        return f'<p class="missing">{_e(name)} could not be drawn: {_e(errors[name])}</p>'
     if path is None or not Path(path).is_file():
         return ""
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -268,19 +277,24 @@ def _section_layers(run: Run, figures: dict[str, Path]) -> str:
     frame = run.layers
     if frame is None:
         return f'<section id="layers"><h2>Figure 1 — up-to-layer ablations</h2>{_missing("layers.csv", "layers")}</section>'
-    wide = frame.pivot_table(index="direction", columns="layer", values="ndcg@10", sort=False)
-    wide.index = [direction_label(d) for d in wide.index]
-    wide = wide.reset_index().rename(columns={"index": "direction"})
-    wide.columns = [str(c) for c in wide.columns]
-    formats = {c: _num for c in wide.columns if c != "direction"}
-    formats["direction"] = _arrow
+    try:
+        wide = frame.pivot_table(index="direction", columns="layer", values="ndcg@10", sort=False)
+        wide.index = [direction_label(d) for d in wide.index]
+        wide = wide.reset_index().rename(columns={"index": "direction"})
+        wide.columns = [str(c) for c in wide.columns]
+        formats = {c: _num for c in wide.columns if c != "direction"}
+        formats["direction"] = _arrow
+        details = (f'<details><summary>nDCG@10 per direction and last ablated layer</summary><div class="scroll">'
+                   f"{_table(wide, formats)}</div></details>")
+    except (KeyError, ValueError, TypeError) as exc:
+        details = f'<p class="missing">layers.csv could not be read: {_e(type(exc).__name__)}: {_e(exc)}</p>'
     return f"""
 <section id="layers"><h2>Figure 1 — up-to-layer ablations</h2>
 <p class="muted">A direction is masked in every head of layers 0..l (0-indexed); the curve shows nDCG@10 against l.
 The paper (24 layers): CLS &larr; {{Q,D}} and CLS &larr; * do not hurt before the last 2 layers; blocking D &larr; D
 does not hurt before layers 11/12.</p>
 {_figure(figures, "layers.png")}
-<details><summary>nDCG@10 per direction and last ablated layer</summary><div class="scroll">{_table(wide, formats)}</div></details>
+{details}
 </section>"""
 
 
@@ -454,8 +468,20 @@ table.findings td:last-child { width: 42%; font-size: 13px; }
 """
 
 
-def render_report(run: Run, figures: dict[str, Path], findings: list[Finding]) -> str:
-    """The report's HTML text."""
+def _safe(section, *args) -> str:
+    """A section's HTML, or a note saying why it could not be rendered (a malformed file must not cost the page)."""
+    try:
+        return section(*args)
+    except Exception as exc:  # noqa: BLE001
+        name = section.__name__.replace("_section_", "")
+        return (f'<section id="{_e(name)}"><h2>{_e(name)}</h2><p class="missing">This section could not be rendered '
+                f"from the run's files: {_e(type(exc).__name__)}: {_e(exc)}</p></section>")
+
+
+def render_report(run: Run, figures: dict[str, Path], findings: list[Finding], errors: dict[str, str] | None = None) -> str:
+    """The report's HTML text (``errors``: figures that could not be drawn, {file name: reason})."""
+    figures = _Figures(figures)
+    figures.errors = dict(errors or {})
     counts = {v: sum(1 for f in findings if f.holds is v) for v in (True, False, None)}
     model = run.model_info.get("name") or run.config.get("model") or "unknown model"
     created = run.summary.get("created", "")
@@ -470,13 +496,13 @@ def render_report(run: Run, figures: dict[str, Path], findings: list[Finding]) -
                      ("heads", "Heads"), ("findings", "Findings"))
     )
     body = "".join([
-        _section_run(run),
-        _section_table1(run),
-        _section_layers(run, figures),
-        _section_contrast(run, figures),
-        _section_heads(run, figures),
-        _section_findings(run, findings),
-        _section_timings(run),
+        _safe(_section_run, run),
+        _safe(_section_table1, run),
+        _safe(_section_layers, run, figures),
+        _safe(_section_contrast, run, figures),
+        _safe(_section_heads, run, figures),
+        _safe(_section_findings, run, findings),
+        _safe(_section_timings, run),
     ])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -503,8 +529,9 @@ def build_report(run_dir: str | Path) -> Path:
         from .errors import MatchsigError
 
         raise MatchsigError(f"run folder {run.path} does not exist")
-    figures = make_figures(run)
+    errors: dict[str, str] = {}
+    figures = make_figures(run, errors)
     findings = judge(run)
     path = run.path / "report.html"
-    path.write_text(render_report(run, figures, findings), encoding="utf-8")
+    path.write_text(render_report(run, figures, findings, errors), encoding="utf-8")
     return path
