@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from matchsig import paper
-from matchsig.findings import Run, judge, normalize_direction, top_matching_heads
+from matchsig.findings import judge, normalize_direction, top_matching_heads
 
 PARTS = paper.PARTS
 L, H, NQ = 6, 4, 12

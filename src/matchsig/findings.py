@@ -482,7 +482,8 @@ def _dd_from_middle(run: Run) -> Finding:
     evidence = (
         f"L = {L}; first layer where D<-D loses more than {DROP}: "
         f"{onset if onset is not None else 'none'}"
-        + (f" ({(onset + 1) / L:.0%} of the depth; paper: 11-12 of 24, about 50%)" if onset is not None else "")
+        + (f" (layers 0..{onset} ablated, {(onset + 1) / L:.0%} of the depth; the paper: layer 11/12 of 24, about 50%)"
+           if onset is not None else "")
         + f"; largest drop before layer {start}: {_fmt(float(early['drop'].max()) if len(early) else None)}; "
         f"drop with all layers ablated: {_fmt(float(group['drop'].iloc[-1]))}."
     )
