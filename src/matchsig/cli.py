@@ -202,6 +202,119 @@ def evaluate(
     _settings_table("Evaluation", rows)
 
 
+# ---- the paper's experiments (experiments.py, report.py) ------------------------------------------
+
+_MODEL_HELP = "'embedded', a Hugging Face folder, or a hub id (e.g. castorini/monobert-large-msmarco)."
+
+
+def _run_experiments(experiments: list[str], out: str, force: bool, **settings) -> "object":
+    """Build a RunConfig from CLI options, run it, print where the results are."""
+    from .experiments import Run, RunConfig
+
+    settings["per_grade"] = _parse_cap(settings["per_grade"])
+    settings["datasets"] = list(settings.pop("dataset") or ["demo"])
+    config = RunConfig(experiments=experiments, **settings)
+    run = Run(out, config, force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
+    folder = run.run()
+    if run.dist.rank == 0:
+        typer.echo(f"results in {folder}")
+    return run
+
+
+def _experiment_command(name: str, experiments: list[str], doc: str):
+    def command(
+        model: str = typer.Option("embedded", "--model", "-m", help=_MODEL_HELP),
+        dataset: list[str] = typer.Option(None, "--dataset", "-d", help=_DATASET_HELP + " Repeatable (pools are merged)."),
+        per_grade: str = typer.Option("20", "--per-grade", "-n", help=_CAP_HELP),
+        seed: int = typer.Option(0, "--seed", help="Seed of the samples and random choices."),
+        out: str = typer.Option(f"runs/{name}", "--out", "-o", help="Run folder (created; resumed if it exists)."),
+        force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
+        max_queries: int = typer.Option(None, "--max-queries", help="Use only the first N judged queries of each dataset."),
+        batch_size: int = typer.Option(32, "--batch-size", "-b", help="Pairs per forward pass."),
+        device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
+        dtype: str = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
+        max_length: int = typer.Option(512, "--max-length", help="Maximum tokens per pair (documents are truncated)."),
+        contrast_per_grade: int = typer.Option(10, "--contrast-per-grade", help="Contrast: relevant (3) and hard (0) passages per query."),
+        contrast_easy: int = typer.Option(10, "--contrast-easy", help="Contrast: easy negatives (-1) per query."),
+        heads_k: list[int] = typer.Option(None, "--k", help="Heads: numbers of heads to ablate (repeatable)."),
+        heads_random_seeds: int = typer.Option(5, "--random-seeds", help="Heads: random head sets per k."),
+    ) -> None:
+        settings = dict(model=model, dataset=dataset, per_grade=per_grade, seed=seed, max_queries=max_queries,
+                        batch_size=batch_size, device=device, dtype=dtype, max_length=max_length,
+                        contrast_per_grade=contrast_per_grade, contrast_easy=contrast_easy,
+                        heads_random_seeds=heads_random_seeds)
+        if heads_k:
+            settings["heads_k"] = list(heads_k)
+        _run_experiments(experiments, out, force, **settings)
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+_experiment_command("ablate", ["table1"], "Table 1: nDCG@10 with each direction X<-Y (and X<-*) masked in all layers.")
+_experiment_command("layers", ["layers"], "Figure 1: nDCG@10 when masking a direction in layers 0..l, for every l.")
+_experiment_command("contrast", ["contrast"], "Figures 2-4: per-head attention on relevant vs hard vs easy negatives.")
+_experiment_command("heads", ["contrast", "heads"], "Ablate the top-k matching heads found by contrast vs k random heads.")
+_experiment_command("experiments", ["table1", "layers", "contrast", "heads"], "All of the paper's experiments, then the report.")
+
+
+@app.command("run")
+def run_config(
+    config: str = typer.Argument(..., help="A config.json written by an earlier run (or a run folder)."),
+    out: str = typer.Option(None, "--out", "-o", help="Run folder (default: the folder holding the config)."),
+    force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
+    report_too: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
+) -> None:
+    """Re-run (or resume) a run from its configuration file."""
+    from pathlib import Path
+
+    from .experiments import Run, RunConfig
+
+    cfg = RunConfig.read(config)
+    target = Path(out) if out else (Path(config) if Path(config).is_dir() else Path(config).parent)
+    run = Run(target, cfg, force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
+    folder = run.run()
+    if run.dist.rank == 0:
+        if report_too:
+            _report(folder)
+        typer.echo(f"results in {folder}")
+
+
+def _report(folder) -> None:
+    from .report import build_report
+
+    path = build_report(folder)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def report(run_dir: str = typer.Argument(..., help="A run folder.")) -> None:
+    """Write RUN_DIR/report.html: one self-contained page with tables, figures and findings."""
+    from pathlib import Path
+
+    folder = Path(run_dir)
+    if not (folder / "config.json").is_file():
+        raise MatchsigError(f"{folder} is not a matchsig run folder (no config.json)")
+    _report(folder)
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("matchsig-demo", "--out", "-o", help="Output folder."),
+    force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
+) -> None:
+    """Everything on the embedded model and the bundled DL19 sample, offline: tables, figures, report."""
+    from .experiments import DEMO_CONFIG, Run
+
+    run = Run(out, DEMO_CONFIG(), force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
+    typer.secho(
+        f"matchsig demo: embedded model, bundled DL19 sample, up to {run.config.per_grade} passages per grade "
+        f"(the paper states 20), {run.config.max_queries or 'all'} queries", err=True)
+    folder = run.run()
+    _report(folder)
+    typer.echo(f"results in {folder}")
+
+
 # ---- view: the attention explorer (explorer.py) ------------------------------------------------
 
 
