@@ -217,6 +217,7 @@ def _run_experiments(experiments: list[str], out: str, force: bool, **settings) 
     run = Run(out, config, force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
     folder = run.run()
     if run.dist.rank == 0:
+        _report(folder)
         typer.echo(f"results in {folder}")
     return run
 
@@ -255,7 +256,7 @@ _experiment_command("ablate", ["table1"], "Table 1: nDCG@10 with each direction 
 _experiment_command("layers", ["layers"], "Figure 1: nDCG@10 when masking a direction in layers 0..l, for every l.")
 _experiment_command("contrast", ["contrast"], "Figures 2-4: per-head attention on relevant vs hard vs easy negatives.")
 _experiment_command("heads", ["contrast", "heads"], "Ablate the top-k matching heads found by contrast vs k random heads.")
-_experiment_command("experiments", ["table1", "layers", "contrast", "heads"], "All of the paper's experiments, then the report.")
+_experiment_command("experiments", ["table1", "layers", "contrast", "heads"], "All of the paper's experiments.")
 
 
 @app.command("run")
