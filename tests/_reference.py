@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 PARTS = ["CLS", "Q", "SEP1", "D", "SEP2"]
 
@@ -41,14 +40,25 @@ def _ln(x, w, b, eps):
 
 
 def _gelu(x):
-    erf = np.vectorize(math.erf)
+    from scipy.special import erf
+
     return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+_STATES: dict = {}
+
+
+def _float64_state(model) -> dict:
+    key = id(model)
+    if key not in _STATES:
+        _STATES[key] = (model, {k: v.detach().double().numpy() for k, v in model.state_dict().items()})
+    return _STATES[key][1]
 
 
 def bert_score(model, input_ids: list[int], token_type_ids: list[int], cuts: dict[int, dict[int, set]] | None = None,
                sep_id: int = 102, return_probs: bool = False):
     """Score of one unpadded pair under cuts {layer: {head: {(target, source), ...}}}."""
-    sd = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    sd = _float64_state(model)
     cfg = model.config
     eps = cfg.layer_norm_eps
     prefix = "bert."
@@ -73,10 +83,8 @@ def bert_score(model, input_ids: list[int], token_type_ids: list[int], cuts: dic
         probs = probs / probs.sum(-1, keepdims=True)
         all_probs.append(probs.copy())
         for head, dirs in (cuts or {}).get(layer, {}).items():
-            for i in range(n):
-                for j in range(n):
-                    if (parts[i], parts[j]) in dirs:
-                        probs[head, i, j] = 0.0
+            cut = np.array([[(parts[i], parts[j]) in dirs for j in range(n)] for i in range(n)])
+            probs[head][cut] = 0.0
         ctx = (probs @ v).transpose(1, 0, 2).reshape(n, nh * dh)
         x = _ln(lin(ctx, "attention.output.dense") + x, sd[p + "attention.output.LayerNorm.weight"],
                 sd[p + "attention.output.LayerNorm.bias"], eps)
