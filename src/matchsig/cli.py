@@ -437,3 +437,32 @@ def train(
         cfg.lr = lr
     summary = run_training(data_dir, Path(out), cfg, log=lambda msg: typer.echo(msg, err=True))
     _print_json(summary)
+
+
+# ---- parts: how a pair is split (parts.py) --------------------------------------------------------
+
+
+@app.command()
+def parts(
+    query: str = typer.Option(..., "--query", "-q", help="Query text."),
+    document: str = typer.Option(..., "--document", "-d", help="Document text."),
+    model: str = typer.Option("embedded", "--model", "-m", help=_MODEL_HELP),
+    max_length: int = typer.Option(512, "--max-length", help="Maximum tokens per pair (documents are truncated)."),
+    as_json: bool = typer.Option(False, "--json", help="Print [[token, part], ...] as JSON."),
+) -> None:
+    """Show how a (query, document) pair is tokenised and split into CLS, Q, SEP1, D, SEP2."""
+    from .model import CrossEncoder
+
+    labelled = CrossEncoder.load(model, device="cpu", max_length=max_length).parts(query, document)
+    if as_json:
+        _print_json({"tokens": [[t, p] for t, p in labelled]})
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    colours = {"CLS": "bold magenta", "Q": "bold cyan", "SEP1": "bold yellow", "D": "green", "SEP2": "bold yellow"}
+    text = Text()
+    for token, part in labelled:
+        text.append(f"{token}", style=colours[part])
+        text.append(f"/{part} ", style="dim")
+    Console().print(text)
