@@ -363,7 +363,7 @@ def _display_tokens(ce, query: str, document: str, input_ids: list[int]) -> tupl
 
 def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K, max_bytes: int = DEFAULT_MAX_BYTES,
                     ablations: Sequence[str] = TABLE1_ABLATIONS, contrast: list[dict] | None = None,
-                    meta: dict | None = None, notes: Sequence[str] = (), batch_size: int = 8,
+                    meta: dict | None = None, notes: Sequence[str] = (), batch_size: int = 16,
                     progress: bool = False) -> dict:
     """Everything the page shows, as a JSON-serialisable dict (binary arrays base64-encoded)."""
     from .ablation import Ablation
