@@ -198,3 +198,10 @@ def test_ties_cls_all_makes_scores_constant(full_run):
     """CLS<-* cuts everything CLS reads, so every pair gets the same score: the ranking is the tie-break."""
     raw = pd.read_csv(full_run / "table1_scores.csv", dtype={"qid": str, "docid": str})
     assert np.ptp(raw["CLS<-*"]) < 1e-5 and np.ptp(raw["none"]) > 1e-3
+
+
+def test_cli_parts(tiny_model):
+    res = _cli("parts", "--model", tiny_model, "-q", "what is a flea", "-d", "The cat flea.", "--json")
+    assert res.returncode == 0, res.stderr
+    tokens = json.loads(res.stdout)["tokens"]
+    assert [p for _, p in tokens] == ["CLS", "Q", "Q", "Q", "Q", "SEP1", "D", "D", "D", "D", "SEP2"]
