@@ -260,3 +260,13 @@ def test_ablation_set_of_heads_matches_reference(ce, hf_model, tokenizer):
     for i, (q, d) in enumerate(zip(QUERIES, DOCS)):
         ids, types = torch_reference_ids(tokenizer, q, d)
         assert abs(got[i] - bert_score(hf_model, ids, types, cuts)) <= 1e-5
+
+
+def test_tiny_electra_layer_curve_equals_direct(tmp_path, tokenizer):
+    folder, _ = _tiny(tmp_path, "electra", 1, tokenizer)
+    ce = CrossEncoder.load(folder, device="cpu")
+    curve = ce.score_layer_curve(QUERIES, DOCS, "Q<-D,D<-D")
+    for layer in range(3):
+        direct = ce.score(QUERIES, DOCS, ablation=Ablation.parse("Q<-D,D<-D", up_to_layer=layer))
+        np.testing.assert_allclose(curve[layer], direct, atol=1e-6)
+    assert np.abs(curve[0] - curve[2]).max() > 1e-4
