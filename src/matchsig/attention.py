@@ -11,6 +11,17 @@ register one function under the name ``"matchsig"`` that reads the current :clas
 * with statistics requested, reduces the layer's attention map to per-head numbers on the fly
   (:mod:`matchsig.stats`), so no full attention map outlives its layer.
 
+Cut layers have two exact implementations (``CUT_KERNEL``): the explicit softmax ("math", the
+reference, used by ``kernel="eager"`` and on every device), and on CPU in fp32 a fused one built on
+the identity
+
+    softmax(s) with block C zeroed  ==  SDPA(s, -inf on C) * exp(lse(s, -inf on C) - lse(s))
+
+(both passes through PyTorch's fused CPU flash-attention kernel, which returns the log-sum-exp;
+the rescale is done in fp32; a fully cut row has out = 0 and lse = 0 there, so it gives 0 as the
+post-softmax zeroing does). The kernel is a private op: it is looked up defensively and any
+failure falls back to the explicit softmax for the rest of the process.
+
 Padding is masked from the part ids of the context (padding has part id ``PAD``), not from the
 mask transformers builds; the name is also registered in ``AttentionMaskInterface`` so that a model
 used outside a matchsig context still gets a correct padding mask (without it transformers passes
@@ -30,6 +41,14 @@ from .parts import PAD
 
 ATTN_NAME = "matchsig"
 _NP = PAD + 1  # part ids 0..4 plus padding
+
+#: How cut layers are computed under ``kernel="auto"``: ``"auto"`` (the fused two-pass kernel where it
+#: applies — CPU, fp32 — else the explicit softmax), ``"fused"`` (the same; kept as a name for
+#: benchmarks), or ``"math"`` (always the explicit softmax). ``kernel="eager"`` always uses the math.
+CUT_KERNEL = "auto"
+
+_flash_cpu = getattr(getattr(torch.ops, "aten", None), "_scaled_dot_product_flash_attention_for_cpu", None)
+_fused_broken: str | None = None  # set to the error message when the private op failed once
 
 _current: contextvars.ContextVar["ForwardContext | None"] = contextvars.ContextVar("matchsig_ctx", default=None)
 
@@ -77,6 +96,23 @@ class ForwardContext:
         cut = torch.gather(flat, 2, idx).view(b, flat.shape[1], t, t)
         self._cut_cache[key] = (block, cut)
         return cut
+
+    def cut_bias(self, block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1 or H, T, T) additive mask of ``dtype``: -inf on padding keys and on cut pairs, else 0.
+
+        Built from the part ids (never from the dtype's minimum: a fully cut row must stay fully
+        masked). One head plane when every head of every row is cut alike.
+        """
+        key = ("bias", id(block), dtype)
+        hit = self._cut_cache.get(key)
+        if hit is not None and hit[0] is block:
+            return hit[1]
+        uniform = block.shape[1] == 1 or bool((block == block[:, :1]).all())
+        cut = self.cut_mask(block[:, :1] if uniform else block)
+        pad = (self.part_ids == PAD)[:, None, None, :]
+        bias = torch.zeros(cut.shape, dtype=dtype, device=cut.device).masked_fill_(cut | pad, float("-inf"))
+        self._cut_cache[key] = (block, bias)
+        return bias
 
 
 def current_context() -> ForwardContext | None:
@@ -128,6 +164,11 @@ def matchsig_attention(
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling)
         return out.transpose(1, 2).contiguous(), None
 
+    if block is not None and not want_stats and ctx.kernel != "eager" and _use_fused(query):
+        out = _fused_cut(query, key, value, bias, ctx.cut_bias(block, query.dtype), scaling)
+        if out is not None:
+            return out, None
+
     scores = torch.matmul(query, key.transpose(-1, -2)).float() * scaling + bias.float()
     probs = torch.softmax(scores, dim=-1)
     del scores
@@ -137,6 +178,33 @@ def matchsig_attention(
         probs = probs.masked_fill(ctx.cut_mask(block), 0.0)
     out = torch.matmul(probs.to(value.dtype), value)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _use_fused(query: torch.Tensor) -> bool:
+    if CUT_KERNEL == "math" or _flash_cpu is None or _fused_broken is not None:
+        return False
+    return query.device.type == "cpu" and query.dtype == torch.float32
+
+
+def fused_available() -> bool:
+    """Whether the fused CPU kernel for cut layers is usable in this process."""
+    return _flash_cpu is not None and _fused_broken is None
+
+
+def _fused_cut(query, key, value, bias, cut_bias, scaling) -> torch.Tensor | None:
+    """Post-softmax zeroing as SDPA(masked) * exp(lse_masked - lse_full); (B, T, H, D) or None on failure."""
+    global _fused_broken
+    try:
+        _, lse_full = _flash_cpu(query, key, value, attn_mask=bias, scale=scaling)
+        out_cut, lse_cut = _flash_cpu(query, key, value, attn_mask=cut_bias, scale=scaling)
+    except (RuntimeError, TypeError, NotImplementedError) as exc:  # private op: fall back for good
+        _fused_broken = f"{type(exc).__name__}: {exc}"
+        return None
+    weight = torch.sub(lse_cut.float(), lse_full.float()).exp_()  # (B, H, T), <= 1
+    b, h, t, d = out_cut.shape
+    out = torch.empty((b, t, h, d), dtype=query.dtype, device=query.device)
+    torch.mul(out_cut.transpose(1, 2), weight.transpose(1, 2).unsqueeze(-1), out=out)
+    return out
 
 
 _registered = False

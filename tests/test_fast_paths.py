@@ -1,0 +1,145 @@
+"""Fast exact paths agree with the eager reference path (kernel="eager") to <= 1e-5 in fp32.
+
+The fused cut kernel computes post-softmax zeroing as SDPA(masked) * exp(lse_masked - lse_full)
+with PyTorch's private CPU flash-attention op; these tests pin it to the explicit softmax, on a real
+pretrained model and on tiny configs, with fully cut rows, padding, per-row mixed configurations,
+head subsets, and the fallback when the private op fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _reference import bert_score, cuts_for, torch_reference_ids
+
+from matchsig import Ablation, CrossEncoder
+from matchsig import attention as A
+
+QUERIES = ["what is a flea", "how long do cats live", "cost of a new roof in florida", "x"]
+DOCS = [
+    "The cat flea is a small wingless insect that feeds on the blood of cats and dogs.",
+    "Indoor cats live 12 to 18 years; some cats live for more than 20 years.",
+    "A new roof costs between 5,000 and 10,000 dollars, depending on the roofing material.",
+    "word " * 60,  # a long one: every other pair of the batch is padded
+]
+
+SPECS = [
+    Ablation.parse("D<-D"),
+    Ablation.parse("CLS<-*"),  # a fully cut row
+    Ablation.parse("*<-*"),  # every row fully cut
+    Ablation.parse("Q<-D,D<-Q", layers=[1, 4], heads=[0, 5, 11]),  # heads differ: per-head masks
+    Ablation.parse("SEP1<-*,*<-SEP2", layers=[0]),
+    Ablation.parse("CLS<-Q", up_to_layer=3),
+]
+
+pytestmark = pytest.mark.skipif(not A.fused_available(), reason="fused CPU attention op not available in this torch")
+
+
+@pytest.fixture(scope="module")
+def ce(minilm_folder):
+    return CrossEncoder.load(minilm_folder, device="cpu")
+
+
+class _Count:
+    """Wrap the private op to count calls (proves the fused path ran)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *a, **k):
+        self.calls += 1
+        return self.fn(*a, **k)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    wrapper = _Count(A._flash_cpu)
+    monkeypatch.setattr(A, "_flash_cpu", wrapper)
+    return wrapper
+
+
+def test_fused_equals_eager_on_real_model(ce, counted):
+    for ab in SPECS:
+        eager = ce.score(QUERIES, DOCS, ablation=ab, kernel="eager", batch_size=4)
+        fused = ce.score(QUERIES, DOCS, ablation=ab, kernel="auto", batch_size=4)
+        np.testing.assert_allclose(fused, eager, atol=1e-5, rtol=0, err_msg=ab.name)
+    assert counted.calls > 0
+
+
+def test_fused_per_row_mixed_configurations(ce, counted):
+    """Several configurations of the same pairs in one batch (per-row cut blocks), with padding."""
+    specs = ["none", "D<-D", "CLS<-*", Ablation.parse("Q<-D", heads=[3]), "*<-*", Ablation.parse("D<-Q", layers=[5])]
+    fused = ce.score_many(QUERIES, DOCS, specs, batch_size=7)
+    eager = ce.score_many(QUERIES, DOCS, specs, batch_size=7, kernel="eager")
+    np.testing.assert_allclose(fused, eager, atol=1e-5, rtol=0)
+    assert counted.calls > 0
+    # and each row equals the configuration run alone (batch independence)
+    for k, spec in enumerate(specs):
+        np.testing.assert_allclose(fused[k], ce.score(QUERIES, DOCS, ablation=spec), atol=1e-6, rtol=0)
+
+
+def test_fully_cut_rows_give_zero_attention_output():
+    """Two-pass identity on raw tensors: a fully cut row gives 0, an uncut row gives plain SDPA."""
+    torch.manual_seed(0)
+    b, h, t, d = 2, 3, 7, 8
+    q, k, v = (torch.randn(b, h, t, d) for _ in range(3))
+    part_ids = torch.tensor([[0, 1, 2, 3, 3, 4, 5], [0, 1, 1, 2, 3, 4, 4]])
+    ctx = A.ForwardContext(part_ids=part_ids)
+    block = torch.zeros(1, h, 6, 6, dtype=torch.bool)
+    block[0, :, 0, :5] = True  # CLS<-*
+    block[0, 1, 3, 3] = True  # D<-D in head 1 only
+    bias = ctx.key_bias(q.dtype)
+    out = A._fused_cut(q, k, v, bias, ctx.cut_bias(block, q.dtype), 0.5)  # (B, T, H, D)
+    scores = (q @ k.transpose(-1, -2)).double() * 0.5 + bias.double()
+    probs = torch.softmax(scores, -1).masked_fill(ctx.cut_mask(block), 0.0)
+    want = (probs @ v.double()).transpose(1, 2)
+    assert torch.allclose(out.double(), want, atol=1e-6)
+    assert out[:, 0].abs().max() == 0  # CLS rows: everything cut
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.5).transpose(1, 2)
+    assert torch.equal(out[:, 1, 0], plain[:, 1, 0])  # an uncut row is bit-identical to SDPA
+
+
+def test_math_cut_kernel_and_fallback(ce, monkeypatch):
+    ab = Ablation.parse("D<-D,CLS<-*")
+    eager = ce.score(QUERIES, DOCS, ablation=ab, kernel="eager")
+    monkeypatch.setattr(A, "CUT_KERNEL", "math")
+    np.testing.assert_array_equal(ce.score(QUERIES, DOCS, ablation=ab), eager)
+    monkeypatch.setattr(A, "CUT_KERNEL", "auto")
+
+    def broken(*a, **k):
+        raise RuntimeError("private op changed")
+
+    monkeypatch.setattr(A, "_flash_cpu", broken)
+    monkeypatch.setattr(A, "_fused_broken", None)
+    np.testing.assert_array_equal(ce.score(QUERIES, DOCS, ablation=ab), eager)  # silently falls back
+    assert A._fused_broken is not None and not A.fused_available()
+
+
+def test_fused_on_tiny_configs_matches_reference(tmp_path, tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(3)
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=48, max_position_embeddings=160, num_labels=1, initializer_range=0.3)
+    model = BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    ce = CrossEncoder.load(tmp_path, device="cpu")
+    for spec, layers, heads in [("D<-D", None, None), ("CLS<-*", None, None), ("Q<-D,D<-Q", [1], [0, 3]),
+                                ("*<-*", [2], None)]:
+        ab = Ablation.parse(spec, layers=layers, heads=heads)
+        fused = ce.score(QUERIES, DOCS, ablation=ab, batch_size=4)
+        np.testing.assert_allclose(fused, ce.score(QUERIES, DOCS, ablation=ab, kernel="eager", batch_size=4),
+                                   atol=1e-5, rtol=0)
+        for i in (0, 3):
+            ids, types = torch_reference_ids(tokenizer, QUERIES[i], DOCS[i])
+            want = bert_score(model, ids, types, cuts_for(spec, layers, heads, 3, 4))
+            assert abs(fused[i] - want) <= 1e-5, (spec, i)
+
+
+def test_layer_curve_with_fused_kernel(ce):
+    curve = ce.score_layer_curve(QUERIES, DOCS, "CLS<-*", batch_size=3)
+    for layer in (0, 5):
+        want = ce.score(QUERIES, DOCS, ablation=Ablation.parse("CLS<-*", up_to_layer=layer), kernel="eager")
+        np.testing.assert_allclose(curve[layer], want, atol=1e-5, rtol=0)
