@@ -411,3 +411,30 @@ def test_512_token_pair_is_small_and_fast(browser, ce, tmp_path):
     assert render_ms < 3000 and per_switch < 250, (render_ms, per_switch)
     assert load_s < 10
 
+
+
+@pytest.mark.browser
+def test_cli_view_embedded_model_in_chromium(browser, tmp_path):
+    """The way the issue is checked: `matchsig view --model embedded ...`, opened in headless Chromium."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from typer.testing import CliRunner
+
+    from matchsig import embedded
+    from matchsig.cli import app
+
+    if not (embedded.EMBEDDED_DIR / embedded.MANIFEST_FILE).is_file():
+        pytest.skip("the embedded model is not installed in this checkout")
+    out = tmp_path / "embedded.html"
+    res = CliRunner().invoke(app, ["view", "--model", "embedded", "--query", "how long do cat fleas live",
+                                   "--document", "The adult cat flea lives two to three months; pupae wait in carpets.",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    _open(browser, out)
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#query .tk.p1")][:3] == ["how", "long", "do"]
+    label = browser.find_element(By.ID, "head-label").text
+    last = browser.execute_script("return window.matchsig.state().layer === window.matchsig.data.layers - 1")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_UP if last else Keys.ARROW_DOWN)
+    assert browser.find_element(By.ID, "head-label").text != label
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#ablations td[data-ablation]")) == 30
+    browser.save_screenshot(str(tmp_path / "embedded.png"))
