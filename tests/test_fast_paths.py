@@ -143,3 +143,15 @@ def test_layer_curve_with_fused_kernel(ce):
     for layer in (0, 5):
         want = ce.score(QUERIES, DOCS, ablation=Ablation.parse("CLS<-*", up_to_layer=layer), kernel="eager")
         np.testing.assert_allclose(curve[layer], want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ablation", [None, "D<-D", Ablation.parse("CLS<-*,Q<-D", layers=[0, 2], heads=[1, 4])])
+def test_fast_statistics_equal_full_map_reduction(ce, counted, monkeypatch, ablation):
+    """Statistics from sub-blocks (fused path) equal the reduction of full attention maps (math path)."""
+    qs, ds = QUERIES + ["flea"], DOCS + ["flea flea cat"]  # padding, repeated tokens (exact matches)
+    fast = ce.attention_stats(qs, ds, ablation=ablation, batch_size=5).values
+    assert counted.calls > 0
+    monkeypatch.setattr(A, "CUT_KERNEL", "math")
+    full = ce.attention_stats(qs, ds, ablation=ablation, batch_size=5).values
+    assert np.isfinite(fast).all()
+    np.testing.assert_allclose(fast, full, atol=1e-5, rtol=1e-5)

@@ -70,6 +70,10 @@ class ForwardContext:
     kernel: str = "auto"
     input_ids: torch.Tensor | None = None
     probe: list | None = None  # when set, attention modules append themselves in call order
+    #: ``reduced_stats_fn(layer, values)``: receives the layer's statistics already reduced, a
+    #: (B, H, len(DIRECTIONS), len(STATS)) fp32 tensor (see :mod:`matchsig.attention_stats`); lets the
+    #: attention function compute them from query/document sub-blocks without a full attention map.
+    reduced_stats_fn: Callable[[int, torch.Tensor], None] | None = None
     _key_bias: torch.Tensor | None = field(default=None, repr=False)
     _pair_index: torch.Tensor | None = field(default=None, repr=False)
     _cut_cache: dict = field(default_factory=dict, repr=False)
@@ -157,8 +161,13 @@ def matchsig_attention(
         ctx.probe.append((module, query.shape[1]))
     layer = getattr(module, "_matchsig_layer", None)
     block = ctx.blocks[layer] if (ctx.blocks is not None and layer is not None) else None
-    want_stats = ctx.stats_fn is not None and layer is not None
+    want_stats = (ctx.stats_fn is not None or ctx.reduced_stats_fn is not None) and layer is not None
     bias = ctx.key_bias(query.dtype)
+
+    if want_stats and ctx.stats_fn is None and ctx.kernel != "eager" and _use_fused(query):
+        out = _fused_stats(query, key, value, bias, block, ctx, layer, scaling)
+        if out is not None:
+            return out, None
 
     if block is None and not want_stats and ctx.kernel != "eager":
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling)
@@ -173,7 +182,12 @@ def matchsig_attention(
     probs = torch.softmax(scores, dim=-1)
     del scores
     if want_stats:
-        ctx.stats_fn(layer, probs, ctx)
+        if ctx.stats_fn is not None:
+            ctx.stats_fn(layer, probs, ctx)
+        if ctx.reduced_stats_fn is not None:
+            from .attention_stats import reduce_probs
+
+            ctx.reduced_stats_fn(layer, reduce_probs(probs, ctx.part_ids, ctx.input_ids))
     if block is not None:
         probs = probs.masked_fill(ctx.cut_mask(block), 0.0)
     out = torch.matmul(probs.to(value.dtype), value)
@@ -205,6 +219,100 @@ def _fused_cut(query, key, value, bias, cut_bias, scaling) -> torch.Tensor | Non
     out = torch.empty((b, t, h, d), dtype=query.dtype, device=query.device)
     torch.mul(out_cut.transpose(1, 2), weight.transpose(1, 2).unsqueeze(-1), out=out)
     return out
+
+
+def _fused_stats(query, key, value, bias, block, ctx: ForwardContext, layer: int, scaling) -> torch.Tensor | None:
+    """Statistics from sub-blocks + fused attention output; None (nothing delivered) on failure.
+
+    One fused pass gives the layer's output and the log-sum-exp ``lse`` of every row; the
+    probabilities the statistics need (query rows x document columns and document rows x query
+    columns) are then ``exp(q_X . k_Y * scaling - lse_X)``, small (B, H, |X|, |Y|) blocks.
+    """
+    global _fused_broken
+    try:
+        out_full, lse_full = _flash_cpu(query, key, value, attn_mask=bias, scale=scaling)
+    except (RuntimeError, TypeError, NotImplementedError) as exc:
+        _fused_broken = f"{type(exc).__name__}: {exc}"
+        return None
+    if block is not None:
+        try:
+            out_cut, lse_cut = _flash_cpu(query, key, value, attn_mask=ctx.cut_bias(block, query.dtype), scale=scaling)
+        except (RuntimeError, TypeError, NotImplementedError) as exc:
+            _fused_broken = f"{type(exc).__name__}: {exc}"
+            return None
+        weight = torch.sub(lse_cut.float(), lse_full.float()).exp_()
+        b, h, t, d = out_cut.shape
+        out = torch.empty((b, t, h, d), dtype=query.dtype, device=query.device)
+        torch.mul(out_cut.transpose(1, 2), weight.transpose(1, 2).unsqueeze(-1), out=out)
+    else:
+        out = out_full.transpose(1, 2).contiguous()
+    ctx.reduced_stats_fn(layer, _block_stats(query, key, lse_full.float(), ctx, scaling))
+    return out
+
+
+def _part_positions(part_ids: torch.Tensor, part: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of ``part``'s tokens per row, left-aligned: (B, n_max) long and (B, n_max) validity."""
+    hit = part_ids == part
+    counts = hit.sum(1)
+    n_max = max(1, int(counts.max()))
+    pos = torch.argsort((~hit).to(torch.int8), dim=1, stable=True)[:, :n_max]
+    valid = torch.arange(n_max, device=part_ids.device)[None, :] < counts[:, None]
+    return pos, valid
+
+
+# Finite stand-in for -inf on padded columns: exp() gives exactly 0 and 0 * _NEG stays 0 (no NaN).
+_NEG = -1e30
+
+
+def _direction_setup(ctx: ForwardContext, x: int, y: int) -> dict:
+    """Layer-independent tensors of direction X<-Y for the batch (cached in the context)."""
+    key = ("stats", x, y)
+    hit = ctx._cut_cache.get(key)
+    if hit is None:
+        px, vx = _part_positions(ctx.part_ids, x)
+        py, vy = _part_positions(ctx.part_ids, y)
+        same = (ctx.input_ids.gather(1, px)[:, :, None] == ctx.input_ids.gather(1, py)[:, None, :]) & vy[:, None, :]
+        rows = vx.float()
+        hit = {
+            "px": px, "py": py,
+            "col_bias": torch.zeros(vy.shape, dtype=torch.float32, device=vy.device).masked_fill_(~vy, _NEG)[:, None, None, :],
+            "same": same.float()[:, None],  # (B, 1, |X|, |Y|)
+            "rows": rows[:, None, :, None],  # (B, 1, |X|, 1)
+            "n_rows": rows.sum(-1)[:, None],  # (B, 1)
+        }
+        ctx._cut_cache[key] = hit
+    return hit
+
+
+def _block_stats(query, key, lse, ctx: ForwardContext, scaling) -> torch.Tensor:
+    """(B, H, 2, 4) statistics (:data:`matchsig.attention_stats.DIRECTIONS` x ``STATS``) from sub-blocks.
+
+    With ``p`` the probabilities of the block (rows X, columns Y), ``m = sum_j p`` and the log
+    probabilities ``s``: entropy of ``p / m`` = ``log m - sum_j p s / m``; exact-match mass =
+    ``sum_j p [same token] / m``; weights ``m`` as in :func:`matchsig.attention_stats.reduce_probs`.
+    """
+    from .attention_stats import DIRECTIONS
+
+    b, h, _, d = query.shape
+    results = []
+    for _, x, y in DIRECTIONS:
+        st = _direction_setup(ctx, int(x), int(y))
+        qx = query.gather(2, st["px"][:, None, :, None].expand(b, h, -1, d))
+        ky = key.gather(2, st["py"][:, None, :, None].expand(b, h, -1, d))
+        lx = lse.gather(2, st["px"][:, None, :].expand(b, h, -1))
+        s = torch.matmul(qx, ky.transpose(-1, -2)).float().mul_(scaling).add_(st["col_bias"] - lx[..., None])
+        p = torch.exp(s)  # (B, H, |X|, |Y|): p(X_i <- Y_j), 0 on padded columns
+        m = p.sum(-1)
+        mx = p.amax(-1)
+        ps = torch.linalg.vecdot(p, s)  # sum_j p log p
+        pe = torch.linalg.vecdot(p, st["same"])
+        # per row: [max, m * entropy, m * exact, m]; then row sums over X
+        per_row = torch.stack([mx, torch.special.xlogy(m, m) - ps, pe, m], -1)  # (B, H, |X|, 4)
+        tot = (per_row * st["rows"]).sum(2)  # (B, H, 4)
+        wsum = tot[..., 3]
+        n = st["n_rows"]
+        results.append(torch.stack([tot[..., 0] / n, tot[..., 1] / wsum, tot[..., 2] / wsum, wsum / n], -1))
+    return torch.stack(results, 2)
 
 
 _registered = False

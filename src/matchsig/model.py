@@ -21,7 +21,7 @@ from torch import nn
 from . import attention
 from .ablation import Ablation, as_ablation
 from .attention import ATTN_NAME, ForwardContext, use_context
-from .attention_stats import AttentionStats, reduce_probs
+from .attention_stats import AttentionStats
 from .errors import MatchsigError
 from .parts import PAD, PART_NAMES, PairLayout, label_parts, probe_layout
 
@@ -444,11 +444,11 @@ class CrossEncoder:
                 batch = self._collate(enc, rows)
                 per_layer: dict[int, torch.Tensor] = {}
 
-                def collect(layer: int, probs: torch.Tensor, ctx: ForwardContext) -> None:
-                    per_layer[layer] = reduce_probs(probs, ctx.part_ids, ctx.input_ids)
+                def collect(layer: int, values: torch.Tensor) -> None:
+                    per_layer[layer] = values  # (B, H, 2, 4), reduced inside the attention call
 
                 ctx = ForwardContext(part_ids=batch["part_ids"], blocks=blocks if any(b is not None for b in blocks) else None,
-                                     stats_fn=collect, input_ids=batch["input_ids"])
+                                     reduced_stats_fn=collect, input_ids=batch["input_ids"])
                 with use_context(ctx):
                     self.model(**batch["model_inputs"])
                 stacked = torch.stack([per_layer[l] for l in range(self.num_layers)], 1)  # (B, L, H, 2, 4)
