@@ -34,7 +34,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +132,6 @@ def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
         if len(parts) == 4:
             out.setdefault(parts[0], {})[parts[2]] = int(parts[3])
     return out
-
-
-@dataclass
-class TrainingData:
-    passages: list[str]  # pool texts, index = passage number
-    queries: list[str]  # training query texts
-    candidates: list[list[int]] = field(default_factory=list)  # per query, passage numbers
-    judged: dict[int, dict[int, int]] = field(default_factory=dict)  # query -> passage -> grade
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def load_training_data(data_dir: Path) -> tuple[list[str], list[str], dict[int, list[int]], dict[int, dict[int, int]], dict]:
@@ -583,7 +574,6 @@ def init_head(model, prep, cfg: TrainConfig, tokenizer, log) -> None:
         pairs.append(_pair_ids(prep["q_tok"][q], prep["p_tok"][cand[i]], cfg.max_length, tokenizer.cls_token_id, tokenizer.sep_token_id))
         targets.append(scores[i] / cfg.tau)
     model.eval()
-    feats = []
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
     feat_by = {}
     for start in tqdm(range(0, len(order), 32), desc="head init (probe)", unit="batch"):
@@ -617,7 +607,6 @@ def init_head(model, prep, cfg: TrainConfig, tokenizer, log) -> None:
     b = -float(mu.float() @ w)
     model.classifier.bias[1] = b / 2
     model.classifier.bias[0] = -b / 2
-    feats.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -729,7 +718,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict[str, A
         opt.step()
         sched.step()
         step += 1
-        run_loss = float(loss) if run_loss is None else 0.98 * run_loss + 0.02 * float(loss)
+        loss_value = loss.item()
+        run_loss = loss_value if run_loss is None else 0.98 * run_loss + 0.02 * loss_value
         bar.update(1)
         bar.set_postfix(loss=f"{run_loss:.3f}", lr=f"{sched.get_last_lr()[0]:.1e}")
         if step % 25 == 0:
