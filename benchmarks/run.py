@@ -199,8 +199,13 @@ def section_c(ce, model_path, qs, ds, args) -> dict:
 
     from naive import NaiveAblation
 
-    naive = NaiveAblation(AutoModelForSequenceClassification.from_pretrained(model_path),
-                          AutoTokenizer.from_pretrained(model_path))
+    if model_path == "embedded":  # a separate copy of the same weights, untouched by matchsig
+        from matchsig import embedded
+
+        hf_model, hf_tok = embedded.load_model_and_tokenizer()
+    else:
+        hf_model, hf_tok = AutoModelForSequenceClassification.from_pretrained(model_path), AutoTokenizer.from_pretrained(model_path)
+    naive = NaiveAblation(hf_model, hf_tok)
     n = len(qs)
     chunks = [np.arange(i, min(n, i + args.naive_chunk)) for i in range(0, n, args.naive_chunk)]
     ours_scores = np.zeros((len(TABLE1), n))
@@ -421,6 +426,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="a,b,c,d,e")
     p.add_argument("--out", default=str(HERE / "results.json"))
     p.add_argument("--md", default=None, help="also write a markdown summary here")
+    p.add_argument("--keep", action="store_true", help="keep sections of an existing --out file that are not rerun")
     p.add_argument("--mem-child", choices=["plain", "stats"], help=argparse.SUPPRESS)
     p.add_argument("--model-path", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -440,6 +446,10 @@ def main(argv=None) -> int:
            "data": f"{pool.dataset} pool, up to {pool.per_grade} judged passages per grade, seed {pool.seed}: "
                    f"{len(pool)} pairs, fingerprint {pool.fingerprint}",
            "args": vars(args), "floors": FLOORS, "sections": {}}
+    if args.keep and Path(args.out).is_file():  # keep the sections of an earlier run not rerun now
+        old = json.loads(Path(args.out).read_text())
+        res["sections"] = {k: v for k, v in old.get("sections", {}).items() if k not in only}
+        res["earlier_commands"] = old.get("earlier_commands", []) + [old.get("command")]
     started = time.time()
 
     def save():
@@ -461,6 +471,7 @@ def main(argv=None) -> int:
             t0 = time.time()
             res["sections"][name] = fn()
             res["sections"][name]["section_seconds"] = time.time() - t0
+            res["sections"][name]["loadavg_after"] = os.getloadavg()
             save()
     save()
     print(markdown(res))
