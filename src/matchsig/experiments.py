@@ -765,5 +765,5 @@ def _json_default(obj):
 
 def DEMO_CONFIG() -> RunConfig:
     """`matchsig demo`: sized to finish in <= 10 minutes on 2 CPU cores with the embedded model."""
-    return RunConfig(model="embedded", datasets=["demo"], per_grade=5, seed=0, contrast_per_grade=5, contrast_easy=5,
-                     heads_k=[1, 2, 4, 8, 16], heads_random_seeds=3, batch_size=32)
+    return RunConfig(model="embedded", datasets=["demo"], per_grade=4, max_queries=10, seed=0, contrast_per_grade=5,
+                     contrast_easy=5, heads_k=[2, 8, 24], heads_random_seeds=2, batch_size=32)
