@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import (dump, git_commit, interleave, large_shape_folder, load_pool, machine_info,  # noqa: E402
+from common import (dump, git_commit, large_shape_folder, load_pool, machine_info,  # noqa: E402
                     pool_pairs, resolve_model)
 
 FIG1 = ["CLS<-CLS", "CLS<-Q", "CLS<-D", "Q<-CLS", "Q<-Q", "Q<-D", "D<-CLS", "D<-Q", "D<-D",
@@ -153,7 +153,6 @@ def section_b(ce, qs, ds, args) -> dict:
     enc = ce.encode(qs, ds)
     nl = ce.num_layers
     per_dir = {}
-    t_shared = t_sep = 0.0
     rounds_shared, rounds_sep = [], []
     maxdiff = 0.0
     for r in range(args.curve_rounds):

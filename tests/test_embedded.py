@@ -79,7 +79,7 @@ def test_ranks_relevant_above_easy_negative(loaded):
         q, _, p, g = line.split()
         qrels.setdefault(q, {})[p] = int(g)
     qids = sorted(qrels)[:3]
-    qs, ps, kinds = [], [], []
+    qs, ps = [], []
     for i, q in enumerate(qids):
         rel = sorted(qrels[q].items(), key=lambda pg: (-pg[1], pg[0]))[0][0]  # a top-grade passage
         other = qids[(i + 1) % len(qids)]
