@@ -73,6 +73,18 @@ def _print_json(payload: dict) -> None:
     typer.echo(json.dumps(payload, ensure_ascii=False))
 
 
+def _sample_rows(pool, cap: int | None, easy_negatives: int, seed: int) -> list[tuple[str, object]]:
+    """The rows describing a sampled pool, shared by the baseline and evaluate tables."""
+    return [
+        ("dataset", pool.dataset),
+        ("per grade (cap)", "all" if cap is None else cap),
+        ("easy negatives", easy_negatives),
+        ("seed", seed),
+        ("queries", len(pool.qids)),
+        ("pairs", len(pool)),
+    ]
+
+
 def _settings_table(title: str, rows: list[tuple[str, object]], caption: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -114,12 +126,7 @@ def baseline(
     _settings_table(
         "Random-ranking baseline",
         [
-            ("dataset", pool.dataset),
-            ("per grade (cap)", "all" if cap is None else cap),
-            ("easy negatives", easy_negatives),
-            ("seed", seed),
-            ("queries", payload["queries"]),
-            ("pairs", payload["pairs"]),
+            *_sample_rows(pool, cap, easy_negatives, seed),
             ("pairs per grade", ", ".join(f"{g}: {n}" for g, n in pool.grade_counts().items())),
             ("random nDCG@10", f"{result.mean:.4f} (sd {result.sd:.4f} over {result.rankings} rankings)"),
             ("sample fingerprint", pool.fingerprint),
@@ -184,12 +191,7 @@ def evaluate(
         return
     rows: list[tuple[str, object]] = [
         ("model", payload["model"]),
-        ("dataset", pool.dataset),
-        ("per grade (cap)", "all" if cap is None else cap),
-        ("easy negatives", easy_negatives),
-        ("seed", seed),
-        ("queries", payload["queries"]),
-        ("pairs", payload["pairs"]),
+        *_sample_rows(pool, cap, easy_negatives, seed),
     ]
     rows += [(name, f"{value:.4f}") for name, value in result.mean.items()]
     rows += [

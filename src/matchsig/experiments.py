@@ -409,8 +409,18 @@ class Run:
         return evaluate_scores(pool, scores).per_query["nDCG@10"]
 
     def _baseline_scores(self) -> np.ndarray:
-        self._execute("unablated", self._score_units("scores", [("none", Ablation.none())]))
-        return self._gather_scores("scores", ["none"])[0]
+        """Unablated scores of the main pool; every phase needs them, they are computed once."""
+        if not hasattr(self, "_base"):
+            self._execute("unablated", self._score_units("scores", [("none", Ablation.none())]))
+            self._base = self._gather_scores("scores", ["none"])[0]
+        return self._base
+
+    def _reference(self) -> tuple[dict[str, float], float]:
+        """Per-query nDCG@10 of the unablated model and its mean (evaluated once per run)."""
+        if not hasattr(self, "_ref"):
+            ref = self._evaluate(self._baseline_scores())
+            self._ref = (ref, float(np.mean(list(ref.values()))))
+        return self._ref
 
     def random(self):
         from .evaluation import random_baseline
@@ -430,9 +440,8 @@ class Run:
         if self.dist.rank != 0:
             return pd.DataFrame()
         scores = np.concatenate([base[None], self._gather_scores("scores", [l for l, _ in cells[1:]])])
-        per_query = {label: self._evaluate(s) for (label, _), s in zip(cells, scores)}
-        ref = per_query["none"]
-        ref_mean = float(np.mean(list(ref.values())))
+        ref, ref_mean = self._reference()
+        per_query = {"none": ref, **{label: self._evaluate(s) for (label, _), s in zip(cells[1:], scores[1:])}}
         rows = []
         for (label, _), (x, y) in zip(cells[1:], TABLE1_CELLS):
             t = paired_ttest(per_query[label], ref)
@@ -463,7 +472,6 @@ class Run:
         raw.to_csv(self.out / "table1_scores.csv", index=False)
         (self.out / "table1.md").write_text(table1_markdown(frame, self.config), encoding="utf-8")
         (self.out / "table1.tex").write_text(table1_latex(frame, self.config), encoding="utf-8")
-        self._unablated = ref_mean
         return frame
 
     def layers(self) -> pd.DataFrame:
@@ -478,12 +486,11 @@ class Run:
                     return self.encoder.score_layer_curve([qs[i] for i in rows], [ds[i] for i in rows], spec,
                                                           batch_size=self.config.batch_size)
                 units.append(Unit(f"layers/{slug(spec)}/{k:05d}", work, len(rows)))
-        base = self._baseline_scores()
+        self._baseline_scores()
         self._execute("layers", units)
         if self.dist.rank != 0:
             return pd.DataFrame()
-        ref = self._evaluate(base)
-        ref_mean = float(np.mean(list(ref.values())))
+        ref, ref_mean = self._reference()
         chunks = self._chunks(len(pool))
         rows = []
         for spec in FIGURE1_DIRECTIONS:
@@ -536,12 +543,11 @@ class Run:
                 flat = rng.choice(nl * nh, size=k, replace=False)
                 configs.append((f"random{k}-s{s}", "random", k, s, [(int(i) // nh, int(i) % nh) for i in sorted(flat)]))
         ablations = [(label, AblationSet.heads(MATCH_SPEC, hs, label=label)) for label, _, _, _, hs in configs]
-        base = self._baseline_scores()
+        self._baseline_scores()
         self._execute("heads", self._score_units("scores", ablations))
         if self.dist.rank != 0:
             return pd.DataFrame()
-        ref = self._evaluate(base)
-        ref_mean = float(np.mean(list(ref.values())))
+        ref, ref_mean = self._reference()
         scores = self._gather_scores("scores", [l for l, _ in ablations])
         rows = []
         for (label, selection, k, s, hs), sc in zip(configs, scores):
@@ -579,8 +585,7 @@ class Run:
         if self._needs_main():
             rnd = self.random()
             summary["random_ndcg@10"] = {"mean": rnd.mean, "sd": rnd.sd, "rankings": rnd.rankings}
-            ref = self._evaluate(self._gather_scores("scores", ["none"])[0])
-            summary["unablated_ndcg@10"] = float(np.mean(list(ref.values())))
+            summary["unablated_ndcg@10"] = self._reference()[1]
         _write_json(self.out / "summary.json", summary)
 
 
