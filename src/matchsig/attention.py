@@ -11,16 +11,24 @@ register one function under the name ``"matchsig"`` that reads the current :clas
 * with statistics requested, reduces the layer's attention map to per-head numbers on the fly
   (:mod:`matchsig.stats`), so no full attention map outlives its layer.
 
-Cut layers have two exact implementations (``CUT_KERNEL``): the explicit softmax ("math", the
-reference, used by ``kernel="eager"`` and on every device), and on CPU in fp32 a fused one built on
-the identity
+Cut layers have exact implementations chosen by ``CUT_KERNEL``: the explicit softmax ("math", the
+reference, used by ``kernel="eager"`` and wherever nothing faster applies), and fused ones built on
+one pass of a fused attention kernel that also returns each row's log-sum-exp ``lse``:
 
-    softmax(s) with block C zeroed  ==  SDPA(s, -inf on C) * exp(lse(s, -inf on C) - lse(s))
+* ``"correct"`` (the default where a fused kernel with ``lse`` exists: CPU fp32, CUDA): every cut
+  row either cuts all document columns or none (parts are cut whole), and the non-document columns
+  (CLS, Q, SEP1, SEP2: a few tokens) are few. With ``P_ij = exp(q_i.k_j * scaling - lse_i)`` on
+  those *small* columns only,
 
-(both passes through PyTorch's fused CPU flash-attention kernel, which returns the log-sum-exp;
-the rescale is done in fp32; a fully cut row has out = 0 and lse = 0 there, so it gives 0 as the
-post-softmax zeroing does). The kernel is a private op: it is looked up defensively and any
-failure falls back to the explicit softmax for the rest of the process.
+      row i cuts D:      out_i = sum_{j small, not cut} P_ij v_j
+      row i keeps D:     out_i = SDPA_i - sum_{j small, cut} P_ij v_j
+
+  so a cut layer costs one fused pass (the same as plain inference) plus a (T x |small|) product;
+* ``"fused"``: the identity ``softmax(s) with block C zeroed == SDPA(s, -inf on C) *
+  exp(lse(s, -inf on C) - lse(s))``, two fused passes (CPU only; kept for benchmarks).
+
+The fused kernels are private ops, looked up defensively; any failure falls back to the explicit
+softmax for the rest of the process.
 
 Padding is masked from the part ids of the context (padding has part id ``PAD``), not from the
 mask transformers builds; the name is also registered in ``AttentionMaskInterface`` so that a model
@@ -37,17 +45,20 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .parts import PAD
+from .parts import PAD, Part
 
 ATTN_NAME = "matchsig"
 _NP = PAD + 1  # part ids 0..4 plus padding
 
-#: How cut layers are computed under ``kernel="auto"``: ``"auto"`` (the fused two-pass kernel where it
-#: applies — CPU, fp32 — else the explicit softmax), ``"fused"`` (the same; kept as a name for
-#: benchmarks), or ``"math"`` (always the explicit softmax). ``kernel="eager"`` always uses the math.
+#: How cut layers are computed under ``kernel="auto"``: ``"auto"`` (``"correct"`` where a fused kernel
+#: with log-sum-exp applies, else the explicit softmax), ``"correct"``, ``"fused"`` (the two-pass
+#: identity, CPU fp32 only), or ``"math"`` (always the explicit softmax). ``kernel="eager"`` always
+#: uses the math.
 CUT_KERNEL = "auto"
 
-_flash_cpu = getattr(getattr(torch.ops, "aten", None), "_scaled_dot_product_flash_attention_for_cpu", None)
+_aten = getattr(torch.ops, "aten", None)
+_flash_cpu = getattr(_aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_efficient_cuda = getattr(_aten, "_scaled_dot_product_efficient_attention", None)
 _fused_broken: str | None = None  # set to the error message when the private op failed once
 
 _current: contextvars.ContextVar["ForwardContext | None"] = contextvars.ContextVar("matchsig_ctx", default=None)
@@ -174,7 +185,10 @@ def matchsig_attention(
         return out.transpose(1, 2).contiguous(), None
 
     if block is not None and not want_stats and ctx.kernel != "eager" and _use_fused(query):
-        out = _fused_cut(query, key, value, bias, ctx.cut_bias(block, query.dtype), scaling)
+        if CUT_KERNEL == "fused":
+            out = _fused_cut(query, key, value, bias, ctx.cut_bias(block, query.dtype), scaling)
+        else:
+            out = _correct_cut(query, key, value, bias, block, ctx, scaling)
         if out is not None:
             return out, None
 
@@ -194,10 +208,22 @@ def matchsig_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
+def auto_cut_kernel(device: str | torch.device, dtype: torch.dtype) -> str:
+    """The cut-layer kernel ``CUT_KERNEL="auto"`` uses on this device and dtype in this process:
+    ``"correct"`` (one fused pass + small-column correction) or ``"math"`` (explicit softmax)."""
+    kind = torch.device(device).type
+    if _fused_broken is None:
+        if kind == "cpu" and _flash_cpu is not None and dtype == torch.float32:
+            return "correct"
+        if kind == "cuda" and _efficient_cuda is not None:
+            return "correct"
+    return "math"
+
+
 def _use_fused(query: torch.Tensor) -> bool:
-    if CUT_KERNEL == "math" or _flash_cpu is None or _fused_broken is not None:
+    if CUT_KERNEL == "math" or auto_cut_kernel(query.device, query.dtype) == "math":
         return False
-    return query.device.type == "cpu" and query.dtype == torch.float32
+    return CUT_KERNEL != "fused" or query.device.type == "cpu"
 
 
 def fused_available() -> bool:
@@ -205,14 +231,101 @@ def fused_available() -> bool:
     return _flash_cpu is not None and _fused_broken is None
 
 
+def _broken(exc: Exception) -> None:
+    global _fused_broken
+    _fused_broken = f"{type(exc).__name__}: {exc}"
+
+
+_FUSED_ERRORS = (RuntimeError, TypeError, NotImplementedError)
+
+
+def _sdpa_lse(query, key, value, bias, scaling) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fused attention pass: ((B, H, T, D) output, (B, H, T) fp32 log-sum-exp of each row)."""
+    if query.device.type == "cpu":
+        out, lse = _flash_cpu(query, key, value, attn_mask=bias, scale=scaling)
+        return out, lse.float()
+    b, h, t, _ = query.shape
+    # memory-efficient CUDA kernel: takes an additive bias (here: padding keys only) and returns the
+    # log-sum-exp (padded to a multiple of its block size along the rows)
+    out, lse, *_ = _efficient_cuda(query, key, value, bias.expand(b, h, t, t), True, scale=scaling)
+    return out, lse[..., :t].float()
+
+
+def _small_columns(ctx: "ForwardContext") -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the non-document, non-padding tokens per row, (B, n) long, and their part ids
+    (``PAD`` on the slots past a row's count)."""
+    hit = ctx._cut_cache.get("small")
+    if hit is None:
+        p = ctx.part_ids
+        pos, valid = _positions((p != Part.D) & (p != PAD))
+        hit = (pos, p.gather(1, pos).masked_fill(~valid, PAD))
+        ctx._cut_cache["small"] = hit
+    return hit
+
+
+def _correction(ctx: "ForwardContext", block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For cut block ``block``: ``coef`` (B, H', T, n) fp32 and ``keep`` (B, H', T, 1) fp32, H' in {1, H}.
+
+    ``out_i = keep_i * SDPA_i + sum_m coef_im P_i,pos_m v_pos_m``: a row that cuts the document keeps
+    nothing of SDPA and adds back its kept small columns (coef 1); a row that keeps the document
+    keeps SDPA and subtracts its cut small columns (coef -1).
+    """
+    key = ("corr", id(block))
+    hit = ctx._cut_cache.get(key)
+    if hit is not None and hit[0] is block:
+        return hit[1]
+    original = block
+    if block.shape[1] > 1 and bool((block == block[:, :1]).all()):
+        block = block[:, :1]
+    pos, col_part = _small_columns(ctx)
+    p = ctx.part_ids
+    b, t = p.shape
+    hh = block.shape[1]
+    cuts_doc = block[..., int(Part.D)]  # (B', H', 6): per row part
+    coef = torch.where(cuts_doc[..., None], ~block, -block.to(torch.int8)).float()  # (B', H', 6, 6)
+    coef[..., PAD] = 0.0
+    idx = (p[:, :, None] * _NP + col_part[:, None, :]).flatten(1)  # (B, T*n)
+    coef_t = torch.gather(coef.flatten(2).expand(b, hh, -1), 2, idx[:, None, :].expand(b, hh, -1))
+    keep = torch.gather((~cuts_doc).float().expand(b, hh, -1), 2, p[:, None, :].expand(b, hh, -1))
+    value = (coef_t.view(b, hh, t, pos.shape[1]), keep[..., None])
+    ctx._cut_cache[key] = (original, value)
+    return value
+
+
+def _corrected(query, key, value, out_full, lse, block, ctx: "ForwardContext", scaling) -> torch.Tensor:
+    """Post-softmax zeroing of ``block`` from one fused pass (``out_full``, ``lse``); (B, T, H, D)."""
+    coef, keep = _correction(ctx, block)
+    pos, _ = _small_columns(ctx)
+    b, h, t, d = query.shape
+    g = pos[:, None, :, None].expand(b, h, -1, d)
+    ks = key.gather(2, g).float()
+    vs = value.gather(2, g).float()
+    p = torch.matmul(query.float(), ks.transpose(-1, -2))  # (B, H, T, n) scores of the small columns
+    p.mul_(scaling).sub_(lse[..., None]).exp_().mul_(coef)
+    corr = torch.matmul(p, vs)
+    out = torch.empty((b, t, h, d), dtype=query.dtype, device=query.device)
+    torch.addcmul(corr, out_full.float(), keep, out=corr)
+    out.copy_(corr.transpose(1, 2))
+    return out
+
+
+def _correct_cut(query, key, value, bias, block, ctx: "ForwardContext", scaling) -> torch.Tensor | None:
+    """Cut layer as one fused pass plus the small-column correction; None on failure of the private op."""
+    try:
+        out_full, lse = _sdpa_lse(query, key, value, bias, scaling)
+    except _FUSED_ERRORS as exc:  # private op: fall back for good
+        _broken(exc)
+        return None
+    return _corrected(query, key, value, out_full, lse, block, ctx, scaling)
+
+
 def _fused_cut(query, key, value, bias, cut_bias, scaling) -> torch.Tensor | None:
     """Post-softmax zeroing as SDPA(masked) * exp(lse_masked - lse_full); (B, T, H, D) or None on failure."""
-    global _fused_broken
     try:
         _, lse_full = _flash_cpu(query, key, value, attn_mask=bias, scale=scaling)
         out_cut, lse_cut = _flash_cpu(query, key, value, attn_mask=cut_bias, scale=scaling)
-    except (RuntimeError, TypeError, NotImplementedError) as exc:  # private op: fall back for good
-        _fused_broken = f"{type(exc).__name__}: {exc}"
+    except _FUSED_ERRORS as exc:  # private op: fall back for good
+        _broken(exc)
         return None
     weight = torch.sub(lse_cut.float(), lse_full.float()).exp_()  # (B, H, T), <= 1
     b, h, t, d = out_cut.shape
@@ -228,26 +341,17 @@ def _fused_stats(query, key, value, bias, block, ctx: ForwardContext, layer: int
     probabilities the statistics need (query rows x document columns and document rows x query
     columns) are then ``exp(q_X . k_Y * scaling - lse_X)``, small (B, H, |X|, |Y|) blocks.
     """
-    global _fused_broken
     try:
-        out_full, lse_full = _flash_cpu(query, key, value, attn_mask=bias, scale=scaling)
-    except (RuntimeError, TypeError, NotImplementedError) as exc:
-        _fused_broken = f"{type(exc).__name__}: {exc}"
+        out_full, lse_full = _sdpa_lse(query, key, value, bias, scaling)
+    except _FUSED_ERRORS as exc:
+        _broken(exc)
         return None
     if block is not None:
-        try:
-            out_cut, lse_cut = _flash_cpu(query, key, value, attn_mask=ctx.cut_bias(block, query.dtype), scale=scaling)
-        except (RuntimeError, TypeError, NotImplementedError) as exc:
-            _fused_broken = f"{type(exc).__name__}: {exc}"
-            return None
-        weight = torch.sub(lse_cut.float(), lse_full.float()).exp_()
-        b, h, t, d = out_cut.shape
-        out = torch.empty((b, t, h, d), dtype=query.dtype, device=query.device)
-        torch.mul(out_cut.transpose(1, 2), weight.transpose(1, 2).unsqueeze(-1), out=out)
+        out = _corrected(query, key, value, out_full, lse_full, block, ctx, scaling)
     else:
         out = out_full.transpose(1, 2).contiguous()
     with _serial():
-        values = _block_stats(query, key, lse_full.float(), ctx, scaling)
+        values = _block_stats(query, key, lse_full, ctx, scaling)
     ctx.reduced_stats_fn(layer, values)
     return out
 
@@ -271,11 +375,16 @@ class _serial:
 
 def _part_positions(part_ids: torch.Tensor, part: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of ``part``'s tokens per row, left-aligned: (B, n_max) long and (B, n_max) validity."""
-    hit = part_ids == part
+    return _positions(part_ids == part)
+
+
+def _positions(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the True entries of each row of ``hit``, left-aligned: (B, n_max) long and validity.
+    Slots past a row's count hold a valid position (of a False entry or 0), so gathers stay in range."""
     counts = hit.sum(1)
     n_max = max(1, int(counts.max()))
     pos = torch.argsort((~hit).to(torch.int8), dim=1, stable=True)[:, :n_max]
-    valid = torch.arange(n_max, device=part_ids.device)[None, :] < counts[:, None]
+    valid = torch.arange(n_max, device=hit.device)[None, :] < counts[:, None]
     return pos, valid
 
 
