@@ -6,7 +6,9 @@ the cap-20 seed-0 pool is the paper's 2,563 pairs, fingerprint ff9c50817fb206d1)
 from ``benchmarks/assets`` (bert-base-uncased vocabulary), the weights are random (MonoBERT-large
 cannot be downloaded there), built from a BertConfig with its shape.
 
-Steps: (1) exactness of the GPU paths against ``kernel="eager"`` in fp32; (2) the timed grid in
+Steps: (1) exactness of the GPU paths against ``kernel="eager"`` in fp32 (the one-pass cut kernel
+on CUDA runs PyTorch's memory-efficient kernel for the log-sum-exp; if it disagrees, the rest of the
+run uses the explicit softmax and says so), and the bf16 cut kernel against the explicit softmax; (2) the timed grid in
 bf16 (2,563 pairs x 31 configurations, one ``score_many`` call): pairs/s and achieved TFLOP/s,
 FLOPs counted from the shapes; (3) plain and D<-D scoring of the pool in bf16 (same-run ratio);
 (4) fp32 (TF32 off) vs bf16 agreement on a subset, and fp32 weights under bf16 autocast.
@@ -168,8 +170,24 @@ def main(argv=None) -> int:
     e_auto = ce32.score_many(qs[:n_ex], ds[:n_ex], specs, batch_size=args.batch_size)
     e_eager = ce32.score_many(qs[:n_ex], ds[:n_ex], specs, batch_size=args.batch_size, kernel="eager")
     res["exact_fp32_auto_vs_eager_max_abs_diff"] = float(np.abs(e_auto - e_eager).max())
-    log(f"fp32 auto vs eager on {n_ex} pairs x {len(specs)} configs: max |diff| "
-        f"{res['exact_fp32_auto_vs_eager_max_abs_diff']:.2e}")
+    res["cut_kernel_fp32"] = A.auto_cut_kernel(device, torch.float32)
+    log(f"fp32 auto (cut kernel {res['cut_kernel_fp32']}) vs eager on {n_ex} pairs x {len(specs)} configs: "
+        f"max |diff| {res['exact_fp32_auto_vs_eager_max_abs_diff']:.2e}")
+    # the same in bf16: the one-pass cut kernel vs the explicit softmax (both bf16 weights)
+    b_auto = ce16.score_many(qs[:n_ex], ds[:n_ex], specs, batch_size=args.batch_size)
+    A.CUT_KERNEL = "math"
+    b_math = ce16.score_many(qs[:n_ex], ds[:n_ex], specs, batch_size=args.batch_size)
+    A.CUT_KERNEL = "auto"
+    res["cut_kernel_bf16"] = A.auto_cut_kernel(device, torch.bfloat16)
+    res["bf16_auto_vs_math_cut"] = agreement(b_math, b_auto)
+    res["fused_kernel_broken"] = A._fused_broken
+    if res["exact_fp32_auto_vs_eager_max_abs_diff"] > 1e-4:  # never time a wrong kernel
+        A.CUT_KERNEL = "math"
+        res["cut_kernel_forced_math"] = True
+        log("fast cut kernel disagrees with eager in fp32: using the explicit softmax from here on")
+    log(f"bf16 cut kernel {res['cut_kernel_bf16']} vs explicit softmax: max |diff| "
+        f"{res['bf16_auto_vs_math_cut']['max_abs_diff']:.2e} (score std {res['bf16_auto_vs_math_cut']['score_std_fp32']:.3f})"
+        f"; fused kernel broken: {A._fused_broken}")
     save()
 
     # (2) the timed Table-1 grid in bf16 (warm-up first on a few pairs: CUDA context, kernels)
@@ -204,19 +222,28 @@ def main(argv=None) -> int:
     log(f"grid bf16 again with tokenisation: {res['grid_bf16']['seconds_with_tokenisation']:.1f}s")
     save()
 
-    # (3) plain vs ablated scoring of the pool, bf16, interleaved
-    times = {"plain": [], "D<-D": []}
+    # (3) plain vs ablated scoring of the pool, bf16, interleaved (D<-D with the default cut kernel
+    # and with the explicit softmax)
+    variants = {"plain": (None, A.CUT_KERNEL), "D<-D": ("D<-D", A.CUT_KERNEL), "D<-D math": ("D<-D", "math")}
+    times = {name: [] for name in variants}
     for r in range(3):
-        for name in (("plain", "D<-D") if r % 2 == 0 else ("D<-D", "plain")):
+        names = list(variants)
+        for name in names[r % 3:] + names[: r % 3]:
+            spec, cut = variants[name]
+            keep, A.CUT_KERNEL = A.CUT_KERNEL, cut
             sync(device)
             t0 = time.perf_counter()
-            ce16.score_many(qs, ds, [None if name == "plain" else name], batch_size=args.batch_size, encoded=enc)
+            ce16.score_many(qs, ds, [spec], batch_size=args.batch_size, encoded=enc)
             sync(device)
             times[name].append(time.perf_counter() - t0)
-    res["plain_vs_ablated_bf16"] = {"seconds": times, "ratio_median": float(np.median(
-        [a / b for a, b in zip(times["D<-D"], times["plain"])])), "pairs_per_s_plain": len(qs) / float(np.median(times["plain"]))}
+            A.CUT_KERNEL = keep
+    res["plain_vs_ablated_bf16"] = {
+        "seconds": times, "pairs_per_s_plain": len(qs) / float(np.median(times["plain"])),
+        "ratio_median": float(np.median([a / b for a, b in zip(times["D<-D"], times["plain"])])),
+        "ratio_median_math": float(np.median([a / b for a, b in zip(times["D<-D math"], times["plain"])]))}
     log(f"plain {np.median(times['plain']):.2f}s, D<-D {np.median(times['D<-D']):.2f}s "
-        f"(ratio {res['plain_vs_ablated_bf16']['ratio_median']:.3f})")
+        f"(ratio {res['plain_vs_ablated_bf16']['ratio_median']:.3f}; explicit softmax "
+        f"{res['plain_vs_ablated_bf16']['ratio_median_math']:.3f})")
     save()
 
     # (4) agreement fp32 vs bf16 (weights in bf16) and fp32 weights + bf16 autocast, on a subset
@@ -243,7 +270,9 @@ def main(argv=None) -> int:
     save()
     log(f"done in {res['total_seconds']:.0f}s" + (f"; wrote {out_path}" if out_path else ""))
     print(json.dumps({k: res[k] for k in ("grid_bf16", "plain_vs_ablated_bf16", "agreement_bf16_weights_vs_fp32",
-                                          "agreement_bf16_autocast_vs_fp32", "exact_fp32_auto_vs_eager_max_abs_diff")},
+                                          "agreement_bf16_autocast_vs_fp32", "exact_fp32_auto_vs_eager_max_abs_diff",
+                                          "cut_kernel_fp32", "cut_kernel_bf16", "bf16_auto_vs_math_cut",
+                                          "fused_kernel_broken")},
                      indent=1))
     return 0
 

@@ -1,9 +1,11 @@
 """Fast exact paths agree with the eager reference path (kernel="eager") to <= 1e-5 in fp32.
 
-The fused cut kernel computes post-softmax zeroing as SDPA(masked) * exp(lse_masked - lse_full)
-with PyTorch's private CPU flash-attention op; these tests pin it to the explicit softmax, on a real
-pretrained model and on tiny configs, with fully cut rows, padding, per-row mixed configurations,
-head subsets, and the fallback when the private op fails.
+The default cut kernel ("correct") computes post-softmax zeroing from one fused pass of PyTorch's
+private CPU flash-attention op (output and row log-sum-exp) plus a correction on the non-document
+columns; the two-pass kernel ("fused") as SDPA(masked) * exp(lse_masked - lse_full). These tests pin
+both to the explicit softmax, on a real pretrained model and on tiny configs, with fully cut rows,
+padding, per-row mixed configurations, head subsets, RoBERTa-style layouts, long queries, and the
+fallback when the private op fails.
 """
 
 from __future__ import annotations
@@ -59,12 +61,21 @@ def counted(monkeypatch):
     return wrapper
 
 
-def test_fused_equals_eager_on_real_model(ce, counted):
+@pytest.mark.parametrize("cut_kernel", ["auto", "fused"])
+def test_fused_equals_eager_on_real_model(ce, counted, monkeypatch, cut_kernel):
+    monkeypatch.setattr(A, "CUT_KERNEL", cut_kernel)
     for ab in SPECS:
         eager = ce.score(QUERIES, DOCS, ablation=ab, kernel="eager", batch_size=4)
         fused = ce.score(QUERIES, DOCS, ablation=ab, kernel="auto", batch_size=4)
         np.testing.assert_allclose(fused, eager, atol=1e-5, rtol=0, err_msg=ab.name)
     assert counted.calls > 0
+
+
+def test_default_cut_kernel_is_one_fused_pass_per_layer(ce, counted):
+    """The default ("correct") kernel runs the private op once per layer, as plain inference does."""
+    assert A.auto_cut_kernel("cpu", torch.float32) == "correct"
+    ce.score(QUERIES[:2], DOCS[:2], ablation="D<-D", batch_size=2)
+    assert counted.calls == ce.num_layers
 
 
 def test_fused_per_row_mixed_configurations(ce, counted):
@@ -79,8 +90,16 @@ def test_fused_per_row_mixed_configurations(ce, counted):
         np.testing.assert_allclose(fused[k], ce.score(QUERIES, DOCS, ablation=spec), atol=1e-6, rtol=0)
 
 
-def test_fully_cut_rows_give_zero_attention_output():
-    """Two-pass identity on raw tensors: a fully cut row gives 0, an uncut row gives plain SDPA."""
+def _raw_cut(kernel, q, k, v, ctx, block, scaling):
+    bias = ctx.key_bias(q.dtype)
+    if kernel == "fused":
+        return A._fused_cut(q, k, v, bias, ctx.cut_bias(block, q.dtype), scaling)
+    return A._correct_cut(q, k, v, bias, block, ctx, scaling)
+
+
+@pytest.mark.parametrize("kernel", ["correct", "fused"])
+def test_fully_cut_rows_give_zero_attention_output(kernel):
+    """Both kernels on raw tensors: a fully cut row gives 0, an uncut row gives plain SDPA."""
     torch.manual_seed(0)
     b, h, t, d = 2, 3, 7, 8
     q, k, v = (torch.randn(b, h, t, d) for _ in range(3))
@@ -90,14 +109,44 @@ def test_fully_cut_rows_give_zero_attention_output():
     block[0, :, 0, :5] = True  # CLS<-*
     block[0, 1, 3, 3] = True  # D<-D in head 1 only
     bias = ctx.key_bias(q.dtype)
-    out = A._fused_cut(q, k, v, bias, ctx.cut_bias(block, q.dtype), 0.5)  # (B, T, H, D)
+    out = _raw_cut(kernel, q, k, v, ctx, block, 0.5)  # (B, T, H, D)
     scores = (q @ k.transpose(-1, -2)).double() * 0.5 + bias.double()
     probs = torch.softmax(scores, -1).masked_fill(ctx.cut_mask(block), 0.0)
     want = (probs @ v.double()).transpose(1, 2)
     assert torch.allclose(out.double(), want, atol=1e-6)
     assert out[:, 0].abs().max() == 0  # CLS rows: everything cut
     plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.5).transpose(1, 2)
-    assert torch.equal(out[:, 1, 0], plain[:, 1, 0])  # an uncut row is bit-identical to SDPA
+    if kernel == "fused":
+        assert torch.equal(out[:, 1, 0], plain[:, 1, 0])  # an uncut row is bit-identical to SDPA
+    else:  # an uncut row is SDPA minus an exact zero correction
+        assert torch.allclose(out[:, 1, 0], plain[:, 1, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_correct_kernel_on_random_layouts_and_blocks(seed):
+    """Random part layouts (RoBERTa-style double separators, queries longer than documents, empty
+    documents, padding) and random per-row, per-head cut blocks: the one-pass kernel equals float64
+    post-softmax zeroing."""
+    g = torch.Generator().manual_seed(seed)
+    b, h, t, d = 5, 4, 23, 16
+    rows = []
+    for _ in range(b):
+        nq, nd = (int(x) for x in torch.randint(0, 12, (2,), generator=g))
+        nsep = int(torch.randint(1, 3, (1,), generator=g))
+        row = [0] + [1] * nq + [2] * nsep + [3] * nd + [4]
+        rows.append((row + [5] * t)[:t])
+    part_ids = torch.tensor(rows)
+    q, k, v = (torch.randn(b, h, t, d, generator=g) * 2 for _ in range(3))
+    block = torch.rand(b, h, 6, 6, generator=g) < 0.3
+    block[..., 5, :] = False
+    block[..., :, 5] = False
+    ctx = A.ForwardContext(part_ids=part_ids)
+    out = _raw_cut("correct", q, k, v, ctx, block, 0.3)
+    scores = (q @ k.transpose(-1, -2)).double() * 0.3 + ctx.key_bias(q.dtype).double()
+    probs = torch.softmax(scores, -1).masked_fill(ctx.cut_mask(block), 0.0)
+    want = (probs @ v.double()).transpose(1, 2)
+    real = (part_ids != 5)[:, :, None, None]  # padding rows are never read
+    assert torch.allclose((out.double() * real), want * real, atol=1e-5)  # |v| ~ 6: fp32 rounding
 
 
 def test_math_cut_kernel_and_fallback(ce, monkeypatch):
@@ -112,8 +161,30 @@ def test_math_cut_kernel_and_fallback(ce, monkeypatch):
 
     monkeypatch.setattr(A, "_flash_cpu", broken)
     monkeypatch.setattr(A, "_fused_broken", None)
-    np.testing.assert_array_equal(ce.score(QUERIES, DOCS, ablation=ab), eager)  # silently falls back
+    with pytest.warns(RuntimeWarning, match="private op changed"):
+        got = ce.score(QUERIES, DOCS, ablation=ab)
+    np.testing.assert_array_equal(got, eager)  # falls back to the explicit softmax
     assert A._fused_broken is not None and not A.fused_available()
+
+
+def test_self_check_refuses_a_kernel_with_wrong_conventions(ce, monkeypatch):
+    """A private op whose log-sum-exp convention changed (here: log2 instead of ln) is caught by the
+    first-call check and replaced by the explicit softmax, not used to give wrong ablations."""
+    real = A._flash_cpu
+
+    def log2_lse(*a, **k):
+        out, lse = real(*a, **k)
+        return out, lse / np.log(2.0)
+
+    ab = Ablation.parse("D<-D")
+    eager = ce.score(QUERIES, DOCS, ablation=ab, kernel="eager")
+    monkeypatch.setattr(A, "_flash_cpu", log2_lse)
+    monkeypatch.setattr(A, "_fused_broken", None)
+    monkeypatch.setattr(A, "_checked", set())
+    with pytest.warns(RuntimeWarning, match="disagrees with the explicit softmax"):
+        got = ce.score(QUERIES, DOCS, ablation=ab)
+    np.testing.assert_array_equal(got, eager)
+    assert not A.fused_available()
 
 
 def test_fused_on_tiny_configs_matches_reference(tmp_path, tokenizer):

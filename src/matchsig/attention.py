@@ -39,6 +39,7 @@ used outside a matchsig context still gets a correct padding mask (without it tr
 from __future__ import annotations
 
 import contextvars
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -234,21 +235,54 @@ def fused_available() -> bool:
 def _broken(exc: Exception) -> None:
     global _fused_broken
     _fused_broken = f"{type(exc).__name__}: {exc}"
+    warnings.warn(f"matchsig: fused attention kernel unavailable, using the explicit softmax ({_fused_broken})",
+                  RuntimeWarning, stacklevel=3)
 
 
 _FUSED_ERRORS = (RuntimeError, TypeError, NotImplementedError)
 
 
 def _sdpa_lse(query, key, value, bias, scaling) -> tuple[torch.Tensor, torch.Tensor]:
-    """One fused attention pass: ((B, H, T, D) output, (B, H, T) fp32 log-sum-exp of each row)."""
+    """One fused attention pass: ((B, H, T, D) output, (B, H, T) fp32 log-sum-exp of each row).
+
+    The first call per device type and dtype checks both against the explicit math on two rows of
+    the batch and raises ``RuntimeError`` if they disagree (a private op whose conventions changed
+    must not give silently wrong ablations; the callers then fall back to the explicit softmax)."""
     if query.device.type == "cpu":
         out, lse = _flash_cpu(query, key, value, attn_mask=bias, scale=scaling)
-        return out, lse.float()
-    b, h, t, _ = query.shape
-    # memory-efficient CUDA kernel: takes an additive bias (here: padding keys only) and returns the
-    # log-sum-exp (padded to a multiple of its block size along the rows)
-    out, lse, *_ = _efficient_cuda(query, key, value, bias.expand(b, h, t, t), True, scale=scaling)
-    return out, lse[..., :t].float()
+        lse = lse.float()
+    else:
+        b, h, t, _ = query.shape
+        # memory-efficient CUDA kernel: an additive bias (padding keys only; its row stride padded to
+        # a multiple of 16 elements, as SDPA's own front end does) and the log-sum-exp (padded along
+        # the rows to the kernel's block size)
+        pad = (-t) % 16
+        aligned = F.pad(bias, (0, pad))[..., :t] if pad else bias
+        out, lse, *_ = _efficient_cuda(query, key, value, aligned.expand(b, h, t, t), True, scale=scaling)
+        lse = lse[..., :t].float()
+    check = (query.device.type, query.dtype)
+    if check not in _checked:
+        _self_check(query, key, value, bias, scaling, out, lse)
+        _checked.add(check)
+    return out, lse
+
+
+_checked: set = set()
+
+
+def _self_check(query, key, value, bias, scaling, out, lse) -> None:
+    n = min(2, query.shape[0])
+    scores = torch.matmul(query[:n].float(), key[:n].float().transpose(-1, -2)) * scaling + bias[:n].float()
+    want_lse = torch.logsumexp(scores, -1)
+    want = torch.matmul(torch.softmax(scores, -1), value[:n].float())
+    half = query.dtype in (torch.float16, torch.bfloat16)
+    tol_out = (3e-2 if half else 1e-4) * max(1.0, float(value[:n].abs().max()))
+    tol_lse = (3e-2 if half else 1e-4) * max(1.0, float(want_lse.abs().max()))
+    d_out = float((out[:n].float() - want).abs().max())
+    d_lse = float((lse[:n] - want_lse).abs().max())
+    if not (d_out <= tol_out and d_lse <= tol_lse):
+        raise RuntimeError(f"fused attention kernel disagrees with the explicit softmax on {query.device.type} "
+                           f"{query.dtype} (max |diff| output {d_out:.2e}, log-sum-exp {d_lse:.2e})")
 
 
 def _small_columns(ctx: "ForwardContext") -> tuple[torch.Tensor, torch.Tensor]:
