@@ -264,7 +264,7 @@ def section_c(ce, model_path, qs, ds, args) -> dict:
         "naive": "pad to 512, eager attention, post-softmax hook multiplying by a keep mask, batch 8, "
                  "one configuration at a time, re-tokenised per configuration, torch.no_grad",
         "ours": "ce.score_many(q, d, 31 configurations, batch_size) per chunk: tokenisation, dynamic padding, "
-                "length-sorted batches mixing configurations, SDPA where uncut, fused cut kernel",
+                "length-sorted batches mixing configurations, SDPA where uncut, one-pass cut kernel",
     }
 
 
@@ -377,7 +377,7 @@ def markdown(res: dict) -> str:
              f"Command: `{res['command']}`", "",
              f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch threads {res['args']['threads']}, "
              f"torch {m['torch']}, transformers {m['transformers']}, Python {m['python']}; "
-             f"load average at start {m['loadavg_at_start']} (shared machine: another job trains in the "
+             f"load average at start {m['loadavg_at_start']} (shared machine: other jobs may run in the "
              "background, so absolute times are noisy; ratios are same-run, interleaved chunk by chunk).", "",
              f"Model: {res['model']}. Data: {res['data']}. Commit: {res['commit']}.", ""]
     s = res["sections"]

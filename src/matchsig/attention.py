@@ -15,7 +15,7 @@ Cut layers have exact implementations chosen by ``CUT_KERNEL``: the explicit sof
 reference, used by ``kernel="eager"`` and wherever nothing faster applies), and fused ones built on
 one pass of a fused attention kernel that also returns each row's log-sum-exp ``lse``:
 
-* ``"correct"`` (the default where a fused kernel with ``lse`` exists: CPU fp32, CUDA): every cut
+* ``"correct"`` (the default where a fused kernel with ``lse`` exists: CPU, CUDA): every cut
   row either cuts all document columns or none (parts are cut whole), and the non-document columns
   (CLS, Q, SEP1, SEP2: a few tokens) are few. With ``P_ij = exp(q_i.k_j * scaling - lse_i)`` on
   those *small* columns only,
@@ -26,6 +26,8 @@ one pass of a fused attention kernel that also returns each row's log-sum-exp ``
   so a cut layer costs one fused pass (the same as plain inference) plus a (T x |small|) product;
 * ``"fused"``: the identity ``softmax(s) with block C zeroed == SDPA(s, -inf on C) *
   exp(lse(s, -inf on C) - lse(s))``, two fused passes (CPU only; kept for benchmarks).
+
+Both compute the correction in fp32 (also for bf16/fp16 inputs) and cast the result back.
 
 The fused kernels are private ops, looked up defensively; any failure falls back to the explicit
 softmax for the rest of the process.
@@ -214,7 +216,7 @@ def auto_cut_kernel(device: str | torch.device, dtype: torch.dtype) -> str:
     ``"correct"`` (one fused pass + small-column correction) or ``"math"`` (explicit softmax)."""
     kind = torch.device(device).type
     if _fused_broken is None:
-        if kind == "cpu" and _flash_cpu is not None and dtype == torch.float32:
+        if kind == "cpu" and _flash_cpu is not None and dtype in (torch.float32, torch.bfloat16, torch.float16):
             return "correct"
         if kind == "cuda" and _efficient_cuda is not None:
             return "correct"
@@ -224,7 +226,9 @@ def auto_cut_kernel(device: str | torch.device, dtype: torch.dtype) -> str:
 def _use_fused(query: torch.Tensor) -> bool:
     if CUT_KERNEL == "math" or auto_cut_kernel(query.device, query.dtype) == "math":
         return False
-    return CUT_KERNEL != "fused" or query.device.type == "cpu"
+    if CUT_KERNEL == "fused":  # the two-pass kernel: CPU fp32 only (benchmarks)
+        return query.device.type == "cpu" and query.dtype == torch.float32
+    return True
 
 
 def fused_available() -> bool:

@@ -288,7 +288,8 @@ class CrossEncoder:
         """One relevance score per (query, document) pair, in input order.
 
         ``ablation``: an :class:`Ablation` (or spec string) applied to every pair.
-        ``kernel``: ``"auto"`` (fused SDPA in layers without intervention) or ``"eager"`` (reference math).
+        ``kernel``: ``"auto"`` (fused SDPA in layers without intervention, one fused pass plus an exact
+        correction in cut layers; see :mod:`matchsig.attention`) or ``"eager"`` (reference math).
         """
         return self.score_many(queries, documents, [as_ablation(ablation)], batch_size=batch_size,
                                progress=progress, kernel=kernel)[0]
