@@ -9,7 +9,7 @@ register one function under the name ``"matchsig"`` that reads the current :clas
 * with an ablation, computes the softmax, zeroes the cut part-to-part blocks *after* the softmax and
   does *not* renormalise (SPEC §3), then mixes the values;
 * with statistics requested, reduces the layer's attention map to per-head numbers on the fly
-  (:mod:`matchsig.stats`), so no full attention map outlives its layer.
+  (:mod:`matchsig.attention_stats`), so no full attention map outlives its layer.
 
 Cut layers have exact implementations chosen by ``CUT_KERNEL``: the explicit softmax ("math", the
 reference, used by ``kernel="eager"`` and wherever nothing faster applies), and fused ones built on
@@ -245,6 +245,7 @@ def _broken(exc: Exception) -> None:
 
 
 _FUSED_ERRORS = (RuntimeError, TypeError, NotImplementedError)
+_checked: set = set()  # (device type, dtype) pairs whose fused kernel passed the first-call check
 
 
 def _sdpa_lse(query, key, value, bias, scaling) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,9 +271,6 @@ def _sdpa_lse(query, key, value, bias, scaling) -> tuple[torch.Tensor, torch.Ten
         _self_check(query, key, value, bias, scaling, out, lse)
         _checked.add(check)
     return out, lse
-
-
-_checked: set = set()
 
 
 def _self_check(query, key, value, bias, scaling, out, lse) -> None:
@@ -335,17 +333,14 @@ def _corrected(query, key, value, out_full, lse, block, ctx: "ForwardContext", s
     """Post-softmax zeroing of ``block`` from one fused pass (``out_full``, ``lse``); (B, T, H, D)."""
     coef, keep = _correction(ctx, block)
     pos, _ = _small_columns(ctx)
-    b, h, t, d = query.shape
+    b, h, _, d = query.shape
     g = pos[:, None, :, None].expand(b, h, -1, d)
     ks = key.gather(2, g).float()
     vs = value.gather(2, g).float()
     p = torch.matmul(query.float(), ks.transpose(-1, -2))  # (B, H, T, n) scores of the small columns
     p.mul_(scaling).sub_(lse[..., None]).exp_().mul_(coef)
-    corr = torch.matmul(p, vs)
-    out = torch.empty((b, t, h, d), dtype=query.dtype, device=query.device)
-    torch.addcmul(corr, out_full.float(), keep, out=corr)
-    out.copy_(corr.transpose(1, 2))
-    return out
+    out = torch.matmul(p, vs).addcmul_(out_full.float(), keep)
+    return out.transpose(1, 2).contiguous().to(query.dtype)
 
 
 def _correct_cut(query, key, value, bias, block, ctx: "ForwardContext", scaling) -> torch.Tensor | None:
