@@ -250,3 +250,38 @@ def test_bf16_on_cpu_one_pass_kernel_and_fp32_agreement(minilm_folder):
     for k in range(len(specs)):
         assert spearmanr(one_pass[k], ref32[k]).statistic >= 0.97, specs[k]
     assert not np.allclose(one_pass[0], one_pass[1], atol=0.1)  # the cut did change the scores
+
+
+def test_cuda_glue_with_an_emulated_efficient_kernel():
+    """The CUDA branch's call convention, on CPU: an emulated memory-efficient kernel that enforces
+    its input contract (bias row stride a multiple of 16 elements, unit stride along keys) and
+    pads its log-sum-exp to 32 rows; the glue must slice it back and feed the one-pass correction."""
+    calls = []
+
+    def efficient(q, k, v, bias, compute_lse, scale=None):
+        assert compute_lse is True and bias.shape == (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        assert bias.stride(-1) == 1 and all(st % 16 == 0 for st in bias.stride()[:-1]), bias.stride()
+        calls.append(bias.stride())
+        scores = (q @ k.transpose(-1, -2)) * scale + bias
+        lse = torch.logsumexp(scores, -1)
+        pad_rows = (-q.shape[2]) % 32
+        lse = torch.cat([lse, torch.full(lse.shape[:2] + (pad_rows,), float("inf"))], -1)
+        return torch.softmax(scores, -1) @ v, lse, torch.empty(()), torch.empty(())
+
+    torch.manual_seed(5)
+    b, h, t, d = 3, 2, 21, 8  # t neither a multiple of 16 nor of 32
+    q, k, v = (torch.randn(b, h, t, d) for _ in range(3))
+    part_ids = torch.tensor([[0, 1, 1, 2] + [3] * 16 + [4], [0, 1, 2] + [3] * 6 + [4] + [5] * 11,
+                             [0] + [1] * 12 + [2, 3, 3, 4] + [5] * 4])
+    ctx = A.ForwardContext(part_ids=part_ids)
+    bias = ctx.key_bias(q.dtype)
+    out_full, lse = A._efficient_lse(efficient, q, k, v, bias, 0.4)
+    assert calls and lse.shape == (b, h, t) and torch.isfinite(lse).all()
+    block = torch.zeros(1, h, 6, 6, dtype=torch.bool)
+    block[0, :, 3, 3] = True  # D<-D
+    block[0, 1, 1, :5] = True  # Q<-* in head 1
+    got = A._corrected(q, k, v, out_full, lse, block, ctx, 0.4)
+    scores = (q @ k.transpose(-1, -2)).double() * 0.4 + bias.double()
+    want = (torch.softmax(scores, -1).masked_fill(ctx.cut_mask(block), 0.0) @ v.double()).transpose(1, 2)
+    real = (part_ids != 5)[:, :, None, None]
+    assert torch.allclose(got.double() * real, want * real, atol=1e-5)

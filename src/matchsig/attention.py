@@ -258,19 +258,25 @@ def _sdpa_lse(query, key, value, bias, scaling) -> tuple[torch.Tensor, torch.Ten
         out, lse = _flash_cpu(query, key, value, attn_mask=bias, scale=scaling)
         lse = lse.float()
     else:
-        b, h, t, _ = query.shape
-        # memory-efficient CUDA kernel: an additive bias (padding keys only; its row stride padded to
-        # a multiple of 16 elements, as SDPA's own front end does) and the log-sum-exp (padded along
-        # the rows to the kernel's block size)
-        pad = (-t) % 16
-        aligned = F.pad(bias, (0, pad))[..., :t] if pad else bias
-        out, lse, *_ = _efficient_cuda(query, key, value, aligned.expand(b, h, t, t), True, scale=scaling)
-        lse = lse[..., :t].float()
+        out, lse = _efficient_lse(_efficient_cuda, query, key, value, bias, scaling)
     check = (query.device.type, query.dtype)
     if check not in _checked:
         _self_check(query, key, value, bias, scaling, out, lse)
         _checked.add(check)
     return out, lse
+
+
+def _efficient_lse(op, query, key, value, bias, scaling) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and fp32 log-sum-exp from ``op`` = CUDA's memory-efficient attention kernel.
+
+    It takes an additive (B, H, T, T) bias whose row stride is a multiple of 16 elements (padded
+    here as SDPA's own front end does; the padding-keys-only bias is broadcast, stride 0) and
+    returns the log-sum-exp padded along the rows to its block size (sliced back to T)."""
+    b, h, t, _ = query.shape
+    pad = (-t) % 16
+    aligned = F.pad(bias, (0, pad))[..., :t] if pad else bias
+    out, lse, *_ = op(query, key, value, aligned.expand(b, h, t, t), True, scale=scaling)
+    return out, lse[..., :t].float()
 
 
 def _self_check(query, key, value, bias, scaling, out, lse) -> None:
