@@ -118,6 +118,9 @@ def baseline(
         "rankings": result.rankings,
         "random_ndcg@10": result.mean,
         "random_ndcg@10_sd": result.sd,
+        "random_ndcg@10_sampled_mean": result.sampled_mean,
+        "random_ndcg@10_rule": "exact expected nDCG@10 of a uniformly random order (= tie-aware nDCG@10 of an "
+        "all-tied ranking); sd and sampled mean over the sampled rankings",
         "grades": {str(g): n for g, n in pool.grade_counts().items()},
     }
     if as_json:
@@ -128,7 +131,8 @@ def baseline(
         [
             *_sample_rows(pool, cap, easy_negatives, seed),
             ("pairs per grade", ", ".join(f"{g}: {n}" for g, n in pool.grade_counts().items())),
-            ("random nDCG@10", f"{result.mean:.4f} (sd {result.sd:.4f} over {result.rankings} rankings)"),
+            ("random nDCG@10", f"{result.mean:.4f} exact (sampled: {result.sampled_mean:.4f}, "
+                               f"sd {result.sd:.4f} over {result.rankings} rankings)"),
             ("sample fingerprint", pool.fingerprint),
         ],
         caption="The paper states a cap of 20 and reports 0.48; on the real DL19 judgments a random ranking "
@@ -180,6 +184,7 @@ def evaluate(
         **pool.describe(),
         "ndcg@10": result.mean["nDCG@10"],
         "measures": result.mean,
+        "ties": result.ties(),
         "random_ndcg@10": random_baseline(pool, rankings=1000, seed=seed).mean,
         "seconds": seconds,
         "pairs_per_second": len(pool) / seconds if seconds > 0 else None,
@@ -193,15 +198,19 @@ def evaluate(
         ("model", payload["model"]),
         *_sample_rows(pool, cap, easy_negatives, seed),
     ]
-    rows += [(name, f"{value:.4f}") for name, value in result.mean.items()]
+    rows += [(name + (" (ties broken by docid)" if name in result.tie_broken else ""), f"{value:.4f}")
+             for name, value in result.mean.items()]
     rows += [
-        ("random nDCG@10", f"{payload['random_ndcg@10']:.4f}"),
+        ("random nDCG@10", f"{payload['random_ndcg@10']:.4f} (exact)"),
         ("pairs / second", f"{payload['pairs_per_second']:.1f}" if payload["pairs_per_second"] else "-"),
         ("sample fingerprint", pool.fingerprint),
     ]
     if run_file:
         rows.append(("run file", run_file))
-    _settings_table("Evaluation", rows)
+    _settings_table("Evaluation", rows, caption="Tie-aware: tied passages (scores within 1e-6 relative) count "
+                    "at their expected value over all their orders (McSherry & Najork 2008)"
+                    + (f"; {', '.join(result.tie_broken)} have no tie-aware form here and break ties by docid."
+                       if result.tie_broken else "."))
 
 
 # ---- the paper's experiments (experiments.py, report.py) ------------------------------------------
