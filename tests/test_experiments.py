@@ -44,11 +44,14 @@ def full_run(tiny_model, tmp_path_factory) -> Path:
 def test_outputs_exist_and_have_the_contract_columns(full_run):
     t1 = pd.read_csv(full_run / "table1.csv")
     assert len(t1) == len(TABLE1_CELLS) + 2 == 32
-    assert {"target", "source", "ablation", "ndcg@10", "delta", "p_value", "p_holm", "significant", "lower"} <= set(t1.columns)
+    assert {"target", "source", "ablation", "ndcg@10", "delta", "ci_low", "ci_high", "p_value", "p_holm", "significant",
+            "mark", "lower", "n_queries"} <= set(t1.columns)
+    assert "p_bonferroni" not in t1.columns
     layers = pd.read_csv(full_run / "layers.csv")
     assert set(layers["direction"]) == set(FIGURE1_DIRECTIONS) and set(layers["layer"]) == {0, 1, 2}
     heads = pd.read_csv(full_run / "contrast" / "heads.csv")
-    assert len(heads) == 3 * 4 * 2 and set(heads["kind"]) <= {"syntactic", "semantic", "none"}
+    assert len(heads) == 3 * 4 * 2 and set(heads["kind"]) <= {"syntactic", "semantic", "unclassified", "none"}
+    assert {"p_relevant_holm", "p_hard_holm", "p_relevant_hard_holm", "t_relevant", "sign", "matching"} <= set(heads.columns)
     hh = pd.read_csv(full_run / "heads.csv")
     assert set(hh["selection"]) == {"top", "random"} and sorted(set(hh["k"])) == [1, 3]
     md = (full_run / "table1.md").read_text()
@@ -194,10 +197,22 @@ def test_torchrun_two_processes_shard_and_merge(tmp_path, tiny_model, full_run):
     assert len(names) == len(set(names)) == (len(TABLE1_CELLS) + 1) * chunks  # every unit once, none lost
 
 
-def test_ties_cls_all_makes_scores_constant(full_run):
-    """CLS<-* cuts everything CLS reads, so every pair gets the same score: the ranking is the tie-break."""
+def test_ties_cls_all_scores_the_exact_random_baseline(full_run):
+    """CLS<-* cuts everything CLS reads, so every pair gets the same score: tie-aware nDCG = random, exactly."""
     raw = pd.read_csv(full_run / "table1_scores.csv", dtype={"qid": str, "docid": str})
     assert np.ptp(raw["CLS<-*"]) < 1e-5 and np.ptp(raw["none"]) > 1e-3
+    t1 = pd.read_csv(full_run / "table1.csv").set_index("ablation")
+    assert abs(t1.loc["CLS<-*", "ndcg@10"] - t1.loc["random", "ndcg@10"]) < 1e-9
+    per_query = pd.read_csv(full_run / "table1_per_query.csv", dtype={"qid": str}).set_index("qid")
+    # the exact random baseline, recomputed here: mean gain x the first min(10, n) discounts / ideal DCG
+    main = raw.assign(gain=raw["grade"].clip(lower=0))
+    for qid, group in main.groupby("qid"):
+        gains = np.sort(group["gain"].to_numpy(float))[::-1]
+        disc = 1 / np.log2(np.arange(2, min(10, len(gains)) + 2))
+        idcg = gains[: len(disc)] @ disc
+        expected = gains.mean() * disc.sum() / idcg if idcg else 0.0
+        assert abs(per_query.loc[qid, "CLS<-*"] - expected) < 1e-9
+        assert abs(per_query.loc[qid, "random"] - expected) < 1e-9
 
 
 def test_cli_parts(tiny_model):

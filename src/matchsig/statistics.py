@@ -28,6 +28,8 @@ __all__ = [
     "TTest",
     "change_mark",
     "correct",
+    "correction_label",
+    "marks_legend",
     "corrected_column",
     "decision_column",
     "paired_ttest",
@@ -171,6 +173,22 @@ def correct(pvalues, method: str | None = "holm"):
     if keys is not None:
         return {k: float(v) for k, v in zip(keys, adjusted)}
     return [float(v) for v in adjusted]
+
+
+def correction_label(correction: str | None) -> str:
+    """"Holm-corrected", "Bonferroni-corrected" or "uncorrected", for captions."""
+    name = "none" if correction is None else str(correction).lower()
+    return {"none": "uncorrected", "holm": "Holm-corrected", "bonferroni": "Bonferroni-corrected"}.get(
+        name, f"{name}-corrected")
+
+
+def marks_legend(alpha: float, correction: str | None, family: str, n_queries: int | None = None) -> str:
+    """The caption sentence explaining the marks, e.g. for Table 1 (``family`` = "the 30 ablations")."""
+    over = f" over {n_queries} queries" if n_queries else ""
+    corr = correction_label(correction)
+    scope = f", {corr} over {family}" if corr != "uncorrected" else f", uncorrected (family: {family})"
+    return (f"{DROP_MARK}: significant drop, {RISE_MARK}: significant increase (two-sided paired t-test{over}"
+            f"{scope}, p <= {alpha:g})")
 
 
 def corrected_column(correction: str | None, prefix: str = "p") -> str | None:
