@@ -20,7 +20,7 @@ from matchsig import paper
 from matchsig.findings import judge, normalize_direction, top_matching_heads
 
 PARTS = paper.PARTS
-L, H, NQ = 6, 4, 30
+L, H, NQ = 6, 4, 60
 UNABLATED, RANDOM = 0.80, 0.45
 DIRECTIONS = ("Q<-D", "D<-Q")
 
@@ -228,7 +228,7 @@ def test_findings_hold_on_a_paper_like_run(tmp_path):
     assert layers.data["mean_first_half"] == pytest.approx(0.25)
     assert layers.data["mean_last_quarter"] == pytest.approx(1.0)
     cls = next(f for f in findings if f.key == "cls_all_random")
-    assert "every one of the 30 queries" in cls.evidence
+    assert "every one of the 60 queries" in cls.evidence
 
 
 def test_findings_fail_on_a_contrary_run(tmp_path):

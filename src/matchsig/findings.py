@@ -773,10 +773,36 @@ def top_matching_heads(run_dir: str | Path | Run, n: int = 15) -> pd.DataFrame:
     return frame.loc[order, cols].head(n).reset_index(drop=True)
 
 
-def _fractions(frame: pd.DataFrame, L: int, H: int) -> dict[int, float]:
-    match = frame[frame["matching"]]
-    counts = match.groupby("layer")["head"].nunique()
+def clearly_null(frame: pd.DataFrame, comparison: str, alpha: float) -> np.ndarray:
+    """Rows whose ``comparison`` test rules out a medium effect: the (1 - alpha) CI of the mean difference lies
+    inside +-STD_MARGIN standard deviations, i.e. |t| + t_crit(n - 1) < STD_MARGIN sqrt(n) (from the t and n columns)."""
+    from scipy import stats
+
+    t_col, n_col = f"t_{comparison}", f"n_{comparison}"
+    if t_col not in frame or n_col not in frame:
+        return np.zeros(len(frame), bool)
+    t = np.abs(pd.to_numeric(frame[t_col], errors="coerce").to_numpy(float))
+    n = pd.to_numeric(frame[n_col], errors="coerce").to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        crit = stats.t.ppf(1 - alpha / 2, np.maximum(n - 1, 1))
+        out = (t + crit < STD_MARGIN * np.sqrt(n)) & (n >= MIN_QUERIES)
+    return np.nan_to_num(out, nan=0).astype(bool)
+
+
+def _per_layer(frame: pd.DataFrame, flag: np.ndarray, L: int, H: int, how: str = "any") -> dict[int, float]:
+    """Per layer, the fraction of heads for which ``flag`` holds in any (or all) of their direction rows."""
+    heads = frame.assign(_f=flag).groupby(["layer", "head"])["_f"].agg(how)
+    counts = heads[heads].groupby(level="layer").size()
     return {l: float(counts.get(l, 0)) / H for l in range(L)}
+
+
+def _n_queries(frame: pd.DataFrame) -> int | None:
+    for column in ("n_relevant", "n_queries"):
+        if column in frame:
+            values = pd.to_numeric(frame[column], errors="coerce").dropna()
+            if len(values):
+                return int(values.max())
+    return None
 
 
 def _matching_heads_layers(run: Run) -> Finding:
@@ -784,60 +810,64 @@ def _matching_heads_layers(run: Run) -> Finding:
     L, H = run.num_layers, run.num_heads
     late_start = L - math.ceil(L / 4) if L else None
     rule = (f"Matching head (matchsig.matching): M(.|3) vs M(.|-1) significant, either sign, in Q<-D or D<-Q "
-            f"({run.p_label}, p <= {run.alpha:g}). Per layer, the fraction of heads that match. 'Few' in the first half "
-            f"(l < L/2): holds when the mean fraction is < 0.5 even counting uncorrected p-values, fails when it is >= "
-            f"0.5 with the correction. 'Every head' in the last quarter (l >= L - ceil(L/4)"
-            + (f" = {late_start}" if late_start is not None else "") + "): holds when the corrected mean fraction is >= "
-            "0.8, fails when even uncorrected it is < 0.8. Otherwise inconclusive (the verdict depends on the correction).")
-    strict, lenient = _classified(run), _classified(run, "none")
+            f"({run.p_label} <= {run.alpha:g}); a head is clearly not matching when, in both directions, the CI of that "
+            f"difference rules out a medium effect (d_z >= {STD_MARGIN}). 'Few' in the first half (l < L/2): holds when "
+            "the mean per-layer fraction of heads that are not clearly non-matching is < 0.5, fails when the fraction of "
+            "matching heads is >= 0.5. 'Every head' in the last quarter (l >= L - ceil(L/4)"
+            + (f" = {late_start}" if late_start is not None else "") + "): holds when the mean fraction of matching heads "
+            "is >= 0.8, fails when more than 0.2 of the heads are clearly not matching. Otherwise inconclusive.")
+    strict = _classified(run)
     if strict is None or not L or not H:
         return _missing(key, "contrast/heads.csv is missing (contrast was not run).", rule)
-    fs, fl = _fractions(strict, L, H), _fractions(lenient, L, H)
+    matching = _per_layer(strict, strict["matching"].to_numpy(bool), L, H)
+    null = _per_layer(strict, clearly_null(strict, "relevant", run.alpha), L, H, how="all")
     first = [l for l in range(L) if l < L / 2]
     last = list(range(late_start, L))
-    first_s, first_l = float(np.mean([fs[l] for l in first])), float(np.mean([fl[l] for l in first]))
-    last_s, last_l = float(np.mean([fs[l] for l in last])), float(np.mean([fl[l] for l in last]))
-    few = HOLDS if first_l < 0.5 else FAILS if first_s >= 0.5 else INCONCLUSIVE
-    every = HOLDS if last_s >= 0.8 else FAILS if last_l < 0.8 else INCONCLUSIVE
+    m_first, m_last = float(np.mean([matching[l] for l in first])), float(np.mean([matching[l] for l in last]))
+    open_first = float(np.mean([1 - null[l] for l in first]))
+    null_last = float(np.mean([null[l] for l in last]))
+    few = HOLDS if open_first < 0.5 else FAILS if m_first >= 0.5 else INCONCLUSIVE
+    every = HOLDS if m_last >= 0.8 else FAILS if null_last > 0.2 else INCONCLUSIVE
     signs = strict[strict["matching"]].groupby("layer")["sign"].agg(lambda s: f"{(s > 0).sum()}+/{(s < 0).sum()}-")
-    listing = ", ".join(f"{l}: {fs[l]:.2f} ({signs.get(l, '0+/0-')})" for l in range(L))
-    evidence = (f"Fraction of the {H} heads per layer that are matching heads ({run.p_label}; rows +/- by sign, "
-                f"either direction): {listing}. First half: {first_s:.2f} ({first_l:.2f} uncorrected) -> {few}; "
-                f"last quarter: {last_s:.2f} ({last_l:.2f} uncorrected) -> {every}.")
-    n = int(pd.to_numeric(strict.get("n_relevant", strict.get("n_queries")), errors="coerce").max()) if (
-        "n_relevant" in strict or "n_queries" in strict) else None
-    return _finding(key, _combine([few, every]), evidence, rule, n, fractions={str(k): v for k, v in fs.items()},
-                    mean_first_half=first_s, mean_last_quarter=last_s)
+    listing = ", ".join(f"{l}: {matching[l]:.2f} ({signs.get(l, '0+/0-')}; {null[l]:.2f} clearly not)" for l in range(L))
+    evidence = (f"Per layer, the fraction of the {H} heads that are matching heads ({run.p_label}; (+/-) direction "
+                f"rows by sign) and that are clearly not: {listing}. First half: {m_first:.2f} matching, "
+                f"{open_first:.2f} not clearly non-matching -> {few}; last quarter: {m_last:.2f} matching, {null_last:.2f} "
+                f"clearly not -> {every}.")
+    return _finding(key, _combine([few, every]), evidence, rule, _n_queries(strict),
+                    fractions={str(k): v for k, v in matching.items()}, mean_first_half=m_first, mean_last_quarter=m_last)
 
 
 def _bidirectional(run: Run) -> Finding:
     key = "matching_heads_bidirectional"
     rule = ("Of the heads matching for Q<-D, the share also matching for D<-Q, and vice versa (matching as in "
-            f"matchsig.matching, {run.p_label}). Holds when both shares are >= 0.5; does not hold when a share stays "
-            "< 0.5 even when the other direction only needs an uncorrected p <= alpha; otherwise inconclusive, "
-            "also when no head matches.")
-    strict, lenient = _classified(run), _classified(run, "none")
+            f"matchsig.matching, {run.p_label} <= {run.alpha:g}). Holds when both shares are >= 0.5; does not hold when "
+            f"more than half of a direction's matching heads are clearly not matching in the other (its CI rules out "
+            f"d_z >= {STD_MARGIN}); otherwise inconclusive, also when no head matches.")
+    strict = _classified(run)
     if strict is None:
         return _missing(key, "contrast/heads.csv is missing (contrast was not run).", rule)
+    strict = strict.assign(_null=clearly_null(strict, "relevant", run.alpha),
+                           _dir=strict["direction"].astype(str).str.replace(" ", ""))
 
-    def heads(frame, direction):
-        rows = frame[frame["matching"] & (frame["direction"].astype(str).str.replace(" ", "") == direction)]
-        return {(int(l), int(h)): int(s) for l, h, s in zip(rows["layer"], rows["head"], rows["sign"])}
+    def rows(direction, column):
+        sub = strict[strict[column] & (strict["_dir"] == direction)]
+        return {(int(l), int(h)): int(s) for l, h, s in zip(sub["layer"], sub["head"], sub["sign"])}
 
-    qd, dq = heads(strict, "Q<-D"), heads(strict, "D<-Q")
-    qd_l, dq_l = heads(lenient, "Q<-D"), heads(lenient, "D<-Q")
-    n = int(pd.to_numeric(strict["n_relevant"], errors="coerce").max()) if "n_relevant" in strict else None
+    qd, dq = rows("Q<-D", "matching"), rows("D<-Q", "matching")
+    qd_null, dq_null = rows("Q<-D", "_null"), rows("D<-Q", "_null")
+    n = _n_queries(strict)
     if not qd and not dq:
         return _finding(key, INCONCLUSIVE, "No matching head in either direction: nothing to compare.", rule, n)
     share = lambda a, b: len(set(a) & set(b)) / len(a) if a else 1.0  # noqa: E731
     s_qd, s_dq = share(qd, dq), share(dq, qd)
-    l_qd, l_dq = share(qd, dq_l), share(dq, qd_l)
-    verdict = HOLDS if (s_qd >= 0.5 and s_dq >= 0.5) else FAILS if (l_qd < 0.5 or l_dq < 0.5) else INCONCLUSIVE
+    n_qd, n_dq = share(qd, dq_null), share(dq, qd_null)
+    verdict = HOLDS if (s_qd >= 0.5 and s_dq >= 0.5) else FAILS if (n_qd > 0.5 or n_dq > 0.5) else INCONCLUSIVE
     both = set(qd) & set(dq)
     same_sign = sum(1 for h in both if qd[h] == dq[h])
     evidence = (f"{len(qd)} matching heads for Q<-D, {len(dq)} for D<-Q, {len(both)} in both ({same_sign} with the same "
-                f"sign): {s_qd:.0%} of the Q<-D ones also match D<-Q ({l_qd:.0%} with an uncorrected p), {s_dq:.0%} of "
-                f"the D<-Q ones also match Q<-D ({l_dq:.0%} uncorrected).")
+                f"sign): {s_qd:.0%} of the Q<-D ones also match D<-Q ({n_qd:.0%} clearly do not), {s_dq:.0%} of the "
+                f"D<-Q ones also match Q<-D ({n_dq:.0%} clearly do not).")
     return _finding(key, verdict, evidence, rule, n, share_qd=s_qd, share_dq=s_dq, both=len(both))
 
 
@@ -871,26 +901,25 @@ def _hard_vs_easy_layers(run: Run) -> Finding:
     L = run.num_layers
     s = late_start(L) if L else None
     rule = ("(a) Early/middle layers (l < floor(20 L / 24)" + (f" = {s}" if s is not None else "") + "): at least one head "
-            f"whose M(.|0) vs M(.|-1) differs ({run.p_label} p <= {run.alpha:g}, either direction); fails when none "
-            "differs even uncorrected. (b) Last layers (l >= that, the paper's 20-23 of 24): hard negatives look like "
+            f"whose M(.|0) vs M(.|-1) differs ({run.p_label} <= {run.alpha:g}, either direction); fails when every "
+            f"early/middle row clearly does not (its CI rules out d_z >= {STD_MARGIN}). (b) Last layers (l >= that, the paper's 20-23 of 24): hard negatives look like "
             "easy negatives, i.e. per query d = (M(3) - M(-1))/2 - (M(0) - M(-1)), averaged over the last layers' heads "
             "and both directions and signed by the relevant-vs-easy difference, is > 0 (M(0) is closer to M(-1) than to "
             "M(3)); decided by a one-sample t-test, a clear no when its CI rules out d_z >= 0.5. Holds when (a) and (b) "
             "hold.")
-    strict, lenient = _classified(run), _classified(run, "none")
+    strict = _classified(run)
     if strict is None or not L:
         return _missing(key, "contrast/heads.csv is missing (contrast was not run).", rule)
-    hard_p_s = strict[run.p_column("hard")] if run.p_column("hard") in strict else None
-    if hard_p_s is None:
+    if run.p_column("hard") not in strict:
         return _missing(key, f"contrast/heads.csv has no {run.p_column('hard')} column.", rule)
-    early = strict["layer"] < s
-    n_s = int(((strict[run.p_column("hard")] <= run.alpha) & early).sum())
-    n_l = int(((lenient["p_hard"] <= run.alpha) & early).sum())
-    part_a = HOLDS if n_s > 0 else FAILS if n_l == 0 else INCONCLUSIVE
+    early = (strict["layer"] < s).to_numpy()
+    n_s = int(((strict[run.p_column("hard")] <= run.alpha).to_numpy() & early).sum())
+    n_null = int((clearly_null(strict, "hard", run.alpha) & early).sum())
+    part_a = HOLDS if n_s > 0 else FAILS if n_null == int(early.sum()) else INCONCLUSIVE
     per_layer = strict[strict[run.p_column("hard")] <= run.alpha].groupby("layer").size()
-    evidence = (f"(a) {n_s} (head, direction) rows in layers 0..{s - 1} with a significant hard-vs-easy difference "
-                f"({n_l} uncorrected); per layer: " + (", ".join(f"{int(l)}: {int(c)}" for l, c in per_layer.items()) or "none")
-                + f" -> {part_a}.")
+    evidence = (f"(a) {n_s} of {int(early.sum())} (head, direction) rows in layers 0..{s - 1} with a significant "
+                f"hard-vs-easy difference, {n_null} clearly without one; per layer: "
+                + (", ".join(f"{int(l)}: {int(c)}" for l, c in per_layer.items()) or "none") + f" -> {part_a}.")
     table = _per_query_levels(run, "max", list(range(s, L)))
     n = None
     if table is None:
