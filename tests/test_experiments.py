@@ -220,3 +220,66 @@ def test_cli_parts(tiny_model):
     assert res.returncode == 0, res.stderr
     tokens = json.loads(res.stdout)["tokens"]
     assert [p for _, p in tokens] == ["CLS", "Q", "Q", "Q", "Q", "SEP1", "D", "D", "D", "D", "SEP2"]
+
+
+def test_cli_alpha_and_correction_name_the_columns_and_decide_the_marks(tmp_path, tiny_model):
+    from statsmodels.stats.multitest import multipletests
+
+    out = tmp_path / "sig"
+    res = _cli("ablate", "--model", tiny_model, "--max-queries", "3", "-n", "2", "--correction", "bonferroni",
+               "--alpha", "0.1", "--out", str(out), "--rankings", "20")
+    assert res.returncode == 0, res.stderr[-2000:]
+    t1 = pd.read_csv(out / "table1.csv", keep_default_na=False)
+    assert "p_bonferroni" in t1.columns and "p_holm" not in t1.columns
+    cells = t1[~t1["ablation"].isin(["none", "random"])]
+    assert len(cells) == 30
+    np.testing.assert_allclose(cells["p_bonferroni"], multipletests(cells["p_value"], method="bonferroni")[1])
+    expected = ["*" if p <= 0.1 and d < 0 else "\u2191" if p <= 0.1 and d > 0 else ""
+                for p, d in zip(cells["p_bonferroni"], cells["delta"])]
+    assert list(cells["mark"]) == expected
+    assert "Bonferroni-corrected over the 30 ablations, p <= 0.1" in (out / "table1.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["significance"]["correction"] == "bonferroni" and summary["evaluation"]["tie_rtol"] == 1e-6
+    # the statistics can change on a finished run folder: no model call, no corrected column with "none"
+    res = _cli("run", str(out / "config.json"), "--correction", "none", "--alpha", "0.2", "--no-report")
+    assert res.returncode == 0, res.stderr[-2000:]
+    t1 = pd.read_csv(out / "table1.csv", keep_default_na=False)
+    assert not [c for c in t1.columns if c.startswith("p_") and c != "p_value"]
+    cells = t1[~t1["ablation"].isin(["none", "random"])]
+    assert list(cells["significant"]) == list(cells["p_value"] <= 0.2)
+    res = _cli("ablate", "--model", tiny_model, "--correction", "fdr", "--out", str(tmp_path / "bad"))
+    assert res.returncode == 2 and "unknown correction 'fdr'" in res.stderr
+    res = _cli("experiments", "--preset", "nope", "--out", str(tmp_path / "bad2"))
+    assert res.returncode == 2 and "unknown preset 'nope'" in res.stderr
+
+
+def test_analysis_datasets_feed_only_the_contrast(tmp_path, tiny_model):
+    from matchsig.datasets import load_collection
+    from matchsig.experiments import PAPER_CONFIG
+
+    demo = load_collection("demo")
+    folder = tmp_path / "other"
+    folder.mkdir()
+    qids = [q for q in demo.judged_qids() if 3 in demo.qrels[q].values()][:3]
+    extra = [d for d in demo.negative_candidates()][:40]
+    with open(folder / "queries.tsv", "w") as fh:
+        fh.writelines(f"x{q}\t{demo.queries[q]}\n" for q in qids)
+    with open(folder / "qrels.txt", "w") as fh:
+        fh.writelines(f"x{q} 0 {d} {g}\n" for q in qids for d, g in demo.qrels[q].items())
+    docs = sorted({d for q in qids for d in demo.qrels[q]} | set(extra))
+    with open(folder / "passages.tsv", "w") as fh:
+        fh.writelines(f"{d}\t{t}\n" for d, t in demo.docs(docs).items())
+    out = tmp_path / "scoped"
+    cfg = RunConfig(model=tiny_model, **{**SETTINGS, "analysis_datasets": [str(folder)], "experiments": ["contrast", "heads"]})
+    Run(out, cfg, progress=False).run()
+    pools = pd.read_csv(out / "pools.tsv", sep="\t", dtype={"qid": str, "docid": str})
+    contrast, main = pools[pools["pool"].str.contains("contrast")], pools[pools["pool"].str.contains("main")]
+    assert set(contrast["qid"]) == {f"x{q}" for q in qids} and not main["qid"].str.startswith("x").any()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pools"]["contrast"]["datasets"] == [str(folder)] and summary["pools"]["main"]["datasets"] == ["demo"]
+    source = summary["pools"]["contrast"]["easy_negatives_from"][str(folder)]
+    assert source["source"] == "folder" and source["candidates"] == len(docs) and "warning" in source
+    assert "judged" in summary["pools"]["contrast"]["easy_negatives_warning"]
+    paper_cfg = PAPER_CONFIG()
+    assert paper_cfg.datasets == ["msmarco-passage/trec-dl-2019/judged"] and len(paper_cfg.analysis) == 4
+    assert paper_cfg.per_grade == 20
