@@ -145,3 +145,17 @@ def test_random_baseline_is_exact_and_its_spread_sampled():
     # an all-tied ranking scores the random baseline exactly
     tied = expected_ndcg(pool, np.full(len(pool), -0.25))
     assert max(abs(tied[q] - base.per_query[q]) for q in pool.qids) < 1e-12
+
+
+def test_cls_all_on_the_embedded_model_scores_the_random_baseline_exactly():
+    """fp32 noise across batch shapes (~1e-7 relative) stays inside the tie tolerance: CLS<-* = random to 1e-9."""
+    from matchsig import CrossEncoder
+
+    collection = load_collection("demo")
+    pool = sample_pool(collection, per_grade=2, seed=0, qids=collection.judged_qids()[:4])
+    queries, documents = pool.pairs()
+    scores = CrossEncoder.load("embedded").score(queries, documents, ablation="CLS<-*", batch_size=5)
+    base = random_baseline(pool, rankings=10)
+    tied = evaluate_scores(pool, scores)
+    assert max(abs(tied.per_query["nDCG@10"][q] - base.per_query[q]) for q in pool.qids) < 1e-9
+    assert abs(tied["nDCG@10"] - base.mean) < 1e-9
