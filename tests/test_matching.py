@@ -74,3 +74,16 @@ def test_ranking_puts_matching_heads_first_by_effect_size():
         _row(1, 1, "D<-Q", 0.04, 0.9, 0, 1, 0, 1),
     ])
     assert rank_heads(rows, 0.05, "none") == [(1, 0), (0, 1), (0, 0), (1, 1)]
+
+
+def test_explorer_reads_the_kind_sign_and_corrected_p(tmp_path):
+    from matchsig.explorer import read_contrast_heads
+
+    rows = pd.DataFrame([_row(0, 1, "Q<-D", -0.05, 0.001, 0.0, 0.8, -0.05, 0.001)])
+    rows = classify(rows.assign(p_relevant_holm=0.004, p_hard_holm=1.0, p_relevant_hard_holm=0.004), 0.05, "holm")
+    rows.to_csv(tmp_path / "heads.csv", index=False)
+    (read,) = read_contrast_heads(tmp_path / "heads.csv", 2, 2)
+    assert read["kind"] == "semantic" and read["sign"] == -1
+    assert read["p_relevant"] == pytest.approx(0.004) and read["p_hard"] == 1.0
+    js = (__import__("matchsig").__path__[0] + "/templates/explorer.js")
+    assert "' unc'" in open(js).read()  # matching but unclassified heads get their own ring
