@@ -798,7 +798,7 @@ def _caption(frame: pd.DataFrame, config: RunConfig) -> tuple[float, float, str]
     base = float(frame.loc[frame.ablation == "none", "ndcg@10"].iloc[0])
     rnd = float(frame.loc[frame.ablation == "random", "ndcg@10"].iloc[0])
     n = int(frame["n_queries"].max()) if "n_queries" in frame else None
-    cap = "all judged passages" if config.per_grade is None else f"up to {config.per_grade} passage{"" if config.per_grade == 1 else "s"} per grade"
+    cap = "all judged passages" if config.per_grade is None else f"up to {config.per_grade} passage{'' if config.per_grade == 1 else 's'} per grade"
     text = (f"Tie-aware nDCG@10 (expected value over the orders of tied passages) with attention direction X<-Y "
             f"masked in all layers and heads; model {config.model}, {', '.join(config.datasets)}, {cap}, seed "
             f"{config.seed}. Original: {base:.3f}; random ranking (exact): {rnd:.3f}. Bold: lower than the original; "

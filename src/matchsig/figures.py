@@ -70,7 +70,7 @@ def _arrow(text: str) -> str:
 
 
 def _cap_text(per_grade) -> str:
-    return "no cap per grade" if per_grade in (None, "", "null") else f"up to {per_grade} passage{"" if per_grade == 1 else "s"} per grade"
+    return "no cap per grade" if per_grade in (None, "", "null") else f"up to {per_grade} passage{'' if per_grade == 1 else 's'} per grade"
 
 
 def _pool_text(run: Run, pool: str = "main") -> str:

@@ -131,7 +131,7 @@ def _cap_note(run: Run) -> str:
     elif cap is None:
         cap_text = "<b>no cap</b> (every judged passage of each grade)"
     else:
-        cap_text = f"up to <b>{_e(cap)}</b> passage{"" if cap == 1 else "s"} per relevance grade and query"
+        cap_text = f"up to <b>{_e(cap)}</b> passage{'' if cap == 1 else 's'} per relevance grade and query"
     extra = ""
     ccap = contrast.get("per_grade", run.config.get("contrast_per_grade"))
     if contrast or run.config.get("contrast_per_grade") is not None:
