@@ -903,10 +903,10 @@ def _hard_vs_easy_layers(run: Run) -> Finding:
     rule = ("(a) Early/middle layers (l < floor(20 L / 24)" + (f" = {s}" if s is not None else "") + "): at least one head "
             f"whose M(.|0) vs M(.|-1) differs ({run.p_label} <= {run.alpha:g}, either direction); fails when every "
             f"early/middle row clearly does not (its CI rules out d_z >= {STD_MARGIN}). (b) Last layers (l >= that, the paper's 20-23 of 24): hard negatives look like "
-            "easy negatives, i.e. per query d = (M(3) - M(-1))/2 - (M(0) - M(-1)), averaged over the last layers' heads "
-            "and both directions and signed by the relevant-vs-easy difference, is > 0 (M(0) is closer to M(-1) than to "
-            "M(3)); decided by a one-sample t-test, a clear no when its CI rules out d_z >= 0.5. Holds when (a) and (b) "
-            "hold.")
+            "easy negatives relative to relevant ones: per query, averaged over the last layers' heads and both "
+            "directions, M(0) - M(-1) lies within +-(M(3) - M(-1))/2 (oriented by the sign of the mean relevant-vs-easy "
+            "difference), i.e. two one-sided claims, (M(3)-M(-1))/2 -/+ (M(0)-M(-1)) > 0, each decided by a one-sample "
+            "t-test (a clear no when its CI rules out d_z >= 0.5). Holds when (a) and (b) hold.")
     strict = _classified(run)
     if strict is None or not L:
         return _missing(key, "contrast/heads.csv is missing (contrast was not run).", rule)
@@ -930,11 +930,13 @@ def _hard_vs_easy_layers(run: Run) -> Finding:
         hard = pd.concat([_diff(table, d, 0, -1) for d in ("Q<-D", "D<-Q")], axis=1).mean(axis=1)
         both = pd.concat([rel, hard], axis=1).dropna()
         sign = float(np.sign(both[0].mean())) or 1.0
-        d = sign * (both[0] / 2 - both[1])
-        test = directional(d.to_numpy(), run.alpha)
-        part_b, n = test.state, test.n
+        # M(0) - M(-1) inside +-(M(3) - M(-1))/2: two one-sided claims, both must hold
+        above = directional((sign * both[0] / 2 - sign * both[1]).to_numpy(), run.alpha)
+        below = directional((sign * both[0] / 2 + sign * both[1]).to_numpy(), run.alpha)
+        part_b, n = _combine([above.state, below.state]), above.n
         evidence += (f" (b) Layers {s}..{L - 1}, per query: median M(0)-M(-1) {float(both[1].median()):+.4f} vs "
-                     f"M(3)-M(-1) {float(both[0].median()):+.4f}; d: {test.text()} -> {part_b}.")
+                     f"M(3)-M(-1) {float(both[0].median()):+.4f}; (M(3)-M(-1))/2 minus M(0)-M(-1), signed: "
+                     f"{above.text()}; plus M(0)-M(-1): {below.text()} -> {part_b}.")
     return _finding(key, _combine([part_a, part_b]), evidence, rule, n)
 
 
