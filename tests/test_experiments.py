@@ -44,11 +44,14 @@ def full_run(tiny_model, tmp_path_factory) -> Path:
 def test_outputs_exist_and_have_the_contract_columns(full_run):
     t1 = pd.read_csv(full_run / "table1.csv")
     assert len(t1) == len(TABLE1_CELLS) + 2 == 32
-    assert {"target", "source", "ablation", "ndcg@10", "delta", "p_value", "p_holm", "significant", "lower"} <= set(t1.columns)
+    assert {"target", "source", "ablation", "ndcg@10", "delta", "ci_low", "ci_high", "p_value", "p_holm", "significant",
+            "mark", "lower", "n_queries"} <= set(t1.columns)
+    assert "p_bonferroni" not in t1.columns
     layers = pd.read_csv(full_run / "layers.csv")
     assert set(layers["direction"]) == set(FIGURE1_DIRECTIONS) and set(layers["layer"]) == {0, 1, 2}
     heads = pd.read_csv(full_run / "contrast" / "heads.csv")
-    assert len(heads) == 3 * 4 * 2 and set(heads["kind"]) <= {"syntactic", "semantic", "none"}
+    assert len(heads) == 3 * 4 * 2 and set(heads["kind"]) <= {"syntactic", "semantic", "unclassified", "none"}
+    assert {"p_relevant_holm", "p_hard_holm", "p_relevant_hard_holm", "t_relevant", "sign", "matching"} <= set(heads.columns)
     hh = pd.read_csv(full_run / "heads.csv")
     assert set(hh["selection"]) == {"top", "random"} and sorted(set(hh["k"])) == [1, 3]
     md = (full_run / "table1.md").read_text()
@@ -194,10 +197,22 @@ def test_torchrun_two_processes_shard_and_merge(tmp_path, tiny_model, full_run):
     assert len(names) == len(set(names)) == (len(TABLE1_CELLS) + 1) * chunks  # every unit once, none lost
 
 
-def test_ties_cls_all_makes_scores_constant(full_run):
-    """CLS<-* cuts everything CLS reads, so every pair gets the same score: the ranking is the tie-break."""
+def test_ties_cls_all_scores_the_exact_random_baseline(full_run):
+    """CLS<-* cuts everything CLS reads, so every pair gets the same score: tie-aware nDCG = random, exactly."""
     raw = pd.read_csv(full_run / "table1_scores.csv", dtype={"qid": str, "docid": str})
     assert np.ptp(raw["CLS<-*"]) < 1e-5 and np.ptp(raw["none"]) > 1e-3
+    t1 = pd.read_csv(full_run / "table1.csv").set_index("ablation")
+    assert abs(t1.loc["CLS<-*", "ndcg@10"] - t1.loc["random", "ndcg@10"]) < 1e-9
+    per_query = pd.read_csv(full_run / "table1_per_query.csv", dtype={"qid": str}).set_index("qid")
+    # the exact random baseline, recomputed here: mean gain x the first min(10, n) discounts / ideal DCG
+    main = raw.assign(gain=raw["grade"].clip(lower=0))
+    for qid, group in main.groupby("qid"):
+        gains = np.sort(group["gain"].to_numpy(float))[::-1]
+        disc = 1 / np.log2(np.arange(2, min(10, len(gains)) + 2))
+        idcg = gains[: len(disc)] @ disc
+        expected = gains.mean() * disc.sum() / idcg if idcg else 0.0
+        assert abs(per_query.loc[qid, "CLS<-*"] - expected) < 1e-9
+        assert abs(per_query.loc[qid, "random"] - expected) < 1e-9
 
 
 def test_cli_parts(tiny_model):
@@ -205,3 +220,66 @@ def test_cli_parts(tiny_model):
     assert res.returncode == 0, res.stderr
     tokens = json.loads(res.stdout)["tokens"]
     assert [p for _, p in tokens] == ["CLS", "Q", "Q", "Q", "Q", "SEP1", "D", "D", "D", "D", "SEP2"]
+
+
+def test_cli_alpha_and_correction_name_the_columns_and_decide_the_marks(tmp_path, tiny_model):
+    from statsmodels.stats.multitest import multipletests
+
+    out = tmp_path / "sig"
+    res = _cli("ablate", "--model", tiny_model, "--max-queries", "3", "-n", "2", "--correction", "bonferroni",
+               "--alpha", "0.1", "--out", str(out), "--rankings", "20")
+    assert res.returncode == 0, res.stderr[-2000:]
+    t1 = pd.read_csv(out / "table1.csv", keep_default_na=False)
+    assert "p_bonferroni" in t1.columns and "p_holm" not in t1.columns
+    cells = t1[~t1["ablation"].isin(["none", "random"])]
+    assert len(cells) == 30
+    np.testing.assert_allclose(cells["p_bonferroni"], multipletests(cells["p_value"], method="bonferroni")[1])
+    expected = ["*" if p <= 0.1 and d < 0 else "\u2191" if p <= 0.1 and d > 0 else ""
+                for p, d in zip(cells["p_bonferroni"], cells["delta"])]
+    assert list(cells["mark"]) == expected
+    assert "Bonferroni-corrected over the 30 ablations, p <= 0.1" in (out / "table1.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["significance"]["correction"] == "bonferroni" and summary["evaluation"]["tie_rtol"] == 1e-6
+    # the statistics can change on a finished run folder: no model call, no corrected column with "none"
+    res = _cli("run", str(out / "config.json"), "--correction", "none", "--alpha", "0.2", "--no-report")
+    assert res.returncode == 0, res.stderr[-2000:]
+    t1 = pd.read_csv(out / "table1.csv", keep_default_na=False)
+    assert not [c for c in t1.columns if c.startswith("p_") and c != "p_value"]
+    cells = t1[~t1["ablation"].isin(["none", "random"])]
+    assert list(cells["significant"]) == list(cells["p_value"] <= 0.2)
+    res = _cli("ablate", "--model", tiny_model, "--correction", "fdr", "--out", str(tmp_path / "bad"))
+    assert res.returncode == 2 and "unknown correction 'fdr'" in res.stderr
+    res = _cli("experiments", "--preset", "nope", "--out", str(tmp_path / "bad2"))
+    assert res.returncode == 2 and "unknown preset 'nope'" in res.stderr
+
+
+def test_analysis_datasets_feed_only_the_contrast(tmp_path, tiny_model):
+    from matchsig.datasets import load_collection
+    from matchsig.experiments import PAPER_CONFIG
+
+    demo = load_collection("demo")
+    folder = tmp_path / "other"
+    folder.mkdir()
+    qids = [q for q in demo.judged_qids() if 3 in demo.qrels[q].values()][:3]
+    extra = [d for d in demo.negative_candidates()][:40]
+    with open(folder / "queries.tsv", "w") as fh:
+        fh.writelines(f"x{q}\t{demo.queries[q]}\n" for q in qids)
+    with open(folder / "qrels.txt", "w") as fh:
+        fh.writelines(f"x{q} 0 {d} {g}\n" for q in qids for d, g in demo.qrels[q].items())
+    docs = sorted({d for q in qids for d in demo.qrels[q]} | set(extra))
+    with open(folder / "passages.tsv", "w") as fh:
+        fh.writelines(f"{d}\t{t}\n" for d, t in demo.docs(docs).items())
+    out = tmp_path / "scoped"
+    cfg = RunConfig(model=tiny_model, **{**SETTINGS, "analysis_datasets": [str(folder)], "experiments": ["contrast", "heads"]})
+    Run(out, cfg, progress=False).run()
+    pools = pd.read_csv(out / "pools.tsv", sep="\t", dtype={"qid": str, "docid": str})
+    contrast, main = pools[pools["pool"].str.contains("contrast")], pools[pools["pool"].str.contains("main")]
+    assert set(contrast["qid"]) == {f"x{q}" for q in qids} and not main["qid"].str.startswith("x").any()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pools"]["contrast"]["datasets"] == [str(folder)] and summary["pools"]["main"]["datasets"] == ["demo"]
+    source = summary["pools"]["contrast"]["easy_negatives_from"][str(folder)]
+    assert source["source"] == "folder" and source["candidates"] == len(docs) and "warning" in source
+    assert "judged" in summary["pools"]["contrast"]["easy_negatives_warning"]
+    paper_cfg = PAPER_CONFIG()
+    assert paper_cfg.datasets == ["msmarco-passage/trec-dl-2019/judged"] and len(paper_cfg.analysis) == 4
+    assert paper_cfg.per_grade == 20

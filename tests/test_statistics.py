@@ -65,3 +65,43 @@ def test_significance_mark():
     assert significance_mark(0.05) == "*"
     assert significance_mark(0.0501) == ""
     assert significance_mark(float("nan")) == ""
+
+
+def test_corrections_match_an_independent_computation_and_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0, 0.2, 30)
+    p[3] = p[7]  # a tie in the p-values
+    m = len(p)
+    # Holm by hand: step-down over sorted p-values, running maximum, capped at 1
+    order = np.argsort(p, kind="stable")
+    holm = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        holm[i] = running
+    assert correct(list(p), "holm") == pytest.approx(list(holm), abs=1e-15)
+    assert correct(list(p), "bonferroni") == pytest.approx(list(np.minimum(1.0, p * m)), abs=1e-15)
+    assert correct(list(p), "holm") == pytest.approx(list(multipletests(p, method="holm")[1]))
+
+
+def test_confidence_interval_matches_scipy():
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(size=25), rng.uniform(size=25)
+    t = paired_ttest(list(a), list(b))
+    low, high = t.ci(0.05)
+    d = a - b
+    ref = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert (low, high) == pytest.approx(ref, abs=1e-12)
+    assert paired_ttest([1.0, 2.0], [1.0, 2.0]).ci() == (0.0, 0.0)
+
+
+def test_change_marks_and_column_names():
+    from matchsig.statistics import change_mark, corrected_column, decision_column
+
+    assert change_mark(0.01, -0.1) == "*" and change_mark(0.01, 0.1) == "\u2191"
+    assert change_mark(0.2, -0.1) == "" and change_mark(0.01, 0.0) == "" and change_mark(0.05, -1, alpha=0.01) == ""
+    assert corrected_column("holm") == "p_holm" and corrected_column("Bonferroni") == "p_bonferroni"
+    assert corrected_column("none") is None and decision_column("none") == "p_value"
+    assert decision_column("holm", "p_relevant") == "p_relevant_holm" and decision_column(None, "p_hard") == "p_hard"

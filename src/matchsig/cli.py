@@ -103,7 +103,7 @@ def baseline(
     per_grade: str = typer.Option("20", "--per-grade", "-n", help=_CAP_HELP),
     easy_negatives: int = typer.Option(0, "--easy-negatives", "-k", help="Random unjudged passages (grade -1, gain 0) per query."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the random rankings."),
-    rankings: int = typer.Option(1000, "--rankings", "-r", help="Number of random rankings to average."),
+    rankings: int = typer.Option(1000, "--rankings", "-r", help="Sampled random rankings for the spread (sd); the mean is exact."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """nDCG@10 of a random ranking of the sampled pools (the paper's 'random' reference)."""
@@ -118,6 +118,9 @@ def baseline(
         "rankings": result.rankings,
         "random_ndcg@10": result.mean,
         "random_ndcg@10_sd": result.sd,
+        "random_ndcg@10_sampled_mean": result.sampled_mean,
+        "random_ndcg@10_rule": "exact expected nDCG@10 of a uniformly random order (= tie-aware nDCG@10 of an "
+        "all-tied ranking); sd and sampled mean over the sampled rankings",
         "grades": {str(g): n for g, n in pool.grade_counts().items()},
     }
     if as_json:
@@ -128,7 +131,8 @@ def baseline(
         [
             *_sample_rows(pool, cap, easy_negatives, seed),
             ("pairs per grade", ", ".join(f"{g}: {n}" for g, n in pool.grade_counts().items())),
-            ("random nDCG@10", f"{result.mean:.4f} (sd {result.sd:.4f} over {result.rankings} rankings)"),
+            ("random nDCG@10", f"{result.mean:.4f} exact (sampled: {result.sampled_mean:.4f}, "
+                               f"sd {result.sd:.4f} over {result.rankings} rankings)"),
             ("sample fingerprint", pool.fingerprint),
         ],
         caption="The paper states a cap of 20 and reports 0.48; on the real DL19 judgments a random ranking "
@@ -144,7 +148,8 @@ def evaluate(
     easy_negatives: int = typer.Option(0, "--easy-negatives", "-k", help="Random unjudged passages (grade -1, gain 0) per query."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Pairs per forward pass."),
-    measure: list[str] = typer.Option(None, "--measure", help="Extra ir_measures measure (repeatable), e.g. RR@10."),
+    measure: list[str] = typer.Option(None, "--measure", help="Extra ir_measures measure (repeatable), e.g. RR@10. "
+                                      "nDCG, P@k, RR and AP are tie-aware; other measures break ties by docid (said in the output)."),
     run_file: str = typer.Option(None, "--run-file", help="Also write the ranking as a TREC run file."),
     device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
     max_length: int = typer.Option(512, "--max-length", help="Maximum tokens per pair."),
@@ -180,6 +185,7 @@ def evaluate(
         **pool.describe(),
         "ndcg@10": result.mean["nDCG@10"],
         "measures": result.mean,
+        "ties": result.ties(),
         "random_ndcg@10": random_baseline(pool, rankings=1000, seed=seed).mean,
         "seconds": seconds,
         "pairs_per_second": len(pool) / seconds if seconds > 0 else None,
@@ -193,15 +199,19 @@ def evaluate(
         ("model", payload["model"]),
         *_sample_rows(pool, cap, easy_negatives, seed),
     ]
-    rows += [(name, f"{value:.4f}") for name, value in result.mean.items()]
+    rows += [(name + (" (ties broken by docid)" if name in result.tie_broken else ""), f"{value:.4f}")
+             for name, value in result.mean.items()]
     rows += [
-        ("random nDCG@10", f"{payload['random_ndcg@10']:.4f}"),
+        ("random nDCG@10", f"{payload['random_ndcg@10']:.4f} (exact)"),
         ("pairs / second", f"{payload['pairs_per_second']:.1f}" if payload["pairs_per_second"] else "-"),
         ("sample fingerprint", pool.fingerprint),
     ]
     if run_file:
         rows.append(("run file", run_file))
-    _settings_table("Evaluation", rows)
+    _settings_table("Evaluation", rows, caption="Tie-aware: tied passages (scores within 1e-6 relative) count "
+                    "at their expected value over all their orders (McSherry & Najork 2008)"
+                    + (f"; {', '.join(result.tie_broken)} have no tie-aware form here and break ties by docid."
+                       if result.tie_broken else "."))
 
 
 # ---- the paper's experiments (experiments.py, report.py) ------------------------------------------
@@ -209,13 +219,25 @@ def evaluate(
 _MODEL_HELP = "'embedded', a Hugging Face folder, or a hub id (e.g. castorini/monobert-large-msmarco)."
 
 
-def _run_experiments(experiments: list[str], out: str, force: bool, **settings) -> "object":
-    """Build a RunConfig from CLI options, run it, print where the results are."""
-    from .experiments import Run, RunConfig
+def _run_experiments(experiments: list[str], out: str, force: bool, preset: str | None = None, **settings) -> "object":
+    """Build a RunConfig (a preset, else the defaults, overridden by the options given), run it, report."""
+    import dataclasses
 
-    settings["per_grade"] = _parse_cap(settings["per_grade"])
-    settings["datasets"] = list(settings.pop("dataset") or ["demo"])
-    config = RunConfig(experiments=experiments, **settings)
+    from .experiments import PRESETS, Run, RunConfig
+
+    if preset is not None and preset not in PRESETS:
+        raise MatchsigError(f"unknown preset {preset!r}: choose from {', '.join(sorted(PRESETS))}")
+    base = PRESETS[preset]() if preset else RunConfig()
+    given = {k: v for k, v in settings.items() if v is not None and v != []}
+    if "per_grade" in given:
+        given["per_grade"] = _parse_cap(given["per_grade"])
+    if "dataset" in given:
+        given["datasets"] = list(given.pop("dataset"))
+    if "analysis_dataset" in given:
+        given["analysis_datasets"] = list(given.pop("analysis_dataset"))
+    if "heads_k" in given:
+        given["heads_k"] = list(given["heads_k"])
+    config = dataclasses.replace(base, experiments=experiments, **given)
     run = Run(out, config, force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
     folder = run.run()
     if run.dist.rank == 0:
@@ -224,31 +246,42 @@ def _run_experiments(experiments: list[str], out: str, force: bool, **settings) 
     return run
 
 
+_CORRECTION_HELP = "Multiple-comparison correction of each family of tests: holm (default), bonferroni or none (the paper's)."
+_ALPHA_HELP = "Significance level of every test and mark (default 0.05)."
+
+
 def _experiment_command(name: str, experiments: list[str], doc: str):
     def command(
-        model: str = typer.Option("embedded", "--model", "-m", help=_MODEL_HELP),
-        dataset: list[str] = typer.Option(None, "--dataset", "-d", help=_DATASET_HELP + " Repeatable (pools are merged)."),
-        per_grade: str = typer.Option("20", "--per-grade", "-n", help=_CAP_HELP),
-        seed: int = typer.Option(0, "--seed", help="Seed of the samples and random choices."),
+        model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP + " Default: embedded."),
+        dataset: list[str] = typer.Option(None, "--dataset", "-d", help=_DATASET_HELP + " Repeatable (pools are "
+                                          "merged). Feeds Table 1, Figure 1 and the head ablations. Default: demo."),
+        analysis_dataset: list[str] = typer.Option(None, "--analysis-dataset", "-a", help="Dataset(s) of the contrastive "
+                                                   "analysis (Figures 2-4), repeatable. Default: the --dataset ones."),
+        preset: str = typer.Option(None, "--preset", help="Start from a named configuration: 'paper' (ablations on DL19 "
+                                   "judged, analysis on DL19-22 judged, caps 20) or 'demo'; options given override it."),
+        per_grade: str = typer.Option(None, "--per-grade", "-n", help=_CAP_HELP + " Default: 20."),
+        seed: int = typer.Option(None, "--seed", help="Seed of the samples and random choices (default 0)."),
         out: str = typer.Option(f"runs/{name}", "--out", "-o", help="Run folder (created; resumed if it exists)."),
         force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
         max_queries: int = typer.Option(None, "--max-queries", help="Use only the first N judged queries of each dataset."),
-        batch_size: int = typer.Option(32, "--batch-size", "-b", help="Pairs per forward pass."),
+        batch_size: int = typer.Option(None, "--batch-size", "-b", help="Pairs per forward pass (default 32)."),
         device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
         dtype: str = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
-        max_length: int = typer.Option(512, "--max-length", help="Maximum tokens per pair (documents are truncated)."),
-        contrast_per_grade: int = typer.Option(10, "--contrast-per-grade", help="Contrast: relevant (3) and hard (0) passages per query."),
-        contrast_easy: int = typer.Option(10, "--contrast-easy", help="Contrast: easy negatives (-1) per query."),
+        max_length: int = typer.Option(None, "--max-length", help="Maximum tokens per pair (default 512; documents are truncated)."),
+        alpha: float = typer.Option(None, "--alpha", help=_ALPHA_HELP),
+        correction: str = typer.Option(None, "--correction", help=_CORRECTION_HELP),
+        rankings: int = typer.Option(None, "--rankings", "-r", help="Sampled random rankings for the spread (sd) of the random baseline (default 1000)."),
+        contrast_per_grade: int = typer.Option(None, "--contrast-per-grade", help="Contrast: relevant (3) and hard (0) passages per query (default 10)."),
+        contrast_easy: int = typer.Option(None, "--contrast-easy", help="Contrast: easy negatives (-1) per query (default 10)."),
         heads_k: list[int] = typer.Option(None, "--k", help="Heads: numbers of heads to ablate (repeatable)."),
-        heads_random_seeds: int = typer.Option(5, "--random-seeds", help="Heads: random head sets per k."),
+        heads_random_seeds: int = typer.Option(None, "--random-seeds", help="Heads: random head sets per k (default 5)."),
     ) -> None:
-        settings = dict(model=model, dataset=dataset, per_grade=per_grade, seed=seed, max_queries=max_queries,
-                        batch_size=batch_size, device=device, dtype=dtype, max_length=max_length,
-                        contrast_per_grade=contrast_per_grade, contrast_easy=contrast_easy,
+        settings = dict(model=model, dataset=dataset, analysis_dataset=analysis_dataset, per_grade=per_grade, seed=seed,
+                        max_queries=max_queries, batch_size=batch_size, device=device, dtype=dtype,
+                        max_length=max_length, alpha=alpha, correction=correction, rankings=rankings,
+                        contrast_per_grade=contrast_per_grade, contrast_easy=contrast_easy, heads_k=heads_k,
                         heads_random_seeds=heads_random_seeds)
-        if heads_k:
-            settings["heads_k"] = list(heads_k)
-        _run_experiments(experiments, out, force, **settings)
+        _run_experiments(experiments, out, force, preset=preset, **settings)
 
     command.__doc__ = doc
     app.command(name)(command)
@@ -267,6 +300,8 @@ def run_config(
     out: str = typer.Option(None, "--out", "-o", help="Run folder (default: the folder holding the config)."),
     force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
     report_too: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
+    alpha: float = typer.Option(None, "--alpha", help=_ALPHA_HELP + " Overrides the configuration's; only the tables change."),
+    correction: str = typer.Option(None, "--correction", help=_CORRECTION_HELP + " Overrides the configuration's."),
 ) -> None:
     """Re-run (or resume) a run from its configuration file."""
     from pathlib import Path
@@ -274,6 +309,10 @@ def run_config(
     from .experiments import Run, RunConfig
 
     cfg = RunConfig.read(config)
+    if alpha is not None:
+        cfg.alpha = alpha
+    if correction is not None:
+        cfg.correction = correction
     target = Path(out) if out else (Path(config) if Path(config).is_dir() else Path(config).parent)
     run = Run(target, cfg, force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
     folder = run.run()
@@ -305,14 +344,20 @@ def report(run_dir: str = typer.Argument(..., help="A run folder.")) -> None:
 def demo(
     out: str = typer.Option("matchsig-demo", "--out", "-o", help="Output folder."),
     force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
+    alpha: float = typer.Option(None, "--alpha", help=_ALPHA_HELP),
+    correction: str = typer.Option(None, "--correction", help=_CORRECTION_HELP),
 ) -> None:
     """Everything on the embedded model and the bundled DL19 sample, offline: tables, figures, report."""
+    import dataclasses
+
     from .experiments import DEMO_CONFIG, Run
 
-    run = Run(out, DEMO_CONFIG(), force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
+    given = {k: v for k, v in (("alpha", alpha), ("correction", correction)) if v is not None}
+    run = Run(out, dataclasses.replace(DEMO_CONFIG(), **given), force=force,
+              log=lambda m: typer.secho(m, err=True, fg="yellow"))
     typer.secho(
-        f"matchsig demo: embedded model, bundled DL19 sample, up to {run.config.per_grade} passages per grade "
-        f"(the paper states 20), {run.config.max_queries or 'all'} queries", err=True)
+        f"matchsig demo: embedded model, bundled DL19 sample, up to {run.config.per_grade} passage(s) per grade "
+        f"(the paper states 20), {run.config.max_queries or 'all 43'} queries", err=True)
     folder = run.run()
     _report(folder)
     typer.echo(f"results in {folder}")

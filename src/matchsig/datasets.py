@@ -54,7 +54,9 @@ class Collection:
     ``negative_candidates`` is the sequence of docids that easy negatives are drawn from (the
     whole corpus for ir_datasets, the passages file for a folder); when None, the docids judged
     for any query are used. Only ``len()`` and integer indexing are needed, so a lazy view over
-    millions of passages works.
+    millions of passages works. ``negative_source`` says which: ``"corpus"`` (the whole corpus),
+    ``"folder"`` (the passages file of a folder: mostly passages judged for other queries) or
+    ``"judged"`` (the passages judged for any query); it is final once the candidates were read.
     """
 
     def __init__(
@@ -64,8 +66,10 @@ class Collection:
         qrels: Mapping[str, Mapping[str, int]],
         doc_lookup: Callable[[list[str]], Mapping[str, str]],
         negative_candidates: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        negative_source: str | None = None,
     ) -> None:
         self.name = name
+        self.negative_source = negative_source or ("judged" if negative_candidates is None else "given")
         self.queries: dict[str, str] = dict(queries)
         self.qrels: Qrels = {q: dict(d) for q, d in qrels.items()}
         self._doc_lookup = doc_lookup
@@ -269,6 +273,7 @@ def read_folder(folder: str | Path, name: str | None = None) -> Collection:
         qrels=read_qrels(qrels_path),
         doc_lookup=lookup,
         negative_candidates=candidates,
+        negative_source="folder",
     )
 
 
@@ -397,18 +402,21 @@ def _from_ir_datasets(dataset_id: str) -> Collection:
     def candidates() -> Sequence[str]:
         # Easy negatives come from the whole corpus; a dataset without a corpus (or a test fake)
         # falls back to the passages judged for any of its queries.
-        if not (hasattr(dataset, "docs_count") and hasattr(dataset, "docs_iter")):
-            return sorted({d for docs in qrels.values() for d in docs}, key=natural_key)
-        if hasattr(dataset, "has_docs") and not dataset.has_docs():
+        if not (hasattr(dataset, "docs_count") and hasattr(dataset, "docs_iter")) or (
+            hasattr(dataset, "has_docs") and not dataset.has_docs()
+        ):
+            collection.negative_source = "judged"
             return sorted({d for docs in qrels.values() for d in docs}, key=natural_key)
         try:
+            collection.negative_source = "corpus"
             return _CorpusIds(dataset, dataset_id)
         except MatchsigError:
             raise
         except Exception as exc:
             raise MatchsigError(f"could not index the corpus of {dataset_id!r} ({_one_line(exc)})") from None
 
-    return Collection(dataset_id, queries, qrels, lookup, candidates)
+    collection = Collection(dataset_id, queries, qrels, lookup, candidates, negative_source="corpus")
+    return collection
 
 
 # ---- demo --------------------------------------------------------------------------------------

@@ -12,6 +12,12 @@ A :class:`RunConfig` names the model, the collections, the sample and the experi
     RUN_DIR/contrast/...         Figures 2-4: heads.csv, per_query.csv, stats.parquet
     RUN_DIR/heads.csv            top-k matching heads ablated vs k random heads
 
+Two dataset scopes, as in the paper: ``datasets`` feed the ablation pool (Table 1, Figure 1, head
+ablations; the paper: DL19), ``analysis_datasets`` the contrastive analysis (Figures 2-4; the paper:
+DL19-22); by default the analysis uses the ablation datasets. Every ranking is evaluated tie-aware
+(:mod:`matchsig.evaluation`); every family of tests is corrected with ``correction`` and decided at
+``alpha`` (:mod:`matchsig.statistics`); matching heads follow :mod:`matchsig.matching`.
+
 Work is split into units (one ablation x one chunk of pairs, one layer curve x one chunk, one
 chunk of attention statistics). A unit's result is written atomically when it finishes, so a
 killed run resumes where it stopped and ends with identical tables; under ``torchrun`` each process
@@ -70,6 +76,7 @@ class RunConfig:
     rankings: int = 1000
     alpha: float = 0.05
     correction: str = "holm"
+    analysis_datasets: list[str] | None = None
     contrast_per_grade: int = 10
     contrast_easy: int = 10
     heads_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
@@ -82,6 +89,15 @@ class RunConfig:
             raise MatchsigError(f"unknown experiment {unknown[0]!r}: choose from {', '.join(EXPERIMENTS)}")
         if not self.datasets:
             raise MatchsigError("no dataset given")
+        if self.analysis_datasets is not None and not self.analysis_datasets:
+            self.analysis_datasets = None
+        from .statistics import CORRECTIONS
+
+        if str(self.correction).lower() not in CORRECTIONS:
+            raise MatchsigError(f"unknown correction {self.correction!r}: choose from {', '.join(sorted(CORRECTIONS))}")
+        self.correction = str(self.correction).lower()
+        if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
+            raise MatchsigError(f"alpha must lie strictly between 0 and 1, got {self.alpha!r}")
         for name, value in (("per_grade", self.per_grade), ("max_queries", self.max_queries)):
             if value is not None and value < 1:
                 raise MatchsigError(f"{name} must be >= 1, got {value}")
@@ -120,11 +136,17 @@ class RunConfig:
         return cls.from_dict(data)
 
     def results_key(self) -> dict:
-        """The fields that change results (not device, batch size, chunking)."""
+        """The fields that change stored results (not device, batch size, chunking, nor the statistics:
+        alpha, correction and the random rankings only change tables, which every run rewrites)."""
         d = self.to_dict()
-        for k in ("device", "batch_size", "chunk_size", "experiments"):
+        for k in ("device", "batch_size", "chunk_size", "experiments", "alpha", "correction", "rankings"):
             d.pop(k)
         return d
+
+    @property
+    def analysis(self) -> list[str]:
+        """The datasets of the contrastive analysis (``analysis_datasets``, else ``datasets``)."""
+        return list(self.analysis_datasets) if self.analysis_datasets else list(self.datasets)
 
 
 # ---- distributed ---------------------------------------------------------------------------------
@@ -268,22 +290,29 @@ class Run:
         return self._encoder
 
     # ---- pools ---------------------------------------------------------------------------------
-    def _collections(self):
+    def _collections(self, specs: Sequence[str] | None = None):
+        """The collections of ``specs`` (default: the ablation datasets), each loaded once per run."""
         from .datasets import load_collection
 
         if not hasattr(self, "_cols"):
-            self._cols = [load_collection(d) for d in self.config.datasets]
-        return self._cols
+            self._cols = {}
+        specs = self.config.datasets if specs is None else specs
+        for spec in specs:
+            if spec not in self._cols:
+                self._cols[spec] = load_collection(spec)
+        return [self._cols[spec] for spec in specs]
 
-    def _sample(self, per_grade: int | None, easy: int, grades: Sequence[int] | None) -> tuple[Pool, tuple[list[str], list[str]]]:
-        """One pool over all datasets (qids must not collide), with its texts in row order."""
+    def _sample(self, per_grade: int | None, easy: int, grades: Sequence[int] | None,
+                specs: Sequence[str] | None = None) -> tuple[Pool, tuple[list[str], list[str]]]:
+        """One pool over the datasets ``specs`` (qids must not collide), with its texts in row order."""
         from .sampling import sample_pool
 
         rows: list[PoolRow] = []
         texts_q: dict[str, str] = {}
         texts_d: dict[str, str] = {}
         seen: dict[str, str] = {}
-        for col in self._collections():
+        collections = self._collections(specs)
+        for col in collections:
             qids = col.judged_qids()
             if self.config.max_queries:
                 qids = qids[: self.config.max_queries]
@@ -299,7 +328,7 @@ class Run:
                 rows.append(row)
                 texts_q[row.qid] = qt
                 texts_d[(row.qid, row.docid)] = dt
-        merged = Pool(tuple(rows), None, "+".join(c.name for c in self._collections()), per_grade, easy, self.config.seed)
+        merged = Pool(tuple(rows), None, "+".join(c.name for c in collections), per_grade, easy, self.config.seed)
         merged_texts = ([texts_q[r.qid] for r in rows], [texts_d[(r.qid, r.docid)] for r in rows])
         return merged, merged_texts
 
@@ -313,8 +342,32 @@ class Run:
     def contrast_pool(self):
         if not hasattr(self, "_contrast"):
             c = self.config
-            self._contrast = self._sample(c.contrast_per_grade, c.contrast_easy, CONTRAST_LEVELS)
+            self._contrast = self._sample(c.contrast_per_grade, c.contrast_easy, CONTRAST_LEVELS, c.analysis)
         return self._contrast
+
+    def easy_negative_sources(self) -> dict[str, dict]:
+        """Per analysis dataset: where its easy negatives were drawn from, with a warning when not the corpus."""
+        out = {}
+        for spec, col in zip(self.config.analysis, self._collections(self.config.analysis)):
+            candidates = col.negative_candidates()
+            source = col.negative_source
+            info: dict = {"source": source, "candidates": len(candidates)}
+            if source == "corpus":
+                info["description"] = "random passages of the whole corpus (ir_datasets), as in the paper"
+            else:
+                judged = {d for docs in col.qrels.values() for d in docs}
+                n_judged = sum(1 for d in candidates if d in judged)
+                info["judged_for_some_query"] = n_judged
+                where = "the passages file of the folder" if source == "folder" else "the passages judged for any query"
+                info["description"] = (f"random passages among {len(candidates):,} of {where}, {n_judged:,} of them "
+                                       "judged for some query of the collection")
+                info["warning"] = (
+                    "easy negatives come from a folder's passages, i.e. mostly passages judged (retrieved by TREC "
+                    "systems) for other queries, not random passages of the corpus as in the paper: they are "
+                    "harder than the paper's easy negatives, which shrinks the relevant-vs-easy contrasts"
+                )
+            out[spec] = info
+        return out
 
     def _write_pools(self) -> None:
         frames = []
@@ -403,10 +456,37 @@ class Run:
         return self.out
 
     def _evaluate(self, scores: np.ndarray) -> dict[str, float]:
-        from .evaluation import evaluate_scores
+        """Tie-aware per-query nDCG@10 of ``scores`` on the main pool."""
+        from .evaluation import expected_ndcg
 
         pool, _ = self.main_pool
-        return evaluate_scores(pool, scores).per_query["nDCG@10"]
+        return expected_ndcg(pool, scores, 10)
+
+    def _compare(self, per_query: dict[str, float], ref: dict[str, float], ref_mean: float) -> dict:
+        """Mean nDCG@10, change against the unablated model, paired t-test p and (1 - alpha) CI of the change."""
+        from .statistics import paired_ttest
+
+        t = paired_ttest(per_query, ref)
+        low, high = t.ci(self.config.alpha)
+        mean = float(np.mean(list(per_query.values())))
+        return {"ndcg@10": mean, "delta": mean - ref_mean, "ci_low": low, "ci_high": high, "p_value": t.pvalue,
+                "n_queries": t.n}
+
+    def _decide(self, frame: pd.DataFrame, family: np.ndarray | None = None) -> pd.DataFrame:
+        """Add the corrected p column (named for the correction), ``significant`` and ``mark`` (* drop, ↑ rise)."""
+        from .statistics import change_mark, correct, corrected_column, decision_column
+
+        c = self.config
+        column = corrected_column(c.correction)
+        if column:
+            mask = np.ones(len(frame), bool) if family is None else family
+            adjusted = frame["p_value"].to_numpy(float).copy()  # rows outside the family: tested alone
+            adjusted[mask] = correct(list(frame.loc[mask, "p_value"]), c.correction)
+            frame[column] = adjusted
+        decide = frame[decision_column(c.correction)]
+        frame["significant"] = decide <= c.alpha
+        frame["mark"] = [change_mark(p, d, c.alpha) for p, d in zip(decide, frame["delta"])]
+        return frame
 
     def _baseline_scores(self) -> np.ndarray:
         """Unablated scores of the main pool; every phase needs them, they are computed once."""
@@ -432,8 +512,6 @@ class Run:
 
     def table1(self) -> pd.DataFrame:
         """Table 1: every direction and X<-* ablated in all layers and heads."""
-        from .statistics import correct, paired_ttest
-
         cells = [("none", Ablation.none())] + [(_cell_label(x, y), Ablation.parse(_cell_label(x, y))) for x, y in TABLE1_CELLS]
         base = self._baseline_scores()
         self._execute("table1", self._score_units("scores", cells[1:]))
@@ -442,25 +520,17 @@ class Run:
         scores = np.concatenate([base[None], self._gather_scores("scores", [l for l, _ in cells[1:]])])
         ref, ref_mean = self._reference()
         per_query = {"none": ref, **{label: self._evaluate(s) for (label, _), s in zip(cells[1:], scores[1:])}}
-        rows = []
-        for (label, _), (x, y) in zip(cells[1:], TABLE1_CELLS):
-            t = paired_ttest(per_query[label], ref)
-            mean = float(np.mean(list(per_query[label].values())))
-            rows.append({"target": x, "source": y, "ablation": label, "ndcg@10": mean, "delta": mean - ref_mean,
-                         "p_value": t.pvalue})
-        frame = pd.DataFrame(rows)
-        frame["p_holm"] = correct(list(frame["p_value"]), self.config.correction)
         rnd = self.random()
-        rnd_t = paired_ttest(rnd.per_query, ref)
-        extra = pd.DataFrame([
-            {"target": "none", "source": "", "ablation": "none", "ndcg@10": ref_mean, "delta": 0.0, "p_value": 1.0, "p_holm": 1.0},
-            {"target": "random", "source": "", "ablation": "random", "ndcg@10": rnd.mean, "delta": rnd.mean - ref_mean,
-             "p_value": rnd_t.pvalue, "p_holm": rnd_t.pvalue},
-        ])
-        frame = pd.concat([extra, frame], ignore_index=True)
-        frame["significant"] = frame["p_value"] <= self.config.alpha
+        rows = [{"target": "none", "source": "", "ablation": "none", **self._compare(ref, ref, ref_mean)},
+                {"target": "random", "source": "", "ablation": "random", **self._compare(rnd.per_query, ref, ref_mean)}]
+        for (label, _), (x, y) in zip(cells[1:], TABLE1_CELLS):
+            rows.append({"target": x, "source": y, "ablation": label, **self._compare(per_query[label], ref, ref_mean)})
+        frame = pd.DataFrame(rows)
+        # The correction's family is the 30 ablations; the random row is a reference, tested alone.
+        frame = self._decide(frame, family=~frame["ablation"].isin(["none", "random"]).to_numpy())
         frame["lower"] = frame["ndcg@10"] < ref_mean
         frame.to_csv(self.out / "table1.csv", index=False)
+        per_query["random"] = rnd.per_query
         pq = pd.DataFrame(per_query)
         pq.index.name = "qid"
         pq.to_csv(self.out / "table1_per_query.csv")
@@ -476,8 +546,6 @@ class Run:
 
     def layers(self) -> pd.DataFrame:
         """Figure 1: cut each direction in layers 0..l for every l (prefix shared across l)."""
-        from .statistics import paired_ttest
-
         pool, (qs, ds) = self.main_pool
         units = []
         for spec in FIGURE1_DIRECTIONS:
@@ -496,11 +564,9 @@ class Run:
         for spec in FIGURE1_DIRECTIONS:
             curve = np.concatenate([self.store.load(f"layers/{slug(spec)}/{k:05d}") for k in range(len(chunks))], axis=1)
             for layer, s in enumerate(curve):
-                pq = self._evaluate(s)
-                mean = float(np.mean(list(pq.values())))
-                rows.append({"direction": spec, "layer": layer, "ndcg@10": mean, "delta": mean - ref_mean,
-                             "p_value": paired_ttest(pq, ref).pvalue})
-        frame = pd.DataFrame(rows)
+                rows.append({"direction": spec, "layer": layer, **self._compare(self._evaluate(s), ref, ref_mean)})
+        # one family: every (direction, layer) cell of Figure 1
+        frame = self._decide(pd.DataFrame(rows))
         frame.to_csv(self.out / "layers.csv", index=False)
         return frame
 
@@ -519,6 +585,8 @@ class Run:
         values = np.concatenate([self.store.load(f"contrast/{k:05d}") for k in range(len(units))])
         frame = analyse_contrast(pool, values, self.config.alpha, self.config.correction)
         if self.dist.rank == 0:
+            self._easy_sources = self.easy_negative_sources()
+        if self.dist.rank == 0:
             folder = self.out / "contrast"
             folder.mkdir(exist_ok=True)
             frame["heads"].to_csv(folder / "heads.csv", index=False)
@@ -528,10 +596,18 @@ class Run:
         return frame["heads"]
 
     def heads(self) -> pd.DataFrame:
-        """Beyond the paper: cut Q<-D and D<-Q in the top-k matching heads vs in k random heads."""
-        from .statistics import paired_ttest
+        """Beyond the paper: cut Q<-D and D<-Q in the top-k matching heads vs in k random heads.
 
-        ranking = rank_matching_heads(self._heads_frame)
+        The top-k heads are the first k of :func:`matchsig.matching.rank_heads` (matching heads first,
+        by effect size); ``matching_in_selection`` counts how many of them are matching heads.
+        """
+        from .matching import classify, rank_heads
+
+        c = self.config
+        ranking = rank_heads(self._heads_frame, c.alpha, c.correction)
+        classified = classify(self._heads_frame, c.alpha, c.correction)
+        matching = {(int(l), int(h)) for l, h in zip(classified.loc[classified["matching"], "layer"],
+                                                      classified.loc[classified["matching"], "head"])}
         nl, nh = self.encoder.num_layers, self.encoder.num_heads
         ks = sorted({k for k in self.config.heads_k if k <= nl * nh})
         configs: list[tuple[str, str, int, int, list[tuple[int, int]]]] = []
@@ -551,11 +627,11 @@ class Run:
         scores = self._gather_scores("scores", [l for l, _ in ablations])
         rows = []
         for (label, selection, k, s, hs), sc in zip(configs, scores):
-            pq = self._evaluate(sc)
-            mean = float(np.mean(list(pq.values())))
             rows.append({"selection": selection, "k": k, "seed": s, "heads": ";".join(f"{l}/{h}" for l, h in hs),
-                         "ndcg@10": mean, "delta": mean - ref_mean, "p_value": paired_ttest(pq, ref).pvalue})
-        frame = pd.DataFrame(rows)
+                         "matching_in_selection": sum(1 for h in hs if tuple(h) in matching),
+                         **self._compare(self._evaluate(sc), ref, ref_mean)})
+        # one family: every head selection of the run
+        frame = self._decide(pd.DataFrame(rows))
         frame.to_csv(self.out / "heads.csv", index=False)
         return frame
 
@@ -569,14 +645,32 @@ class Run:
         enc = self.encoder
         info = {"name": enc.name, "num_layers": enc.num_layers, "num_heads": enc.num_heads,
                 "num_labels": enc.num_labels, "parameters": int(sum(p.numel() for p in enc.model.parameters()))}
+        from .evaluation import TIE_RTOL, TIE_RULE
+        from .statistics import corrected_column
+
+        c = self.config
         pools = {}
         if self._needs_main():
-            pools["main"] = _describe(self.main_pool[0])
-        if "contrast" in self.config.experiments:
-            pools["contrast"] = _describe(self.contrast_pool[0])
+            pools["main"] = {"datasets": list(c.datasets), **_describe(self.main_pool[0])}
+        if "contrast" in c.experiments:
+            sources = getattr(self, "_easy_sources", None) or self.easy_negative_sources()
+            pools["contrast"] = {"datasets": c.analysis, **_describe(self.contrast_pool[0]),
+                                 "easy_negatives_from": sources}
+            warnings = sorted({v["warning"] for v in sources.values() if "warning" in v})
+            if warnings:
+                pools["contrast"]["easy_negatives_warning"] = warnings[0]
         summary = {
             "model_info": info,
             "pools": pools,
+            "evaluation": {"measure": "nDCG@10", "ties": TIE_RULE, "tie_rtol": TIE_RTOL},
+            "significance": {
+                "test": "two-sided paired Student t-test over queries (scipy.stats.ttest_rel)",
+                "alpha": c.alpha, "correction": c.correction, "corrected_column": corrected_column(c.correction),
+                "families": "Table 1: the 30 ablations; Figure 1: every (direction, layer); head ablations: every "
+                            "selection; contrast: heads x directions, per comparison",
+                "marks": "* = significant drop, \u2191 = significant increase (decided on the corrected p when a "
+                         "correction is set)",
+            },
             "timings": self.timings,
             "versions": {"matchsig": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -584,7 +678,10 @@ class Run:
         }
         if self._needs_main():
             rnd = self.random()
-            summary["random_ndcg@10"] = {"mean": rnd.mean, "sd": rnd.sd, "rankings": rnd.rankings}
+            summary["random_ndcg@10"] = {"mean": rnd.mean, "exact": True, "sd": rnd.sd,
+                                         "sampled_mean": rnd.sampled_mean, "rankings": rnd.rankings,
+                                         "rule": "exact expected nDCG@10 of a random order (tie-aware nDCG@10 of an "
+                                                 "all-tied ranking); sd over the sampled rankings"}
             summary["unablated_ndcg@10"] = self._reference()[1]
         _write_json(self.out / "summary.json", summary)
 
@@ -619,17 +716,13 @@ def _stats_frame(pool: Pool, values: np.ndarray) -> pd.DataFrame:
 
 
 def analyse_contrast(pool: Pool, values: np.ndarray, alpha: float = 0.05, correction: str = "holm") -> dict[str, pd.DataFrame]:
-    """Per-query means per level, and per head the paired tests of SPEC §4 (3 vs -1, 0 vs -1).
+    """Per-query means per level, and per head the paired tests and classification of :mod:`matchsig.matching`.
 
-    ``values``: (pairs, layers, heads, 2 directions, 4 stats) in pool row order. A head differs
-    when the Holm-corrected (over heads x directions) paired t-test over queries gives p <= alpha
-    and the mean difference is positive; *syntactic* = differs in both comparisons, *semantic* =
-    only for relevant vs easy.
+    ``values``: (pairs, layers, heads, 2 directions, 4 stats) in pool row order. Returns
+    ``{"heads": one row per (layer, head, direction), "per_query": per-query means per level}``.
     """
-    from scipy import stats as st
-
     from .attention_stats import DIRECTIONS, STATS
-    from .statistics import correct
+    from .matching import classify, head_tests
 
     grades = np.array([r.grade for r in pool.rows])
     qids = [r.qid for r in pool.rows]
@@ -658,43 +751,27 @@ def analyse_contrast(pool: Pool, values: np.ndarray, alpha: float = 0.05, correc
     per_query = pd.concat(per_query, ignore_index=True)
 
     imax, ient, iex = STATS.index("max"), STATS.index("entropy"), STATS.index("exact")
+    tests = head_tests({level: m[..., imax] for level, m in means.items()}, correction)
     easy = means[EASY_NEGATIVE]
-    rows = []
-    tests = {}
-    for name, level in (("relevant", 3), ("hard", 0)):
-        diff = means[level][..., imax] - easy[..., imax]  # (nq, nl, nh, nd)
-        ok = ~np.isnan(diff).any(axis=(1, 2, 3))
-        d = diff[ok]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            t = st.ttest_1samp(d, 0.0, axis=0) if len(d) >= 2 else None
-        p = np.nan_to_num(t.pvalue, nan=1.0) if t is not None else np.ones(diff.shape[1:])
-        tests[name] = (np.nanmean(d, axis=0) if len(d) else np.zeros(diff.shape[1:]), p, int(ok.sum()))
-    p_rel = np.array(correct(list(tests["relevant"][1].ravel()), correction)).reshape(tests["relevant"][1].shape)
-    p_hard = np.array(correct(list(tests["hard"][1].ravel()), correction)).reshape(tests["hard"][1].shape)
     rel_ok = ~np.isnan(means[3][..., 0, 0, 0, 0]) & ~np.isnan(easy[..., 0, 0, 0, 0])
-    for l in range(nl):
-        for h in range(nh):
-            for k, (dname, _, _) in enumerate(DIRECTIONS):
-                dr, dh = tests["relevant"][0][l, h, k], tests["hard"][0][l, h, k]
-                sig_r = p_rel[l, h, k] <= alpha and dr > 0
-                sig_h = p_hard[l, h, k] <= alpha and dh > 0
-                kind = "syntactic" if (sig_r and sig_h) else "semantic" if sig_r else "none"
-                rows.append({
-                    "layer": l, "head": h, "direction": dname, "delta_relevant": dr, "delta_hard": dh,
-                    "p_relevant": p_rel[l, h, k], "p_hard": p_hard[l, h, k], "kind": kind,
-                    "entropy_relevant": float(np.nanmean(means[3][rel_ok, l, h, k, ient])),
-                    "entropy_easy": float(np.nanmean(easy[rel_ok, l, h, k, ient])),
-                    "exact_relevant": float(np.nanmean(means[3][rel_ok, l, h, k, iex])),
-                    "exact_easy": float(np.nanmean(easy[rel_ok, l, h, k, iex])),
-                    "n_queries": tests["relevant"][2],
-                })
-    return {"heads": pd.DataFrame(rows), "per_query": per_query}
+    grid = np.indices((nl, nh, nd)).reshape(3, -1)
+    frame = pd.DataFrame({"layer": grid[0], "head": grid[1],
+                          "direction": np.asarray([d for d, _, _ in DIRECTIONS])[grid[2]]})
+    for name, array in tests.items():
+        frame[name] = array.reshape(-1)
+    with np.errstate(invalid="ignore"):
+        for stat, i in (("entropy", ient), ("exact", iex)):
+            frame[f"{stat}_relevant"] = np.nanmean(means[3][rel_ok][..., i], axis=0).reshape(-1) if rel_ok.any() else np.nan
+            frame[f"{stat}_easy"] = np.nanmean(easy[rel_ok][..., i], axis=0).reshape(-1) if rel_ok.any() else np.nan
+    frame["n_queries"] = frame["n_relevant"]
+    return {"heads": classify(frame, alpha, correction), "per_query": per_query}
 
 
-def rank_matching_heads(heads: pd.DataFrame) -> list[tuple[int, int]]:
-    """(layer, head) pairs by matching strength: mean of delta_relevant over Q<-D and D<-Q, best first."""
-    strength = heads.groupby(["layer", "head"])["delta_relevant"].mean().sort_values(ascending=False, kind="stable")
-    return [(int(l), int(h)) for l, h in strength.index]
+def rank_matching_heads(heads: pd.DataFrame, alpha: float = 0.05, correction: str = "holm") -> list[tuple[int, int]]:
+    """(layer, head) pairs, matching heads first (see :func:`matchsig.matching.rank_heads`)."""
+    from .matching import rank_heads
+
+    return rank_heads(heads, alpha, correction)
 
 
 # ---- Table 1 layouts -------------------------------------------------------------------------------
@@ -702,25 +779,30 @@ def rank_matching_heads(heads: pd.DataFrame) -> list[tuple[int, int]]:
 _COLUMNS = list(PART_NAMES) + [ALL]
 
 
-def _grid(frame: pd.DataFrame, fmt: Callable[[float, bool, bool], str]) -> list[list[str]]:
+def _grid(frame: pd.DataFrame, fmt: Callable[[float, str, bool], str]) -> list[list[str]]:
     cells = frame.set_index("ablation")
     out = []
     for x in PART_NAMES:
         row = []
         for y in _COLUMNS:
             r = cells.loc[_cell_label(x, y)]
-            row.append(fmt(float(r["ndcg@10"]), bool(r["significant"]), bool(r["lower"])))
+            mark = r["mark"] if "mark" in r and isinstance(r["mark"], str) else ""
+            row.append(fmt(float(r["ndcg@10"]), mark, bool(r["lower"])))
         out.append(row)
     return out
 
 
 def _caption(frame: pd.DataFrame, config: RunConfig) -> tuple[float, float, str]:
+    from .statistics import marks_legend
+
     base = float(frame.loc[frame.ablation == "none", "ndcg@10"].iloc[0])
     rnd = float(frame.loc[frame.ablation == "random", "ndcg@10"].iloc[0])
-    cap = "all judged passages" if config.per_grade is None else f"up to {config.per_grade} passages per grade"
-    text = (f"nDCG@10 with attention direction X<-Y masked in all layers and heads; model {config.model}, "
-            f"{', '.join(config.datasets)}, {cap}, seed {config.seed}. Original: {base:.3f}; random ranking: {rnd:.3f}. "
-            f"Bold: lower than the original; *: paired t-test p <= {config.alpha}.")
+    n = int(frame["n_queries"].max()) if "n_queries" in frame else None
+    cap = "all judged passages" if config.per_grade is None else f"up to {config.per_grade} passage{'' if config.per_grade == 1 else 's'} per grade"
+    text = (f"Tie-aware nDCG@10 (expected value over the orders of tied passages) with attention direction X<-Y "
+            f"masked in all layers and heads; model {config.model}, {', '.join(config.datasets)}, {cap}, seed "
+            f"{config.seed}. Original: {base:.3f}; random ranking (exact): {rnd:.3f}. Bold: lower than the original; "
+            f"{marks_legend(config.alpha, config.correction, 'the 30 ablations', n)}.")
     return base, rnd, text
 
 
@@ -728,27 +810,30 @@ def table1_markdown(frame: pd.DataFrame, config: RunConfig) -> str:
     """Table 1 as the paper lays it out: rows X, columns Y and All."""
     _, _, caption = _caption(frame, config)
 
-    def fmt(v, sig, low):
-        s = f"{v:.3f}" + ("\\*" if sig else "")
+    def fmt(v, mark, low):
+        s = f"{v:.3f}" + mark.replace("*", "\\*")
         return f"**{s}**" if low else s
 
     lines = ["| X \\ Y | " + " | ".join("All" if y == ALL else y for y in _COLUMNS) + " |",
              "|---|" + "---|" * len(_COLUMNS)]
     for x, row in zip(PART_NAMES, _grid(frame, fmt)):
         lines.append(f"| **{x}** | " + " | ".join(row) + " |")
-    return caption + "\n\n" + "\n".join(lines) + "\n"
+    return caption.replace("*", "\\*") + "\n\n" + "\n".join(lines) + "\n"
 
 
 def table1_latex(frame: pd.DataFrame, config: RunConfig) -> str:
+    from .statistics import RISE_MARK
+
     _, _, caption = _caption(frame, config)
 
-    def fmt(v, sig, low):
-        s = f"{v:.3f}" + ("$^*$" if sig else "")
+    def fmt(v, mark, low):
+        s = f"{v:.3f}" + {"*": "$^*$", RISE_MARK: "$^{\\uparrow}$"}.get(mark, "")
         return f"\\textbf{{{s}}}" if low else s
 
     head = " & ".join(["$X \\backslash Y$"] + ["All" if y == ALL else y for y in _COLUMNS]) + " \\\\"
     body = "\n".join(f"{x} & " + " & ".join(row) + " \\\\" for x, row in zip(PART_NAMES, _grid(frame, fmt)))
-    caption_tex = caption.replace("<-", "$\\leftarrow$").replace("_", "\\_")
+    caption_tex = (caption.replace("<-", "$\\leftarrow$").replace("_", "\\_").replace(RISE_MARK, "$\\uparrow$")
+                   .replace("<=", "$\\leq$"))
     return ("\\begin{table}[t]\n\\centering\n\\begin{tabular}{l" + "c" * len(_COLUMNS) + "}\n\\toprule\n" + head +
             "\n\\midrule\n" + body + "\n\\bottomrule\n\\end{tabular}\n\\caption{" + caption_tex +
             "}\n\\end{table}\n")
@@ -769,6 +854,23 @@ def _json_default(obj):
 
 
 def DEMO_CONFIG() -> RunConfig:
-    """`matchsig demo`: sized to finish in <= 10 minutes on 2 CPU cores with the embedded model."""
-    return RunConfig(model="embedded", datasets=["demo"], per_grade=4, max_queries=10, seed=0, contrast_per_grade=5,
-                     contrast_easy=5, heads_k=[2, 8, 24], heads_random_seeds=2, batch_size=32)
+    """`matchsig demo`: all 43 DL19 queries, sized to finish in <= 10 minutes on 2 CPU cores (fp32)."""
+    return RunConfig(model="embedded", datasets=["demo"], per_grade=1, max_queries=None, seed=0, contrast_per_grade=4,
+                     contrast_easy=4, heads_k=[2, 8, 24], heads_random_seeds=2, batch_size=32)
+
+
+def PAPER_CONFIG() -> RunConfig:
+    """The paper's protocol: ablations on DL19 judged, attention analysis on DL19-22 judged (226 queries).
+
+    Up to 20 passages per grade for the ablations (the paper's stated cap) and, as the paper does not
+    state the analysis sample, up to 20 relevant and 20 hard negatives and 20 easy negatives (from
+    the whole corpus) per query for the analysis. The model is not part of the protocol.
+    """
+    from .datasets import PAPER_COLLECTIONS
+
+    return RunConfig(datasets=[PAPER_COLLECTIONS[0]], analysis_datasets=list(PAPER_COLLECTIONS), per_grade=20,
+                     contrast_per_grade=20, contrast_easy=20)
+
+
+#: Named configurations (``--preset``); explicit command-line options override them.
+PRESETS: dict[str, Callable[[], RunConfig]] = {"paper": PAPER_CONFIG, "demo": DEMO_CONFIG}

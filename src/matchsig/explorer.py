@@ -45,7 +45,7 @@ TABLE1_ABLATIONS: tuple[str, ...] = (
 DEFAULT_TOP_K = 8
 #: Budget for the binary arrays (before base64, which adds a third): keeps a 512-token page < 2 MB.
 DEFAULT_MAX_BYTES = 1_400_000
-CONTRAST_COLUMNS = ("layer", "head", "direction", "delta_relevant", "delta_hard", "p_relevant", "p_hard", "kind")
+CONTRAST_COLUMNS = ("layer", "head", "direction", "delta_relevant", "delta_hard", "p_relevant", "p_hard", "sign", "kind")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +231,14 @@ def _number(text: str | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def _decision(row: dict, column: str) -> str | None:
+    """The corrected p-value of a heads.csv row (``p_relevant_holm``...) when there is one, else the raw one."""
+    for suffix in ("holm", "bonferroni"):
+        if row.get(f"{column}_{suffix}") not in (None, ""):
+            return row[f"{column}_{suffix}"]
+    return row.get(column)
+
+
 def read_contrast_heads(path: str | Path, num_layers: int | None = None, num_heads: int | None = None) -> list[dict]:
     """Rows of a contrast run's ``heads.csv`` as dicts (layer, head, direction, deltas, p-values, kind)."""
     path = Path(path)
@@ -256,14 +264,16 @@ def read_contrast_heads(path: str | Path, num_layers: int | None = None, num_hea
                     f"contrast heads {path}, line {n}: head {layer}/{head} does not exist in this model "
                     f"({num_layers} layers x {num_heads} heads): was the run made with another model?"
                 )
+            # kind and sign were set by matchsig.matching.classify when the run wrote heads.csv
             kind = (row.get("kind") or "none").lower() or "none"
             rows.append({
                 "layer": layer, "head": head,
                 "direction": (row.get("direction") or "").upper().replace(" ", ""),
                 "delta_relevant": _number(row.get("delta_relevant")),
                 "delta_hard": _number(row.get("delta_hard")),
-                "p_relevant": _number(row.get("p_relevant")),
-                "p_hard": _number(row.get("p_hard")),
+                "p_relevant": _number(_decision(row, "p_relevant")),
+                "p_hard": _number(_decision(row, "p_hard")),
+                "sign": int(_number(row.get("sign")) or 0),
                 "kind": kind,
             })
     return rows

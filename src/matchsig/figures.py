@@ -70,7 +70,7 @@ def _arrow(text: str) -> str:
 
 
 def _cap_text(per_grade) -> str:
-    return "no cap per grade" if per_grade in (None, "", "null") else f"up to {per_grade} passages per grade"
+    return "no cap per grade" if per_grade in (None, "", "null") else f"up to {per_grade} passage{'' if per_grade == 1 else 's'} per grade"
 
 
 def _pool_text(run: Run, pool: str = "main") -> str:
@@ -237,7 +237,7 @@ def plot_contrast(run: Run, path: Path, level: int) -> Path | None:
         return None
     L = run.num_layers or int((heads if heads is not None else diffs)["layer"].max()) + 1
     H = run.num_heads or int((heads if heads is not None else diffs)["head"].max()) + 1
-    value, pcol = ("delta_relevant", "p_relevant") if level == 3 else ("delta_hard", "p_hard")
+    value, pcol = ("delta_relevant", run.p_column("relevant")) if level == 3 else ("delta_hard", run.p_column("hard"))
     what = "relevant (3)" if level == 3 else "hard negative (0)"
     number = 2 if level == 3 else 3
     tall = max(4.0, 0.22 * L + 1.5)
@@ -247,7 +247,8 @@ def plot_contrast(run: Run, path: Path, level: int) -> Path | None:
         if heads is not None:
             sub = heads[heads["direction"].astype(str).str.replace(" ", "") == direction]
             grid = _grid(sub, value, L, H)
-            marks = _grid(sub.assign(_sig=(sub[pcol] <= run.alpha).astype(float)), "_sig", L, H) == 1
+            p = sub[pcol] if pcol in sub else sub[pcol.rsplit("_", 1)[0]]  # a table written without a correction
+            marks = _grid(sub.assign(_sig=(p <= run.alpha).astype(float)), "_sig", L, H) == 1
             _heatmap(ax_a, grid, f"({'a'}) {_arrow(direction)}: mean over queries, per layer/head",
                      f"M({level}) − M(−1)", marks)
         else:

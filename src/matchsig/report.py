@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import paper
 from .figures import FIGURES, make_figures
-from .findings import Finding, Run, direction_label, judge, top_matching_heads
+from .findings import DECISION_TEXT, VERDICTS, Finding, Run, direction_label, judge, top_matching_heads
 
 __all__ = ["build_report", "render_report"]
 
@@ -93,10 +93,31 @@ def _json_value(value: Any) -> str:
 # ---- sections -----------------------------------------------------------------------------------
 
 
-def _verdict_badge(holds: bool | None) -> str:
-    cls = {True: "ok", False: "bad", None: "na"}[holds]
-    text = {True: "holds", False: "does not hold", None: "not measured"}[holds]
-    return f'<span class="badge {cls}">{text}</span>'
+def _verdict_badge(verdict: str | bool | None) -> str:
+    if not isinstance(verdict, str):  # a holds value: True / False / None
+        verdict = {True: "holds", False: "does not hold", None: "not measured"}[verdict]
+    cls = {"holds": "ok", "does not hold": "bad", "inconclusive": "maybe", "not measured": "na"}.get(verdict, "na")
+    return f'<span class="badge {cls}">{_e(verdict)}</span>'
+
+
+def _ties_note(run: Run) -> str:
+    ev = run.summary.get("evaluation") or {}
+    rule = ev.get("ties") or (
+        "tie-aware (McSherry & Najork, ECIR 2008): expected value over all orders of tied passages")
+    return (f'<p class="muted"><b>Ties.</b> Every nDCG@10 here is {_e(rule)} An ablation that makes every score of a '
+            "query equal (e.g. CLS &larr; *) therefore scores exactly the random baseline, whatever the docids.</p>")
+
+
+def _easy_note(run: Run) -> str:
+    contrast = (run.summary.get("pools") or {}).get("contrast") or {}
+    sources = contrast.get("easy_negatives_from") or {}
+    if not sources:
+        return ""
+    items = "".join(f"<li><code>{_e(k)}</code>: {_e(v.get('description', v.get('source', '?')))}</li>" for k, v in sources.items())
+    warning = contrast.get("easy_negatives_warning")
+    cls = "note" if warning else "muted"
+    text = f"<b>Warning.</b> {_e(warning)}." if warning else ""
+    return f'<div class="{cls}"><b>Easy negatives (grade &minus;1) were drawn from:</b><ul>{items}</ul>{text}</div>'
 
 
 def _cap_note(run: Run) -> str:
@@ -110,7 +131,7 @@ def _cap_note(run: Run) -> str:
     elif cap is None:
         cap_text = "<b>no cap</b> (every judged passage of each grade)"
     else:
-        cap_text = f"up to <b>{_e(cap)}</b> passages per relevance grade and query"
+        cap_text = f"up to <b>{_e(cap)}</b> passage{'' if cap == 1 else 's'} per relevance grade and query"
     extra = ""
     ccap = contrast.get("per_grade", run.config.get("contrast_per_grade"))
     if contrast or run.config.get("contrast_per_grade") is not None:
@@ -146,12 +167,22 @@ def _section_run(run: Run) -> str:
     ]
     rnd = run.summary.get("random_ndcg@10")
     if isinstance(rnd, dict):
+        exact = "exact; " if rnd.get("exact") else ""
         data_rows.append(("random ranking nDCG@10",
-                          f"{_num(rnd.get('mean'))} ± {_num(rnd.get('sd'))} over {_e(rnd.get('rankings', '?'))} rankings"
-                          f' <span class="muted">(paper {paper.RANDOM:.2f})</span>'))
+                          f"{_num(rnd.get('mean'))} ({exact}sd {_num(rnd.get('sd'))} over {_e(rnd.get('rankings', '?'))} "
+                          f'sampled rankings) <span class="muted">(paper {paper.RANDOM:.2f})</span>'))
+    sig = run.summary.get("significance") or {}
+    data_rows.append(("significance", f"paired t-test, alpha {run.alpha:g}, {_e(run.corrected)} "
+                                      f"(<code>correction = {_e(run.correction)}</code>)"
+                      + (f"; {_e(sig.get('marks'))}" if sig.get("marks") else "")))
+    analysis = run.config.get("analysis_datasets")
+    if analysis:
+        data_rows.insert(1, ("analysis datasets", _e(", ".join(map(str, analysis)))))
     pools = run.summary.get("pools") or {}
     pool_rows = []
     for name, pool in pools.items():
+        if not isinstance(pool, dict):
+            continue
         counts = pool.get("grade_counts") or {}
         try:
             ordered = sorted(counts.items(), key=lambda kv: int(kv[0]))
@@ -159,6 +190,7 @@ def _section_run(run: Run) -> str:
             ordered = list(counts.items())
         pool_rows.append({
             "pool": name,
+            "datasets": ", ".join(map(str, pool.get("datasets") or [])) or "–",
             "queries": pool.get("queries", "–"),
             "pairs": pool.get("pairs", "–"),
             "cap per grade": "none" if pool.get("per_grade", "–") is None else pool.get("per_grade", "–"),
@@ -178,7 +210,9 @@ def _section_run(run: Run) -> str:
 <section id="run"><h2>Run</h2>
 <div class="cols"><div><h3>Model</h3>{_kv(model_rows)}</div><div><h3>Data</h3>{_kv(data_rows)}</div></div>
 {_cap_note(run)}
+{_ties_note(run)}
 <h3>Sampled pools</h3>{pools_html}
+{_easy_note(run)}
 <p class="muted">Grade −1 = easy negatives (random passages not judged for the query). The fingerprint identifies
 the exact sample (query, passage, grade triples): two runs with the same fingerprint scored the same pairs.</p>
 <h3>Configuration</h3>
@@ -208,13 +242,12 @@ def _section_table1(run: Run) -> str:
                 continue
             value = float(row["ndcg@10"])
             lower = value < unablated if unablated is not None else bool(row.get("lower", False))
-            star = "*" if run.significant(row) else ""
-            text = f"{value:.3f}{star}"
+            text = f"{value:.3f}{_e(run.mark(row))}"
             text = f"<b>{text}</b>" if lower else text
             delta = value - unablated if unablated is not None else 0.0
             shade = min(1.0, max(0.0, -delta) / 0.35)
             style = f' style="background: rgba(214, 96, 77, {0.08 + 0.55 * shade:.2f})"' if delta < -0.005 else ""
-            title = f'{target}<-{source}: nDCG@10 {value:.4f}, delta {delta:+.4f}, p {_p(row.get("p_value"))}'
+            title = f'{target}<-{source}: nDCG@10 {value:.4f}, delta {delta:+.4f}, {run.p_name} {_p(run.decision_p(row))}'
             ours = f'<span class="delta">{delta:+.3f}</span>' if unablated is not None else ""
             tds.append(f'<td class="cell"{style} title="{_e(title)}">{text}{ours}{ref_text}</td>')
         rows.append(f"<tr><th>{_e(paper.PART_LABELS[target])}</th>{''.join(tds)}</tr>")
@@ -223,16 +256,18 @@ def _section_table1(run: Run) -> str:
     )
     footer = (
         f"<p>Unablated model: <b>{_num(unablated)}</b> (paper {paper.UNABLATED:.2f}); random ranking: "
-        f"<b>{_num(run.random_ndcg)}</b> (paper {paper.RANDOM:.2f}).</p>"
+        f"<b>{_num(run.random_ndcg)}</b> (exact; paper {paper.RANDOM:.2f}).</p>"
     )
+    from .statistics import marks_legend
+
+    n = run.table1["n_queries"].max() if "n_queries" in run.table1 else None
     legend = (
         f'<p class="muted">Rows: the attending part X; columns: the attended part Y; "All" = X &larr; * (every source). '
-        f"Each cell: our nDCG@10 with the direction masked in every head of every layer, its change from the "
-        f"unablated model, and the paper's MonoBERT-large value (its change from 0.81). <b>Bold</b> = lower than the unablated model; * = two-sided paired Student t-test over "
-        f"the per-query nDCG@10 against the unablated model, p &le; {run.alpha:g} (uncorrected, as in the paper"
-        + (f"; p values corrected over the 30 ablations ({_e(run.correction)}) in column p_holm of the full table below"
-           if "p_holm" in run.table1.columns else "")
-        + "). Shading grows with the drop.</p>"
+        f"Each cell: our tie-aware nDCG@10 with the direction masked in every head of every layer, its change from the "
+        f"unablated model, and the paper's MonoBERT-large value (its change from 0.81). <b>Bold</b> = lower than the "
+        f"unablated model; {_e(marks_legend(run.alpha, run.correction, 'the 30 ablations', int(n) if n == n and n else None))}"
+        f" against the unablated model (the paper stars significant drops only, uncorrected: "
+        f"<code>--correction none</code>). Shading grows with the drop.</p>"
     )
     frame = run.table1.copy()
     frame["direction"] = [
@@ -243,9 +278,12 @@ def _section_table1(run: Run) -> str:
         if t.lower() not in ("none", "random") else (f"{paper.UNABLATED:.2f}" if t.lower() == "none" else f"{paper.RANDOM:.2f}")
         for t, s in zip(frame["target"], frame["source"])
     ]
-    cols = [c for c in ("direction", "ndcg@10", "paper", "delta", "p_value", "p_holm", "significant", "lower") if c in frame]
-    full = _table(frame[cols], {"direction": _arrow, "ndcg@10": lambda v: _num(v, 4), "delta": lambda v: f"{float(v):+.4f}",
-                                "p_value": _p, "p_holm": _p})
+    cols = [c for c in ("direction", "ndcg@10", "paper", "delta", "ci_low", "ci_high", "p_value", run.p_name, "mark",
+                        "lower", "n_queries") if c in frame]
+    cols = list(dict.fromkeys(cols))
+    signed = lambda v: f"{float(v):+.4f}"  # noqa: E731
+    full = _table(frame[cols], {"direction": _arrow, "ndcg@10": lambda v: _num(v, 4), "delta": signed, "ci_low": signed,
+                                "ci_high": signed, "p_value": _p, run.p_name: _p})
     return f"""
 <section id="table1"><h2>Table 1 — whole-model ablations (nDCG@10)</h2>
 {legend}{grid}{footer}
@@ -277,15 +315,20 @@ def _section_layers(run: Run, figures: dict[str, Path]) -> str:
     frame = run.layers
     if frame is None:
         return f'<section id="layers"><h2>Figure 1 — up-to-layer ablations</h2>{_missing("layers.csv", "layers")}</section>'
+    from .statistics import marks_legend
+
     try:
-        wide = frame.pivot_table(index="direction", columns="layer", values="ndcg@10", sort=False)
+        cells = frame.assign(cell=[f"{float(r['ndcg@10']):.3f}{run.mark(r)}" for _, r in frame.iterrows()])
+        wide = cells.pivot_table(index="direction", columns="layer", values="cell", aggfunc="first", sort=False)
         wide.index = [direction_label(d) for d in wide.index]
         wide = wide.reset_index().rename(columns={"index": "direction"})
         wide.columns = [str(c) for c in wide.columns]
-        formats = {c: _num for c in wide.columns if c != "direction"}
-        formats["direction"] = _arrow
-        details = (f'<details><summary>nDCG@10 per direction and last ablated layer</summary><div class="scroll">'
-                   f"{_table(wide, formats)}</div></details>")
+        n = frame["n_queries"].max() if "n_queries" in frame else None
+        legend = marks_legend(run.alpha, run.correction, "every (direction, layer) of the figure",
+                              int(n) if n == n and n else None)
+        details = (f'<details open><summary>nDCG@10 per direction and last ablated layer</summary>'
+                   f'<p class="muted">{_e(legend)} against the unablated model ({_num(run.unablated)}).</p>'
+                   f'<div class="scroll">{_table(wide, {"direction": _arrow})}</div></details>')
     except (KeyError, ValueError, TypeError) as exc:
         details = f'<p class="missing">layers.csv could not be read: {_e(type(exc).__name__)}: {_e(exc)}</p>'
     return f"""
@@ -303,15 +346,19 @@ def _section_contrast(run: Run, figures: dict[str, Path]) -> str:
     if heads is None and run.contrast_per_query is None:
         return f'<section id="contrast"><h2>Figures 2–4 — contrastive attention analysis</h2>{_missing("contrast/heads.csv", "contrast")}</section>'
     test = (
-        f"Test: for each head and direction, a two-sided paired t-test over queries of the per-query M(&middot;|3) vs "
-        f"M(&middot;|&minus;1) (and M(&middot;|0) vs M(&middot;|&minus;1)), p values {_e(run.corrected)} over all heads &times; "
-        f"both directions (run setting <code>correction = {_e(run.correction)}</code>), threshold {run.alpha:g}. A head is a "
-        "<b>matching head</b> when M(&middot;|3) &gt; M(&middot;|&minus;1) significantly. Kind: <b>syntactic</b> = it "
-        "also differs for hard negatives vs easy negatives (exact-term matching); <b>semantic</b> = it differs only for "
-        "relevant vs easy negatives."
+        f"Tests: for each head and direction, three two-sided paired t-tests over queries of the per-query M: relevant vs "
+        f"easy (3 vs &minus;1), hard vs easy (0 vs &minus;1) and relevant vs hard (3 vs 0), each family {_e(run.corrected)} "
+        f"over all heads &times; both directions (<code>correction = {_e(run.correction)}</code>), threshold {run.alpha:g}. "
+        "A head is a <b>matching head</b> (in a direction) when 3 vs &minus;1 is significant, <b>either sign</b> "
+        "(sign +1: more attention on relevant passages, &minus;1: less). Kind: <b>syntactic</b> = 0 vs &minus;1 is "
+        "significant with the same sign (term-sharing hard negatives move it too); <b>semantic</b> = 3 vs 0 is "
+        "significant with the same sign while 0 vs &minus;1 is not (positive evidence that it separates relevant "
+        "passages from term-sharing ones); <b>unclassified</b> = neither. The same definition "
+        "(<code>matchsig.matching</code>) picks the top-k heads of the head ablations and rings heads in the explorer."
     )
     parts = [f"""
 <section id="contrast"><h2>Figures 2–4 — contrastive attention analysis</h2>
+{_analysis_scope(run)}
 <p class="muted">M(Q,D | r): for each query token, the maximum attention it pays to a document token, averaged over
 query tokens and over the query's passages of level r (3 relevant, 0 hard negative, &minus;1 easy negative);
 M(D,Q | r) likewise from document to query tokens. Paper: head 11/13 stands out; late layers 20–23 match
@@ -331,9 +378,12 @@ semantically.</p>
         top = top.copy()
         top.insert(0, "layer/head", [f"{int(l)}/{int(h)}" for l, h in zip(top["layer"], top["head"])])
         top = top.drop(columns=["layer", "head"])
-        parts.append(_table(top, {"direction": _arrow, "delta_relevant": lambda v: f"{float(v):+.4f}",
-                                  "delta_hard": lambda v: f"{float(v):+.4f}", "p_relevant": _p, "p_hard": _p,
-                                  "kind": lambda v: f'<span class="kind {_e(v)}">{_e(v)}</span>'}))
+        signed = lambda v: f"{float(v):+.4f}"  # noqa: E731
+        formats = {"direction": _arrow, "delta_relevant": signed, "delta_hard": signed, "delta_relevant_hard": signed,
+                   "sign": lambda v: "+" if int(v) > 0 else "&minus;",
+                   "kind": lambda v: f'<span class="kind {_e(v)}">{_e(v)}</span>'}
+        formats.update({c: _p for c in top.columns if c.startswith("p_")})
+        parts.append(_table(top, formats))
     if heads is not None and "kind" in heads:
         counts = (
             heads.assign(direction=heads["direction"].astype(str))
@@ -353,7 +403,7 @@ def _kinds_per_layer(run: Run, heads: pd.DataFrame) -> str:
     rows = []
     for direction in ("Q<-D", "D<-Q"):
         sub = frame[frame["direction"] == direction]
-        for kind in ("syntactic", "semantic"):
+        for kind in ("syntactic", "semantic", "unclassified"):
             counts = sub[sub["kind"] == kind].groupby("layer").size()
             rows.append({"direction": direction, "kind": kind, **{str(l): int(counts.get(l, 0)) for l in layers}})
     table = pd.DataFrame(rows)
@@ -365,26 +415,44 @@ def _kinds_per_layer(run: Run, heads: pd.DataFrame) -> str:
     )
 
 
+def _analysis_scope(run: Run) -> str:
+    contrast = (run.summary.get("pools") or {}).get("contrast") or {}
+    datasets = contrast.get("datasets") or run.config.get("analysis_datasets") or run.config.get("datasets") or []
+    queries = contrast.get("queries")
+    text = (f'<p class="muted">Analysis pool: {_e(", ".join(map(str, datasets)) or "?")}'
+            + (f", {_e(queries)} queries" if queries else "") + " (the paper: TREC DL 2019–2022, 226 queries).</p>")
+    return text + _easy_note(run)
+
+
 def _section_heads(run: Run, figures: dict[str, Path]) -> str:
+    from .statistics import marks_legend
+
     frame = run.heads
     title = "Causal test of the matching heads (beyond the paper)"
     if frame is None:
         return f'<section id="heads"><h2>{title}</h2>{_missing("heads.csv", "heads")}</section>'
     frame = frame.assign(selection=frame["selection"].astype(str).str.lower())
-    top = frame[frame["selection"] == "top"].groupby("k").agg(
-        top=("ndcg@10", "mean"), top_delta=("delta", "mean"), top_p=("p_value", "mean"), heads=("heads", "first"))
+    frame = frame.assign(p_decision=[run.decision_p(r) for _, r in frame.iterrows()],
+                         top=[f"{float(r['ndcg@10']):.3f}{run.mark(r)}" for _, r in frame.iterrows()])
+    aggs = dict(top=("top", "first"), top_delta=("delta", "mean"), top_p=("p_decision", "first"), heads=("heads", "first"))
+    if "matching_in_selection" in frame:
+        aggs["matching"] = ("matching_in_selection", "first")
+    top = frame[frame["selection"] == "top"].groupby("k").agg(**aggs)
     rnd = frame[frame["selection"] == "random"].groupby("k").agg(
         random_mean=("ndcg@10", "mean"), random_sd=("ndcg@10", "std"), seeds=("seed", "nunique"))
     table = top.join(rnd, how="outer").reset_index()
     table["heads"] = table["heads"].fillna("").astype(str).str.replace(";", " ")
-    formats = {"top": _num, "top_delta": lambda v: f"{float(v):+.3f}", "top_p": _p, "random_mean": _num,
+    table = table.rename(columns={"top_p": f"top {run.p_name}"})
+    formats = {"top_delta": lambda v: f"{float(v):+.3f}", f"top {run.p_name}": _p, "random_mean": _num,
                "random_sd": _num, "heads": lambda v: f'<span class="small">{_e(v)}</span>'}
     return f"""
 <section id="heads"><h2>{title}</h2>
 <p class="muted">The paper's future work made causal: every direction between Q and D (Q &larr; D and D &larr; Q) is
-masked in the k heads with the largest M(&middot;|3) &minus; M(&middot;|&minus;1) (top-k matching heads), versus k
-heads drawn at random (several seeds). If the contrast finds the heads the model needs, the top-k curve drops faster.
-p: paired t-test over queries against the unablated model ({_num(run.unablated)}).</p>
+masked in the top-k heads of the matching-head ranking (matching heads first, by |M(&middot;|3) &minus;
+M(&middot;|&minus;1)|; column <i>matching</i> = how many of the k are matching heads), versus k heads drawn at random
+(several seeds). If the contrast finds the heads the model needs, the top-k curve drops faster.
+{_e(marks_legend(run.alpha, run.correction, "every head selection of the run"))} against the unablated model
+({_num(run.unablated)}).</p>
 {_figure(figures, "heads.png")}
 <div class="scroll">{_table(table, formats)}</div>
 </section>"""
@@ -394,17 +462,19 @@ def _section_findings(run: Run, findings: list[Finding]) -> str:
     rows = []
     for f in findings:
         rows.append(
-            f"<tr><td>{_verdict_badge(f.holds)}</td><td><b>{_arrow(f.name)}</b>"
+            f"<tr><td>{_verdict_badge(f.verdict)}</td><td>{'–' if f.queries is None else _e(f.queries)}</td>"
+            f"<td><b>{_arrow(f.name)}</b>"
             f'<div class="small muted">Rule: {_arrow(f.rule)}</div>'
             + (f'<div class="small paperline">Paper: {_arrow(f.paper)}</div>' if f.paper else "")
             + f"</td><td>{_arrow(f.evidence)}</td></tr>"
         )
     return f"""
-<section id="findings"><h2>Findings checklist (SPEC §5)</h2>
+<section id="findings"><h2>Findings checklist (the paper's claims)</h2>
 <p class="muted">Each claim of the paper judged on this run, with a criterion scaled to the model's depth
-(L = {_e(run.num_layers or '?')} layers; the paper's model has 24). "Not measured": the experiment it needs was not run.
-The same verdicts are in <code>findings.json</code>.</p>
-<table class="findings"><thead><tr><th>verdict</th><th>finding</th><th>evidence</th></tr></thead>
+(L = {_e(run.num_layers or '?')} layers; the paper's model has 24). {_e(DECISION_TEXT)} "Not measured": the
+experiment it needs was not run. <i>Queries</i>: how many queries the verdict rests on. The same verdicts are in
+<code>findings.json</code>.</p>
+<table class="findings"><thead><tr><th>verdict</th><th>queries</th><th>finding</th><th>evidence</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 </section>"""
 
@@ -457,13 +527,14 @@ details { margin: 8px 0 14px; } summary { cursor: pointer; color: var(--accent);
 .scroll { overflow-x: auto; }
 .badge { display: inline-block; padding: 2px 9px; border-radius: 12px; font-size: 12.5px; font-weight: 600; white-space: nowrap; }
 .badge.ok { background: #dcf3e2; color: #1a6b34; } .badge.bad { background: #fbe0dd; color: #a3261b; }
-.badge.na { background: #eceff2; color: #5a6270; }
+.badge.na { background: #eceff2; color: #5a6270; } .badge.maybe { background: #fff1cc; color: #7a5600; }
 .summary .badge { margin-right: 8px; font-size: 14px; }
 table.findings { width: 100%; } table.findings td:first-child { width: 120px; }
 table.findings td:last-child { width: 42%; font-size: 13px; }
 .paperline { color: #6b4f00; }
 .kind { padding: 1px 7px; border-radius: 10px; font-size: 12px; }
 .kind.syntactic { background: #e3ecfa; color: #234d8a; } .kind.semantic { background: #f3e4f7; color: #6d2a86; }
+.kind.unclassified { background: #eef0e6; color: #4d5a1e; }
 @media (max-width: 800px) { .cols { grid-template-columns: 1fr; } main, header, nav { padding-left: 16px; padding-right: 16px; } }
 """
 
@@ -482,13 +553,12 @@ def render_report(run: Run, figures: dict[str, Path], findings: list[Finding], e
     """The report's HTML text (``errors``: figures that could not be drawn, {file name: reason})."""
     figures = _Figures(figures)
     figures.errors = dict(errors or {})
-    counts = {v: sum(1 for f in findings if f.holds is v) for v in (True, False, None)}
+    counts = {v: sum(1 for f in findings if f.verdict == v) for v in VERDICTS}
     model = run.model_info.get("name") or run.config.get("model") or "unknown model"
     created = run.summary.get("created", "")
     summary = (
-        f'<p class="summary">{_verdict_badge(True)}{counts[True]} &nbsp; {_verdict_badge(False)}{counts[False]} &nbsp; '
-        f"{_verdict_badge(None)}{counts[None]} of {len(findings)} findings "
-        f'(<a href="#findings">checklist</a>)</p>'
+        '<p class="summary">' + " &nbsp; ".join(f"{_verdict_badge(v)}{counts[v]}" for v in VERDICTS)
+        + f' of {len(findings)} findings (<a href="#findings">checklist</a>)</p>'
     )
     nav = "".join(
         f'<a href="#{a}">{t}</a>'

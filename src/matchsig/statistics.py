@@ -1,9 +1,13 @@
 """Significance of a change in per-query effectiveness (SPEC §3): paired t-tests and corrections.
 
 The paper compares each ablated model with the original one by a two-sided paired Student t-test
-over the per-query nDCG@10 and marks a drop with ``*`` when p <= 0.05. For a whole grid of
-ablations, :func:`correct` applies a Holm or Bonferroni family-wise correction (the paper applies
-none; it is opt-in).
+over the per-query nDCG@10 and marks a *drop* with ``*`` when p <= 0.05. Here a significant drop is
+marked ``*`` and a significant *increase* ``↑`` (:func:`change_mark`). For a family of tests (the
+30 ablations of Table 1, the cells of the layer curves, the head ablations, the heads x directions
+of the contrast), :func:`correct` applies a Holm or Bonferroni family-wise correction through
+``statsmodels.stats.multitest.multipletests`` (the paper applies none: ``"none"``). A run's
+corrected p-values sit in a column named for the correction (:func:`corrected_column`:
+``p_holm``, ``p_bonferroni``; none with ``"none"``), and marks use that column when there is one.
 """
 
 from __future__ import annotations
@@ -19,8 +23,15 @@ from .errors import MatchsigError
 __all__ = [
     "ALPHA",
     "CORRECTIONS",
+    "DROP_MARK",
+    "RISE_MARK",
     "TTest",
+    "change_mark",
     "correct",
+    "correction_label",
+    "marks_legend",
+    "corrected_column",
+    "decision_column",
     "paired_ttest",
     "register_correction",
     "significance_mark",
@@ -28,6 +39,9 @@ __all__ = [
 
 #: Significance level used for the ``*`` mark.
 ALPHA = 0.05
+#: Marks of a significant drop (the paper's star) and of a significant increase.
+DROP_MARK = "*"
+RISE_MARK = "\u2191"
 
 K = TypeVar("K")
 
@@ -40,11 +54,21 @@ class TTest:
     pvalue: float
     mean_diff: float
     n: int
+    sd_diff: float = 0.0
 
     @property
     def significant(self) -> bool:
         """p <= :data:`ALPHA`."""
         return self.pvalue <= ALPHA
+
+    def ci(self, alpha: float = ALPHA) -> tuple[float, float]:
+        """Two-sided (1 - alpha) Student-t confidence interval of the mean difference (point if n < 2)."""
+        if self.n < 2 or self.sd_diff == 0:
+            return (self.mean_diff, self.mean_diff)
+        from scipy import stats
+
+        half = float(stats.t.ppf(1 - alpha / 2, self.n - 1)) * self.sd_diff / np.sqrt(self.n)
+        return (self.mean_diff - half, self.mean_diff + half)
 
 
 def _align(a: Mapping[str, float] | Sequence[float], b: Mapping[str, float] | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -88,24 +112,24 @@ def paired_ttest(
     statistic, pvalue = float(result.statistic), float(result.pvalue)
     if np.isnan(pvalue):  # pragma: no cover - guarded above, kept as a safety net
         statistic, pvalue = 0.0, 1.0
-    return TTest(statistic, pvalue, mean_diff, len(diff))
+    return TTest(statistic, pvalue, mean_diff, len(diff), float(diff.std(ddof=1)))
 
 
 # ---- multiple-comparison corrections -----------------------------------------------------------
 
 
-def _bonferroni(p: np.ndarray) -> np.ndarray:
-    return np.minimum(p * len(p), 1.0)
+def _multipletests(method: str) -> Callable[[np.ndarray], np.ndarray]:
+    def adjust(p: np.ndarray) -> np.ndarray:
+        from statsmodels.stats.multitest import multipletests
+
+        return np.asarray(multipletests(p, alpha=ALPHA, method=method)[1], dtype=float)
+
+    adjust.__name__ = f"_{method}"
+    return adjust
 
 
-def _holm(p: np.ndarray) -> np.ndarray:
-    # Holm step-down: sorted p_(i) * (m - i), made monotone, capped at 1.
-    m = len(p)
-    order = np.argsort(p, kind="stable")
-    adjusted = np.maximum.accumulate(p[order] * (m - np.arange(m)))
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
-    return out
+_holm = _multipletests("holm")
+_bonferroni = _multipletests("bonferroni")
 
 
 def _none(p: np.ndarray) -> np.ndarray:
@@ -151,6 +175,40 @@ def correct(pvalues, method: str | None = "holm"):
     return [float(v) for v in adjusted]
 
 
+def correction_label(correction: str | None) -> str:
+    """"Holm-corrected", "Bonferroni-corrected" or "uncorrected", for captions."""
+    name = "none" if correction is None else str(correction).lower()
+    return {"none": "uncorrected", "holm": "Holm-corrected", "bonferroni": "Bonferroni-corrected"}.get(
+        name, f"{name}-corrected")
+
+
+def marks_legend(alpha: float, correction: str | None, family: str, n_queries: int | None = None) -> str:
+    """The caption sentence explaining the marks, e.g. for Table 1 (``family`` = "the 30 ablations")."""
+    over = f" over {n_queries} queries" if n_queries else ""
+    corr = correction_label(correction)
+    scope = f", {corr} over {family}" if corr != "uncorrected" else f", uncorrected (family: {family})"
+    return (f"{DROP_MARK}: significant drop, {RISE_MARK}: significant increase (two-sided paired t-test{over}"
+            f"{scope}, p <= {alpha:g})")
+
+
+def corrected_column(correction: str | None, prefix: str = "p") -> str | None:
+    """Name of the column holding p-values corrected with ``correction`` (``p_holm``), None for none."""
+    name = "none" if correction is None else str(correction).lower()
+    return None if name == "none" else f"{prefix}_{name}"
+
+
+def decision_column(correction: str | None, prefix: str = "p") -> str:
+    """The column significance is decided on: the corrected one, or the raw ``p_value`` for none."""
+    return corrected_column(correction, prefix) or ("p_value" if prefix == "p" else prefix)
+
+
 def significance_mark(pvalue: float, alpha: float = ALPHA) -> str:
-    """``"*"`` when ``pvalue <= alpha`` (the paper's mark), else ``""``."""
+    """``"*"`` when ``pvalue <= alpha``, else ``""`` (direction-blind; see :func:`change_mark`)."""
     return "*" if pvalue == pvalue and pvalue <= alpha else ""
+
+
+def change_mark(pvalue: float, delta: float, alpha: float = ALPHA) -> str:
+    """:data:`DROP_MARK` for a significant drop (``delta < 0``), :data:`RISE_MARK` for a significant rise."""
+    if not (pvalue == pvalue and pvalue <= alpha) or delta == 0 or delta != delta:
+        return ""
+    return DROP_MARK if delta < 0 else RISE_MARK

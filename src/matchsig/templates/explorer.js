@@ -309,7 +309,7 @@
       f.appendChild(el('div', 'ax', String(l)));
       for (h = 0; h < H; h++) {
         var hi = l * H + h, k = kindsOf(hi);
-        var c = el('div', 'cell' + (k.syntactic && k.semantic ? ' both' : k.syntactic ? ' syn' : k.semantic ? ' sem' : (Object.keys(k).length ? ' syn' : '')));
+        var c = el('div', 'cell' + (k.syntactic && k.semantic ? ' both' : k.syntactic ? ' syn' : k.semantic ? ' sem' : (Object.keys(k).length ? ' unc' : '')));
         c.setAttribute('data-layer', l); c.setAttribute('data-head', h); c.setAttribute('role', 'gridcell');
         cells[hi] = c; f.appendChild(c);
       }
@@ -337,7 +337,7 @@
       c.style.background = bg;
       var l = Math.floor(i / H), h = i % H;
       var tt = 'layer ' + l + ', head ' + h + ': ' + m.label + ' = ' + fmt(v, 4);
-      (contrast[i] || []).forEach(function (r) { tt += '\n' + (r.direction || '') + ' ' + r.kind + ' (\u0394rel ' + fmt(r.delta_relevant, 4) + ', \u0394hard ' + fmt(r.delta_hard, 4) + ')'; });
+      (contrast[i] || []).forEach(function (r) { tt += '\n' + (r.direction || '') + ' ' + r.kind + (r.sign ? (r.sign > 0 ? ' (+)' : ' (\u2212)') : '') + ' (\u0394rel ' + fmt(r.delta_relevant, 4) + ', \u0394hard ' + fmt(r.delta_hard, 4) + ')'; });
       c.title = tt;
     }
     var leg = $('grid-legend');
@@ -350,6 +350,7 @@
     if ((D.contrast || []).length) {
       var a = el('span'); var s1 = el('span', 'sw'); s1.style.boxShadow = 'inset 0 0 0 2px var(--syn)'; a.appendChild(s1); a.appendChild(document.createTextNode('syntactic')); leg.appendChild(a);
       var b = el('span'); var s2 = el('span', 'sw'); s2.style.boxShadow = 'inset 0 0 0 2px var(--sem)'; b.appendChild(s2); b.appendChild(document.createTextNode('semantic')); leg.appendChild(b);
+      var u = el('span'); var s3 = el('span', 'sw'); s3.style.boxShadow = 'inset 0 0 0 2px var(--unc)'; u.appendChild(s3); u.appendChild(document.createTextNode('matching, unclassified')); leg.appendChild(u);
     } else {
       leg.appendChild(el('span', null, '\u00b7 no contrast run: no highlighted heads'));
     }
@@ -374,7 +375,7 @@
     row('M(Q\u2190D) / M(D\u2190Q)', fmt(st.max_qd[l][h]) + ' / ' + fmt(st.max_dq[l][h]));
     row('exact-match share Q\u2190D / D\u2190Q', fmt(st.exact_qd[l][h]) + ' / ' + fmt(st.exact_dq[l][h]));
     (contrast[hi] || []).forEach(function (r) {
-      row('contrast ' + (r.direction || '').replace('<-', '\u2190'), r.kind + ': \u0394rel ' + fmt(r.delta_relevant, 4) + ' (p ' + fmt(r.p_relevant, 3) +
+      row('contrast ' + (r.direction || '').replace('<-', '\u2190'), r.kind + (r.sign ? (r.sign > 0 ? ' (+)' : ' (\u2212)') : '') + ': \u0394rel ' + fmt(r.delta_relevant, 4) + ' (p ' + fmt(r.p_relevant, 3) +
         '), \u0394hard ' + fmt(r.delta_hard, 4) + ' (p ' + fmt(r.p_hard, 3) + ')');
     });
     info.appendChild(tb);
