@@ -120,3 +120,19 @@ def dl19_pairs():
     picked = rows[::40][:12]
     texts = demo.docs([d for _, d, _ in picked])
     return [(demo.queries[q], texts[d], g) for q, d, g in picked]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tokenizer) -> str:
+    """A tiny random BERT cross-encoder folder (3 layers x 4 heads; large weights, so every cut moves
+    the scores): fast enough to run every experiment command end to end."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(3)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=48, max_position_embeddings=512, num_labels=2, initializer_range=0.3))
+    folder = tmp_path_factory.mktemp("tiny-ce")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -21,20 +21,6 @@ SETTINGS = dict(datasets=["demo"], per_grade=2, max_queries=3, contrast_per_grad
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer) -> str:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(3)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=512, num_labels=2, initializer_range=0.3))
-    folder = tmp_path_factory.mktemp("tiny-ce")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def full_run(tiny_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "r"
     Run(out, RunConfig(model=tiny_model, **SETTINGS), progress=False).run()

@@ -65,3 +65,16 @@ def test_significance_mark():
     assert significance_mark(0.05) == "*"
     assert significance_mark(0.0501) == ""
     assert significance_mark(float("nan")) == ""
+
+
+@pytest.mark.parametrize("method", ["holm", "bonferroni"])
+def test_corrections_equal_statsmodels(method):
+    """The package's corrections against statsmodels' multipletests, on p-values with ties, tiny values
+    and values near 1 (the experiments' corrected columns are checked against it too)."""
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 5, 30, 96):
+        p = rng.uniform(0, 1, size) ** 3
+        p[: size // 3] = p[0]  # ties
+        np.testing.assert_allclose(correct(list(p), method), multipletests(p, method=method)[1], atol=1e-15, rtol=0)
