@@ -47,11 +47,6 @@ def needs_shared(*subpaths: str):
     return mark
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "needs_shared: reads data from MATCHSIG_SHARED_DATA that the package does not ship")
-    config.addinivalue_line("markers", "gpu: needs a CUDA device (may skip under CI=true)")
-
-
 def _skip_allowed(item) -> bool:
     if item.get_closest_marker("gpu") is not None:
         return True
