@@ -26,6 +26,16 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # Tests run tiny models: one thread avoids OpenMP spin-waits that dominate small ops on a busy machine.
 torch.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Keep every test at one thread: code under test (training) may change it, and a leaked thread
+    count makes later tests slow on a busy machine and changes float reductions between processes."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ENV = "MATCHSIG_SHARED_DATA"
 SHARED_DATA = Path(os.environ.get(SHARED_ENV) or REPO.parent / "shared" / "data")

@@ -18,7 +18,6 @@ DATA = SHARED_DATA
 
 @pytest.fixture(scope="module")
 def loaded():
-    torch.set_num_threads(2)
     return embedded.load_model_and_tokenizer()
 
 
