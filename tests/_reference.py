@@ -71,6 +71,7 @@ def bert_score(model, input_ids: list[int], token_type_ids: list[int], cuts: dic
     nh = cfg.num_attention_heads
     dh = cfg.hidden_size // nh
     all_probs = []
+    masks: dict = {}  # directions -> (n, n) cut mask, built once per call with plain loops over the parts
     for layer in range(cfg.num_hidden_layers):
         p = f"{prefix}encoder.layer.{layer}."
         lin = lambda h, name: h @ sd[p + name + ".weight"].T + sd[p + name + ".bias"]
@@ -83,8 +84,10 @@ def bert_score(model, input_ids: list[int], token_type_ids: list[int], cuts: dic
         probs = probs / probs.sum(-1, keepdims=True)
         all_probs.append(probs.copy())
         for head, dirs in (cuts or {}).get(layer, {}).items():
-            cut = np.array([[(parts[i], parts[j]) in dirs for j in range(n)] for i in range(n)])
-            probs[head][cut] = 0.0
+            key = frozenset(dirs)
+            if key not in masks:
+                masks[key] = np.array([[(parts[i], parts[j]) in dirs for j in range(n)] for i in range(n)])
+            probs[head][masks[key]] = 0.0
         ctx = (probs @ v).transpose(1, 0, 2).reshape(n, nh * dh)
         x = _ln(lin(ctx, "attention.output.dense") + x, sd[p + "attention.output.LayerNorm.weight"],
                 sd[p + "attention.output.LayerNorm.bias"], eps)

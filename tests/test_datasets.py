@@ -1,32 +1,24 @@
-"""Collections by id: local folders (real TREC DL data), the bundled demo, ir_datasets (faked), errors."""
+"""Collections by id: local folders (the bundled DL19, real DL20), ir_datasets (a real dataset on local files), errors."""
 
 from __future__ import annotations
 
 import gzip
+import shutil
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
+from conftest import DEMO_DIR, SHARED_DATA, needs_shared
 
 from matchsig import datasets
 from matchsig.datasets import Collection, available_collections, load_collection, register_collection
 from matchsig.errors import MatchsigError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DL19 = SHARED / "trec-dl-2019"
-DL20 = SHARED / "trec-dl-2020"
-needs_data = pytest.mark.skipif(not DL19.is_dir(), reason=f"real TREC DL data not found at {SHARED}")
+DL19 = SHARED_DATA / "trec-dl-2019"
+DL20 = SHARED_DATA / "trec-dl-2020"
 
 
-@needs_data
-@pytest.mark.parametrize(
-    "folder, queries, judgments, grades",
-    [
-        (DL19, 43, 9260, {0: 5158, 1: 1601, 2: 1804, 3: 697}),
-        (DL20, 54, 11386, {0: 7780, 1: 1940, 2: 1020, 3: 646}),
-    ],
-)
-def test_real_folders_have_official_counts(folder, queries, judgments, grades):
+def _check_official_counts(folder, queries, judgments, grades):
     collection = load_collection(str(folder))
     assert len(collection.queries) == queries
     assert len(collection.judged_qids()) == queries
@@ -34,9 +26,18 @@ def test_real_folders_have_official_counts(folder, queries, judgments, grades):
     assert collection.grade_counts() == grades
 
 
-@needs_data
+def test_bundled_dl19_folder_has_official_counts():
+    """The demo folder, read as a plain (gzipped) folder, holds all of TREC DL 2019's judgments."""
+    _check_official_counts(DEMO_DIR, 43, 9260, {0: 5158, 1: 1601, 2: 1804, 3: 697})
+
+
+@needs_shared("trec-dl-2020")
+def test_real_dl20_folder_has_official_counts():
+    _check_official_counts(DL20, 54, 11386, {0: 7780, 1: 1940, 2: 1020, 3: 646})
+
+
 def test_folder_passage_text_is_lazy_and_correct():
-    collection = load_collection(DL19)
+    collection = load_collection(DEMO_DIR)
     assert collection._cache == {}  # nothing read yet
     text = collection.doc_text("6641238")
     assert text.startswith("The life cycle of a flea can last anywhere from 20 days")
@@ -77,7 +78,7 @@ def test_demo_is_bundled_small_and_loads():
     assert len(demo.negative_candidates()) >= 9139 + 200
 
 
-@needs_data
+@needs_shared("trec-dl-2019")
 def test_demo_equals_real_dl19():
     demo, real = load_collection("demo"), load_collection(DL19)
     assert demo.queries == real.queries
@@ -126,65 +127,98 @@ def test_folder_missing_files(tmp_path):
         load_collection(tmp_path)
 
 
-# ---- ir_datasets, faked: the real ids need downloads that fail offline -------------------------
+# ---- ir_datasets: a real dataset on local files -------------------------------------------------
 
 Query = namedtuple("Query", "query_id text")
 Qrel = namedtuple("Qrel", "query_id doc_id relevance iteration")
-Doc = namedtuple("Doc", "doc_id text")
 
 
-class FakeStore:
-    def __init__(self, docs):
-        self.docs = docs
-        self.calls = 0
+@pytest.fixture
+def local_ir_dataset(tmp_path, monkeypatch):
+    """A real ir_datasets Dataset (its own TsvDocs, TsvQueries, TrecQrels over local files), registered
+    under a test id: the same classes and docstore (PickleLz4FullStore, with get_many) as msmarco-passage."""
+    import ir_datasets
+    from ir_datasets.datasets.base import Dataset
+    from ir_datasets.formats import TrecQrels, TsvDocs, TsvQueries
+    from ir_datasets.util import LocalDownload
 
-    def get(self, docid):
-        self.calls += 1
-        return Doc(docid, self.docs[docid])
+    demo = load_collection("demo")
+    qids = demo.judged_qids()[:2]
+    qrels = {q: dict(sorted(demo.qrels[q].items())[:6]) for q in qids}
+    judged = sorted({d for docs in qrels.values() for d in docs})
+    extra = [d for d in demo.negative_candidates() if d not in judged][:14]
+    texts = demo.docs(judged + extra)
+    (tmp_path / "docs.tsv").write_text("".join(f"{d}\t{texts[d]}\n" for d in judged + extra), encoding="utf-8")
+    (tmp_path / "queries.tsv").write_text("".join(f"{q}\t{demo.queries[q]}\n" for q in qids), encoding="utf-8")
+    (tmp_path / "qrels.txt").write_text("".join(f"{q} 0 {d} {g}\n" for q in qids for d, g in qrels[q].items()))
+    dataset = Dataset(
+        TsvDocs(LocalDownload(tmp_path / "docs.tsv")),
+        TsvQueries(LocalDownload(tmp_path / "queries.tsv")),
+        TrecQrels(LocalDownload(tmp_path / "qrels.txt"), {0: "not relevant", 1: "related", 2: "highly", 3: "perfect"}),
+    )
+    name = f"matchsig-test/local-{tmp_path.name}"
+    ir_datasets.registry.register(name, dataset)
+    monkeypatch.delenv("MATCHSIG_DATA", raising=False)  # no offline copy may stand in
+    yield name, qrels, texts, judged + extra, tmp_path
+    ir_datasets.registry._registered.pop(name, None)
+
+
+def test_ir_datasets_path_on_a_real_local_dataset(local_ir_dataset, monkeypatch):
+    from ir_datasets.indices import PickleLz4FullStore
+
+    name, qrels, texts, docids, folder = local_ir_dataset
+    calls = {"get_many": 0, "get": 0}
+    real_many, real_get = PickleLz4FullStore.get_many, PickleLz4FullStore.get
+
+    def get_many(self, ids, *a, **k):
+        calls["get_many"] += 1
+        return real_many(self, ids, *a, **k)
+
+    def get(self, *a, **k):
+        calls["get"] += 1
+        return real_get(self, *a, **k)
+
+    monkeypatch.setattr(PickleLz4FullStore, "get_many", get_many)
+    monkeypatch.setattr(PickleLz4FullStore, "get", get)
+    collection = load_collection(name)
+    assert collection.name == name
+    assert collection.qrels == qrels
+    assert set(collection.queries) == set(qrels)
+    assert not list(folder.glob("docs.tsv.pklz4*"))  # texts are lazy: no docstore built yet
+    some = docids[:3]
+    assert collection.docs(some) == {d: texts[d] for d in some}
+    assert calls == {"get_many": 1, "get": 0}  # the batch branch real docstores take
+    assert list(folder.glob("docs.tsv.pklz4*"))
+    assert collection.doc_text(some[0]) == texts[some[0]] and calls["get_many"] == 1  # cached
+    assert collection.doc_text(docids[-1]) == texts[docids[-1]]
+    with pytest.raises(MatchsigError, match="passage 'nope' not found"):
+        collection.doc_text("nope")
+    # easy negatives come from the whole corpus through the docstore (len and [i], not a list)
+    from matchsig.sampling import EASY_NEGATIVE, sample_pool
+
+    candidates = collection.negative_candidates()
+    assert len(candidates) == len(docids) and [candidates[i] for i in range(len(docids))] == docids
+    pool = sample_pool(collection, per_grade=2, easy_negatives=3, seed=1)
+    easy = [r for r in pool if r.grade == EASY_NEGATIVE]
+    assert len(easy) == 3 * len(qrels)
+    assert all(r.docid in docids and r.docid not in qrels[r.qid] for r in easy)
+    queries, documents = pool.pairs()
+    assert documents == [texts[r.docid] for r in pool]
+
+
+def test_ir_datasets_unknown_id():
+    with pytest.raises(MatchsigError, match="unknown dataset id 'msmarco-passage/nope'"):
+        load_collection("msmarco-passage/nope")
 
 
 class FakeDataset:
-    def __init__(self):
-        self.store = FakeStore({"d1": "passage one", "d2": "passage two", "d3": "passage three", "d4": "four"})
+    """Only for the error path: a dataset whose download fails."""
 
     def queries_iter(self):
-        yield from [Query("q1", "first"), Query("q2", "second")]
+        yield from [Query("q1", "first")]
 
     def qrels_iter(self):
-        yield from [Qrel("q1", "d1", 2, "0"), Qrel("q1", "d2", 0, "0"), Qrel("q2", "d3", 3, "0")]
-
-    def docs_store(self):
-        return self.store
-
-
-def test_ir_datasets_path_with_fake(monkeypatch):
-    import ir_datasets
-
-    fake = FakeDataset()
-    seen = []
-
-    def fake_load(name):
-        seen.append(name)
-        if name != "msmarco-passage/trec-dl-2019/judged":
-            raise KeyError(f"{name} not found")
-        return fake
-
-    monkeypatch.delenv("MATCHSIG_DATA", raising=False)  # no offline copy may stand in
-    monkeypatch.setattr(ir_datasets, "load", fake_load)
-    collection = load_collection("msmarco-passage/trec-dl-2019/judged")
-    assert seen == ["msmarco-passage/trec-dl-2019/judged"]
-    assert collection.queries == {"q1": "first", "q2": "second"}
-    assert collection.qrels == {"q1": {"d1": 2, "d2": 0}, "q2": {"d3": 3}}
-    assert fake.store.calls == 0  # texts are lazy
-    assert collection.doc_text("d3") == "passage three"
-    assert collection.docs(["d1", "d3"]) == {"d1": "passage one", "d3": "passage three"}
-    assert fake.store.calls == 2  # d3 came from the cache
-    # no docs_count/docs_iter on the fake: easy negatives come from the judged passages
-    assert list(collection.negative_candidates()) == ["d1", "d2", "d3"]
-    with pytest.raises(MatchsigError, match="passage 'nope' not found"):
-        collection.doc_text("nope")
-    with pytest.raises(MatchsigError, match="unknown dataset id 'msmarco-passage/nope'"):
-        load_collection("msmarco-passage/nope")
+        yield from [Qrel("q1", "d1", 2, "0")]
 
 
 def test_ir_datasets_download_failure_is_one_line(monkeypatch):
@@ -209,15 +243,15 @@ def test_paper_ids_are_known_to_ir_datasets():
         assert dataset_id in ir_datasets.registry
 
 
-@needs_data
-def test_paper_id_uses_offline_copy_from_env(monkeypatch):
+def test_paper_id_uses_offline_copy_from_env(monkeypatch, tmp_path):
     import ir_datasets
 
     def no_download(name):
         raise AssertionError("ir_datasets must not be touched when an offline copy exists")
 
     monkeypatch.setattr(ir_datasets, "load", no_download)
-    monkeypatch.setenv("MATCHSIG_DATA", str(SHARED))
+    shutil.copytree(DEMO_DIR, tmp_path / "trec-dl-2019")  # an offline copy, gzipped, like $MATCHSIG_DATA's
+    monkeypatch.setenv("MATCHSIG_DATA", str(tmp_path))
     collection = load_collection("msmarco-passage/trec-dl-2019/judged")
     assert collection.name == "msmarco-passage/trec-dl-2019/judged"
     assert collection.num_judgments == 9260

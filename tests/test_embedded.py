@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared
 
 from matchsig import embedded
 from matchsig.errors import MatchsigError
 
-DATA = Path(os.environ.get("MATCHSIG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-DL19 = DATA / "trec-dl-2019"
+DATA = SHARED_DATA
 
 
 @pytest.fixture(scope="module")
 def loaded():
-    torch.set_num_threads(2)
     return embedded.load_model_and_tokenizer()
-
-
-def _tsv(path: Path) -> dict[str, str]:
-    out = {}
-    for line in open(path, encoding="utf-8"):
-        parts = line.rstrip("\n").split("\t")
-        out[parts[0]] = parts[1]
-    return out
 
 
 def test_manifest_and_budget():
@@ -69,15 +59,13 @@ def test_missing_manifest_is_error(tmp_path):
         embedded.load_model_and_tokenizer(folder=tmp_path)
 
 
-@pytest.mark.skipif(not DL19.is_dir(), reason="TREC DL 2019 data folder not available")
 def test_ranks_relevant_above_easy_negative(loaded):
+    from matchsig.datasets import load_collection
+
     model, tokenizer = loaded
-    queries = _tsv(DL19 / "queries.tsv")
-    passages = _tsv(DL19 / "passages.tsv")
-    qrels: dict[str, dict[str, int]] = {}
-    for line in open(DL19 / "qrels.txt"):
-        q, _, p, g = line.split()
-        qrels.setdefault(q, {})[p] = int(g)
+    demo = load_collection("demo")  # TREC DL 2019
+    queries, qrels = demo.queries, demo.qrels
+    passages = demo.docs(d for docs in qrels.values() for d in docs)
     qids = sorted(qrels)[:3]
     qs, ps = [], []
     for i, q in enumerate(qids):
@@ -107,19 +95,17 @@ def test_save_roundtrip_standard_hf_folder(loaded, tmp_path):
 
 
 def test_crossencoder_save_roundtrip(tmp_path):
-    model_mod = pytest.importorskip("matchsig.model")
-    ce_cls = getattr(model_mod, "CrossEncoder", None)
-    if ce_cls is None or not hasattr(ce_cls, "load") or not hasattr(ce_cls, "save"):
-        pytest.skip("CrossEncoder.load/save not available")
     from transformers import AutoModelForSequenceClassification
 
-    ce = ce_cls.load(embedded.NAME)
+    from matchsig.model import CrossEncoder
+
+    ce = CrossEncoder.load(embedded.NAME)
     ce.save(str(tmp_path))
     again = AutoModelForSequenceClassification.from_pretrained(str(tmp_path))
     assert again.config.num_labels == 2
 
 
-@pytest.mark.skipif(not (DATA / "trec-dl-2020").is_dir(), reason="training data folder not available")
+@needs_shared("trec-dl-2019", "trec-dl-2020")
 def test_training_loop_tiny_resumes_identically(tmp_path):
     from matchsig.training import TrainConfig, train
 
@@ -135,8 +121,8 @@ def test_training_loop_tiny_resumes_identically(tmp_path):
     assert not first["finished"] and first["step"] == 2
     second = train(DATA, tmp_path / "b", TrainConfig(**common), log=lambda m: None)
     assert second["finished"] and second["step"] == 4
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
     with pytest.raises(MatchsigError):  # another recipe in the same folder

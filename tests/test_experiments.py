@@ -17,21 +17,7 @@ from matchsig import Ablation, CrossEncoder, MatchsigError
 from matchsig.experiments import FIGURE1_DIRECTIONS, TABLE1_CELLS, Run, RunConfig
 
 SETTINGS = dict(datasets=["demo"], per_grade=2, max_queries=3, contrast_per_grade=2, contrast_easy=2,
-                heads_k=[1, 3], heads_random_seeds=2, chunk_size=7, batch_size=4, rankings=50)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, tokenizer) -> str:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(3)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=512, num_labels=2, initializer_range=0.3))
-    folder = tmp_path_factory.mktemp("tiny-ce")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+                heads_k=[1, 3], heads_random_seeds=2, chunk_size=10, batch_size=4, rankings=50)
 
 
 @pytest.fixture(scope="module")
@@ -63,83 +49,168 @@ def test_outputs_exist_and_have_the_contract_columns(full_run):
     assert {"qid", "docid", "grade", "query", "document"} <= set(pools.columns)
 
 
-def test_table1_and_layers_equal_independent_computation(full_run, tiny_model):
-    """Recompute some cells with the public API and ir_measures directly, not through the runner."""
-    import ir_measures
+def test_chunked_run_by_value(full_run, tiny_model):
+    """A run whose work is split into several chunks per configuration: every table re-derived by value."""
+    from _recompute import check_contrast, check_heads, check_layers, check_table1
 
-    pools = pd.read_csv(full_run / "pools.tsv", sep="\t", dtype={"qid": str, "docid": str})
-    main = pools[pools["pool"].str.contains("main")]
     ce = CrossEncoder.load(tiny_model, device="cpu")
-    qrels = [ir_measures.Qrel(q, d, int(g)) for q, d, g in zip(main.qid, main.docid, main.grade)]
-
-    def ndcg(scores):
-        run = [ir_measures.ScoredDoc(q, d, float(s)) for q, d, s in zip(main.qid, main.docid, scores)]
-        return ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]
-
-    t1 = pd.read_csv(full_run / "table1.csv").set_index("ablation")
-    for spec in ("none", "D<-D", "Q<-*", "Q<-SEP1"):  # (CLS<-* ties every score: see test_ties)
-        scores = ce.score(list(main["query"]), list(main["document"]), ablation=spec)
-        assert abs(t1.loc[spec, "ndcg@10"] - ndcg(scores)) < 1e-9, spec
-    raw = pd.read_csv(full_run / "table1_scores.csv", dtype={"qid": str, "docid": str})
-    got = ce.score(list(main["query"]), list(main["document"]), "D<-D")
-    assert list(raw["docid"]) == list(main["docid"])
-    np.testing.assert_allclose(raw["D<-D"], got, atol=1e-5)  # other batch/padding: fp32 noise
-    layers = pd.read_csv(full_run / "layers.csv").set_index(["direction", "layer"])
-    s = ce.score(list(main["query"]), list(main["document"]), ablation=Ablation.parse("CLS<-Q,CLS<-D", up_to_layer=1))
-    assert abs(layers.loc[("CLS<-Q,CLS<-D", 1), "ndcg@10"] - ndcg(s)) < 1e-9
+    pairs = json.loads((full_run / "summary.json").read_text())["pools"]["main"]["pairs"]
+    assert pairs > 2 * SETTINGS["chunk_size"]  # at least three chunks to gather
+    check_table1(full_run, ce)
+    check_layers(full_run, ce)
+    check_contrast(full_run, ce)
+    check_heads(full_run, ce)
+    assert "up to 2 passages per grade" in (full_run / "table1.md").read_text()
 
 
-def test_contrast_statistics_equal_public_api(full_run, tiny_model):
-    pools = pd.read_csv(full_run / "pools.tsv", sep="\t", dtype={"qid": str, "docid": str})
-    con = pools[pools["pool"].str.contains("contrast")]
-    assert set(con["grade"]) <= {3, 0, -1} and (con["grade"] == -1).any()
-    ce = CrossEncoder.load(tiny_model, device="cpu")
-    stats = ce.attention_stats(list(con["query"]), list(con["document"]))
-    per_query = pd.read_csv(full_run / "contrast" / "per_query.csv", dtype={"qid": str})
-    q = con["qid"].iloc[0]
-    sel = ((con["qid"] == q) & (con["grade"] == -1)).to_numpy()
-    want = stats.get("Q<-D", "max")[sel].mean(0)  # (layers, heads)
-    got = per_query[(per_query.qid == q) & (per_query.level == -1) & (per_query.direction == "Q<-D")]
-    got = got.sort_values(["layer", "head"])["max"].to_numpy().reshape(3, 4)
-    np.testing.assert_allclose(got, want, atol=1e-6)
+# ---- crash safety, the hard way ---------------------------------------------------------------------
+
+TABLES = ("pools.tsv", "table1.csv", "table1_per_query.csv", "table1_scores.csv", "layers.csv", "heads.csv",
+          "contrast/heads.csv", "contrast/per_query.csv")
+
+# Run in a subprocess: every work unit announces itself, then takes a measurable time, so the test can
+# kill the process with SIGKILL while a unit is being computed.
+_SLOW_RUN = r"""
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from matchsig.experiments import Run, RunConfig
+from matchsig.model import CrossEncoder
+
+log = open(sys.argv[3], "a", buffering=1)
+for name in ("score", "score_layer_curve", "attention_stats"):
+    def slow(self, *a, _real=getattr(CrossEncoder, name), _name=name, **k):
+        log.write(f"start {_name}\n")
+        time.sleep(0.1)
+        return _real(self, *a, **k)
+    setattr(CrossEncoder, name, slow)
+Run(sys.argv[2], RunConfig.from_dict(json.loads(open(sys.argv[1]).read())), progress=False).run()
+"""
 
 
-def test_resume_after_crash_gives_identical_tables(full_run, tiny_model, tmp_path, monkeypatch):
-    out = tmp_path / "crash"
-    calls = {"n": 0}
-    original = CrossEncoder.score_many
+def _stored(out: Path) -> set[str]:
+    root = out / "store"
+    return {str(p.relative_to(root))[: -len(".npy")] for p in root.rglob("*.npy")} if root.is_dir() else set()
 
-    def flaky(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt("killed")
-        return original(self, *a, **k)
 
-    monkeypatch.setattr(CrossEncoder, "score_many", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        Run(out, RunConfig(model=tiny_model, **SETTINGS), progress=False).run()
-    done_before = len(list((out / "store").rglob("*.npy")))
-    assert done_before == 11
-    monkeypatch.setattr(CrossEncoder, "score_many", original)
-    calls["n"] = 0
-    counted = {"n": 0}
+def _recording_saves(monkeypatch) -> list[str]:
+    from matchsig.experiments import Store
 
-    def counting(self, *a, **k):
-        counted["n"] += 1
-        return original(self, *a, **k)
+    saved: list[str] = []
+    original = Store.save
 
-    monkeypatch.setattr(CrossEncoder, "score_many", counting)
-    Run(out, RunConfig(model=tiny_model, **SETTINGS), progress=False).run()
-    total_units = len(list((out / "store").rglob("*.npy")))
-    scored_units = len(list((out / "store" / "scores").rglob("*.npy")))
-    assert counted["n"] == scored_units - 11  # nothing finished was recomputed
-    for name in ("table1.csv", "layers.csv", "heads.csv", "contrast/heads.csv"):
-        pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(full_run / name))
-    assert total_units > done_before
-    # --force recomputes everything
-    counted["n"] = 0
-    Run(out, RunConfig(model=tiny_model, **SETTINGS), force=True, progress=False).run()
-    assert counted["n"] == scored_units
+    def save(self, unit, array):
+        saved.append(unit)
+        return original(self, unit, array)
+
+    monkeypatch.setattr(Store, "save", save)
+    return saved
+
+
+def _assert_same_results(out: Path, reference: Path) -> None:
+    """Bit for bit: every table's bytes and every stored array."""
+    from matchsig.experiments import Store
+
+    for name in TABLES:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "contrast" / "stats.parquet"),
+                                  pd.read_parquet(reference / "contrast" / "stats.parquet"), check_exact=True)
+    assert _stored(out) == _stored(reference)
+    mine, theirs = Store(out / "store"), Store(reference / "store")
+    for unit in _stored(reference):
+        a, b = mine.load(unit), theirs.load(unit)
+        assert a.dtype == b.dtype and np.array_equal(a, b), unit
+
+
+def test_sigkill_in_the_middle_of_a_unit_then_resume(full_run, tiny_model, tmp_path, monkeypatch):
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    cfg = RunConfig(model=tiny_model, **SETTINGS)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "run.py").write_text(_SLOW_RUN)
+    progress = tmp_path / "progress.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "config.json"), str(out),
+                             str(progress)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    total = len(_stored(full_run))
+    deadline = time.monotonic() + 480  # generous: CI machines can be busy
+    try:
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the run did not get far enough in time"
+            started = progress.read_text().count("start") if progress.is_file() else 0
+            stored = len(_stored(out))
+            # some units done, most not, and one announced that has not been stored yet: inside a unit
+            if total // 4 <= stored and started > stored:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    present = _stored(out)
+    assert total // 4 <= len(present) < total
+    assert not (out / "table1.csv").exists()  # killed long before the tables
+
+    saved = _recording_saves(monkeypatch)
+    logs: list[str] = []
+    Run(out, RunConfig(model=tiny_model, **SETTINGS), progress=False, log=logs.append).run()
+    # only the missing units were computed, each once
+    assert sorted(saved) == sorted(_stored(full_run) - present)
+    assert any("already done, resuming" in line for line in logs)
+    _assert_same_results(out, full_run)
+
+
+def test_damaged_store_files_are_found_recomputed_and_reported(full_run, tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(full_run, out)
+    units = sorted(_stored(out))
+    truncated = next(u for u in units if u.startswith("scores/D_from_D"))
+    flipped = next(u for u in units if u.startswith("layers/"))
+    garbage = next(u for u in units if u.startswith("contrast/"))
+    path = lambda u: out / "store" / f"{u}.npy"  # noqa: E731
+    data = path(truncated).read_bytes()
+    path(truncated).write_bytes(data[: len(data) // 2])
+    data = bytearray(path(flipped).read_bytes())
+    data[-40] ^= 0x01  # one bit of the last value: still a valid .npy, but not what was computed
+    path(flipped).write_bytes(bytes(data))
+    path(garbage).write_bytes(b"\x93NUMPY garbage")
+    leftover = path(units[0]).with_name(f".{path(units[0]).name}.99999.tmp")
+    leftover.write_bytes(data[:100])  # a write a killed process never finished
+
+    saved = _recording_saves(monkeypatch)
+    logs: list[str] = []
+    Run(out, RunConfig(model=tiny_model, **SETTINGS), progress=False, log=logs.append).run()
+    assert sorted(saved) == sorted([truncated, flipped, garbage])  # those three, nothing else
+    damaged = [line for line in logs if "damaged" in line]
+    assert len(damaged) == 3 and all("\n" not in line for line in damaged), logs
+    assert any(line.startswith("table1: 1 stored unit(s) damaged") and truncated in line for line in damaged)
+    assert any(line.startswith("layers: 1 stored unit(s) damaged") and flipped in line for line in damaged)
+    assert any(line.startswith("contrast: 1 stored unit(s) damaged") and garbage in line for line in damaged)
+    assert [line for line in logs if "temporary file" in line] == [
+        f"store: removed 1 temporary file(s) an interrupted run left (e.g. {leftover.relative_to(out)}); "
+        "their units are recomputed"]
+    assert not leftover.exists()
+    _assert_same_results(out, full_run)
+
+
+def test_a_damaged_file_read_at_gather_time_is_a_one_line_error(tmp_path):
+    from matchsig.experiments import Store
+
+    store = Store(tmp_path)
+    store.save("a/b", np.arange(5.0))
+    assert store.has("a/b") and np.array_equal(store.load("a/b"), np.arange(5.0))
+    raw = store.path("a/b").read_bytes()
+    assert np.array_equal(np.load(store.path("a/b")), np.arange(5.0))  # still a plain .npy file
+    store.path("a/b").write_bytes(raw[:-3])
+    fresh = Store(tmp_path)
+    assert not fresh.has("a/b") and "truncated or corrupt" in fresh.bad["a/b"]
+    with pytest.raises(MatchsigError, match="is truncated or corrupt .*run again to recompute it"):
+        fresh.load("a/b")
 
 
 def test_config_round_trip_and_mismatch(full_run, tiny_model, tmp_path):

@@ -1,11 +1,12 @@
-"""Fast exact paths agree with the eager reference path (kernel="eager") to <= 1e-5 in fp32.
+"""Fast exact paths agree with an independent float64 reference (tests/_reference.py) to <= 1e-5 in fp32.
 
 The default cut kernel ("correct") computes post-softmax zeroing from one fused pass of PyTorch's
 private CPU flash-attention op (output and row log-sum-exp) plus a correction on the non-document
 columns; the two-pass kernel ("fused") as SDPA(masked) * exp(lse_masked - lse_full). These tests pin
-both to the explicit softmax, on a real pretrained model and on tiny configs, with fully cut rows,
+both to the float64 reference, on a real pretrained model and on tiny configs, with fully cut rows,
 padding, per-row mixed configurations, head subsets, RoBERTa-style layouts, long queries, and the
-fallback when the private op fails.
+fallback when the private op fails. Only the tests that exercise the private op are skipped when this
+torch lacks it (``needs_op``); the others run everywhere.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from _reference import bert_score, cuts_for, torch_reference_ids
+from test_attention_stats import reference_stats
 
 from matchsig import Ablation, CrossEncoder
 from matchsig import attention as A
@@ -35,12 +37,46 @@ SPECS = [
     Ablation.parse("CLS<-Q", up_to_layer=3),
 ]
 
-pytestmark = pytest.mark.skipif(not A.fused_available(), reason="fused CPU attention op not available in this torch")
+needs_op = pytest.mark.skipif(A._flash_cpu is None, reason="private fused CPU attention op not in this torch")
 
 
 @pytest.fixture(scope="module")
 def ce(minilm_folder):
     return CrossEncoder.load(minilm_folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def hf_model(minilm_folder):
+    from transformers import BertForSequenceClassification
+
+    return BertForSequenceClassification.from_pretrained(minilm_folder).eval()
+
+
+def _cuts(ab) -> dict:
+    """{layer: {head: directions}} of an Ablation, from its spec string, layers and heads only."""
+    if ab == "none" or (not isinstance(ab, str) and ab.is_empty):
+        return {}
+    if isinstance(ab, str):
+        return cuts_for(ab, None, None, 6, 12)
+    return cuts_for(ab.spec, ab.layers, ab.heads, 6, 12)
+
+
+_MEMO: dict = {}
+
+
+def reference_pair(model, tokenizer, query: str, doc: str, cuts: dict):
+    """(score, per-layer attention maps before the cut) of the float64 reference, memoised per module."""
+    frozen = tuple(sorted((l, tuple(sorted((h, tuple(sorted(d))) for h, d in hs.items()))) for l, hs in cuts.items()))
+    key = (id(model), query, doc, frozen)
+    if key not in _MEMO:
+        ids, types = torch_reference_ids(tokenizer, query, doc)
+        score, probs, _ = bert_score(model, ids, types, cuts, return_probs=True)
+        _MEMO[key] = (score, np.stack(probs))
+    return _MEMO[key]
+
+
+def reference_scores(model, tokenizer, queries, docs, cuts: dict) -> np.ndarray:
+    return np.array([reference_pair(model, tokenizer, q, d, cuts)[0] for q, d in zip(queries, docs)])
 
 
 class _Count:
@@ -61,16 +97,29 @@ def counted(monkeypatch):
     return wrapper
 
 
-@pytest.mark.parametrize("cut_kernel", ["auto", "fused"])
-def test_fused_equals_eager_on_real_model(ce, counted, monkeypatch, cut_kernel):
+@pytest.fixture(scope="module")
+def spec_references(hf_model, tokenizer):
+    return {ab.name: reference_scores(hf_model, tokenizer, QUERIES, DOCS, _cuts(ab)) for ab in SPECS}
+
+
+@needs_op
+@pytest.mark.parametrize("cut_kernel", ["auto", "fused", "math"])
+def test_cut_kernels_equal_reference_on_real_model(ce, counted, monkeypatch, cut_kernel, spec_references):
     monkeypatch.setattr(A, "CUT_KERNEL", cut_kernel)
     for ab in SPECS:
-        eager = ce.score(QUERIES, DOCS, ablation=ab, kernel="eager", batch_size=4)
-        fused = ce.score(QUERIES, DOCS, ablation=ab, kernel="auto", batch_size=4)
-        np.testing.assert_allclose(fused, eager, atol=1e-5, rtol=0, err_msg=ab.name)
-    assert counted.calls > 0
+        got = ce.score(QUERIES, DOCS, ablation=ab, kernel="auto", batch_size=4)
+        np.testing.assert_allclose(got, spec_references[ab.name], atol=1e-5, rtol=0, err_msg=ab.name)
+    assert (counted.calls > 0) == (cut_kernel != "math")
 
 
+def test_eager_kernel_equals_reference_on_real_model(ce, spec_references):
+    """kernel="eager" (the explicit softmax everywhere): needs no private op."""
+    for ab in SPECS:
+        got = ce.score(QUERIES, DOCS, ablation=ab, kernel="eager", batch_size=4)
+        np.testing.assert_allclose(got, spec_references[ab.name], atol=1e-5, rtol=0, err_msg=ab.name)
+
+
+@needs_op
 def test_default_cut_kernel_is_one_fused_pass_per_layer(ce, counted):
     """The default ("correct") kernel runs the private op once per layer, as plain inference does."""
     assert A.auto_cut_kernel("cpu", torch.float32) == "correct"
@@ -78,12 +127,14 @@ def test_default_cut_kernel_is_one_fused_pass_per_layer(ce, counted):
     assert counted.calls == ce.num_layers
 
 
-def test_fused_per_row_mixed_configurations(ce, counted):
+@needs_op
+def test_fused_per_row_mixed_configurations(ce, counted, hf_model, tokenizer):
     """Several configurations of the same pairs in one batch (per-row cut blocks), with padding."""
     specs = ["none", "D<-D", "CLS<-*", Ablation.parse("Q<-D", heads=[3]), "*<-*", Ablation.parse("D<-Q", layers=[5])]
     fused = ce.score_many(QUERIES, DOCS, specs, batch_size=7)
-    eager = ce.score_many(QUERIES, DOCS, specs, batch_size=7, kernel="eager")
-    np.testing.assert_allclose(fused, eager, atol=1e-5, rtol=0)
+    for k, spec in enumerate(specs):
+        want = reference_scores(hf_model, tokenizer, QUERIES, DOCS, _cuts(spec))
+        np.testing.assert_allclose(fused[k], want, atol=1e-5, rtol=0, err_msg=str(spec))
     assert counted.calls > 0
     # and each row equals the configuration run alone (batch independence)
     for k, spec in enumerate(specs):
@@ -97,6 +148,7 @@ def _raw_cut(kernel, q, k, v, ctx, block, scaling):
     return A._correct_cut(q, k, v, bias, block, ctx, scaling)
 
 
+@needs_op
 @pytest.mark.parametrize("kernel", ["correct", "fused"])
 def test_fully_cut_rows_give_zero_attention_output(kernel):
     """Both kernels on raw tensors: a fully cut row gives 0, an uncut row gives plain SDPA."""
@@ -122,6 +174,7 @@ def test_fully_cut_rows_give_zero_attention_output(kernel):
         assert torch.allclose(out[:, 1, 0], plain[:, 1, 0], atol=1e-6)
 
 
+@needs_op
 @pytest.mark.parametrize("seed", range(4))
 def test_correct_kernel_on_random_layouts_and_blocks(seed):
     """Random part layouts (RoBERTa-style double separators, queries longer than documents, empty
@@ -149,12 +202,10 @@ def test_correct_kernel_on_random_layouts_and_blocks(seed):
     assert torch.allclose((out.double() * real), want * real, atol=1e-5)  # |v| ~ 6: fp32 rounding
 
 
-def test_math_cut_kernel_and_fallback(ce, monkeypatch):
+@needs_op
+def test_fallback_when_the_private_op_fails(ce, monkeypatch, hf_model, tokenizer):
     ab = Ablation.parse("D<-D,CLS<-*")
-    eager = ce.score(QUERIES, DOCS, ablation=ab, kernel="eager")
-    monkeypatch.setattr(A, "CUT_KERNEL", "math")
-    np.testing.assert_array_equal(ce.score(QUERIES, DOCS, ablation=ab), eager)
-    monkeypatch.setattr(A, "CUT_KERNEL", "auto")
+    want = reference_scores(hf_model, tokenizer, QUERIES, DOCS, _cuts(ab))
 
     def broken(*a, **k):
         raise RuntimeError("private op changed")
@@ -163,11 +214,12 @@ def test_math_cut_kernel_and_fallback(ce, monkeypatch):
     monkeypatch.setattr(A, "_fused_broken", None)
     with pytest.warns(RuntimeWarning, match="private op changed"):
         got = ce.score(QUERIES, DOCS, ablation=ab)
-    np.testing.assert_array_equal(got, eager)  # falls back to the explicit softmax
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)  # falls back to the explicit softmax
     assert A._fused_broken is not None and not A.fused_available()
 
 
-def test_self_check_refuses_a_kernel_with_wrong_conventions(ce, monkeypatch):
+@needs_op
+def test_self_check_refuses_a_kernel_with_wrong_conventions(ce, monkeypatch, spec_references):
     """A private op whose log-sum-exp convention changed (here: log2 instead of ln) is caught by the
     first-call check and replaced by the explicit softmax, not used to give wrong ablations."""
     real = A._flash_cpu
@@ -177,13 +229,12 @@ def test_self_check_refuses_a_kernel_with_wrong_conventions(ce, monkeypatch):
         return out, lse / np.log(2.0)
 
     ab = Ablation.parse("D<-D")
-    eager = ce.score(QUERIES, DOCS, ablation=ab, kernel="eager")
     monkeypatch.setattr(A, "_flash_cpu", log2_lse)
     monkeypatch.setattr(A, "_fused_broken", None)
     monkeypatch.setattr(A, "_checked", set())
     with pytest.warns(RuntimeWarning, match="disagrees with the explicit softmax"):
         got = ce.score(QUERIES, DOCS, ablation=ab)
-    np.testing.assert_array_equal(got, eager)
+    np.testing.assert_allclose(got, spec_references["D<-D"], atol=1e-5, rtol=0)
     assert not A.fused_available()
 
 
@@ -201,33 +252,42 @@ def test_fused_on_tiny_configs_matches_reference(tmp_path, tokenizer):
                                 ("*<-*", [2], None)]:
         ab = Ablation.parse(spec, layers=layers, heads=heads)
         fused = ce.score(QUERIES, DOCS, ablation=ab, batch_size=4)
-        np.testing.assert_allclose(fused, ce.score(QUERIES, DOCS, ablation=ab, kernel="eager", batch_size=4),
-                                   atol=1e-5, rtol=0)
-        for i in (0, 3):
+        for i in range(len(QUERIES)):
             ids, types = torch_reference_ids(tokenizer, QUERIES[i], DOCS[i])
             want = bert_score(model, ids, types, cuts_for(spec, layers, heads, 3, 4))
             assert abs(fused[i] - want) <= 1e-5, (spec, i)
 
 
-def test_layer_curve_with_fused_kernel(ce):
+def test_layer_curve_with_fused_kernel(ce, hf_model, tokenizer):
     curve = ce.score_layer_curve(QUERIES, DOCS, "CLS<-*", batch_size=3)
-    for layer in (0, 5):
-        want = ce.score(QUERIES, DOCS, ablation=Ablation.parse("CLS<-*", up_to_layer=layer), kernel="eager")
+    for layer in (0, 3, 5):
+        want = reference_scores(hf_model, tokenizer, QUERIES, DOCS, cuts_for("CLS<-*", range(layer + 1), None, 6, 12))
         np.testing.assert_allclose(curve[layer], want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("cut_kernel", [pytest.param("auto", marks=needs_op), "math"])
 @pytest.mark.parametrize("ablation", [None, "D<-D", Ablation.parse("CLS<-*,Q<-D", layers=[0, 2], heads=[1, 4])])
-def test_fast_statistics_equal_full_map_reduction(ce, counted, monkeypatch, ablation):
-    """Statistics from sub-blocks (fused path) equal the reduction of full attention maps (math path)."""
+def test_statistics_equal_reference_maps(ce, counted, monkeypatch, ablation, cut_kernel, hf_model, tokenizer):
+    """Statistics from sub-blocks (fused path) and from full maps (math path) both equal statistics of
+    the float64 reference's attention maps (taken before each layer's cut, in the ablated forward)."""
+    from matchsig.attention_stats import DIRECTIONS, STATS
+
+    monkeypatch.setattr(A, "CUT_KERNEL", cut_kernel)
     qs, ds = QUERIES + ["flea"], DOCS + ["flea flea cat"]  # padding, repeated tokens (exact matches)
-    fast = ce.attention_stats(qs, ds, ablation=ablation, batch_size=5).values
-    assert counted.calls > 0
-    monkeypatch.setattr(A, "CUT_KERNEL", "math")
-    full = ce.attention_stats(qs, ds, ablation=ablation, batch_size=5).values
-    assert np.isfinite(fast).all()
-    np.testing.assert_allclose(fast, full, atol=1e-5, rtol=1e-5)
+    got = ce.attention_stats(qs, ds, ablation=ablation, batch_size=5).values
+    assert (counted.calls > 0) == (cut_kernel == "auto")
+    assert np.isfinite(got).all()
+    cuts = {} if ablation is None else _cuts(ablation)
+    for n, (q, d) in enumerate(zip(qs, ds)):
+        ids, _ = torch_reference_ids(tokenizer, q, d)
+        ref = reference_stats(reference_pair(hf_model, tokenizer, q, d, cuts)[1], ids, tokenizer(q, d).sequence_ids(0))
+        for k, (direction, _, _) in enumerate(DIRECTIONS):
+            for j, stat in enumerate(STATS):
+                np.testing.assert_allclose(got[n, :, :, k, j], ref[(direction, stat)], atol=2e-5, rtol=1e-4,
+                                           err_msg=f"{direction} {stat} pair {n}")
 
 
+@needs_op
 def test_bf16_on_cpu_one_pass_kernel_and_fp32_agreement(minilm_folder):
     """bf16 weights on CPU: the one-pass cut kernel agrees with the explicit softmax in bf16, and both
     stay close to fp32 (measured here: 0.008 and 0.010 at most, against a score spread (std) of

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter, namedtuple
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_shared
 
 from matchsig.datasets import Collection, load_collection
 from matchsig.errors import MatchsigError
 from matchsig.sampling import EASY_NEGATIVE, Pool, PoolRow, _draw_easy, fingerprint, sample_pool
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DL19 = SHARED / "trec-dl-2019"
-needs_data = pytest.mark.skipif(not DL19.is_dir(), reason=f"real TREC DL data not found at {SHARED}")
 
 
 def toy() -> Collection:
@@ -142,18 +138,21 @@ def test_ir_datasets_corpus_view_feeds_easy_negatives(monkeypatch):
     assert len(easy) == 10 and "7" not in easy and all(0 <= int(d) < 100 for d in easy)
 
 
-@needs_data
 def test_dl19_cap_20_has_2563_pairs_and_stable_fingerprint():
-    collection = load_collection(DL19)
+    collection = load_collection("demo")  # all of DL19's judgments
     pool = sample_pool(collection, per_grade=20, seed=0)
     assert len(pool) == 2563 and len(pool.qids) == 43
     assert pool.fingerprint == sample_pool(collection, per_grade=20, seed=0).fingerprint
     # pinned: the protocol (and so every saved result's sample) must not drift between versions
     assert pool.fingerprint == "ff9c50817fb206d1"
     assert pool.fingerprint != sample_pool(collection, per_grade=20, seed=1).fingerprint
-    # the demo bundle gives the same pool as the real folder
-    assert sample_pool(load_collection("demo"), per_grade=20, seed=0).fingerprint == pool.fingerprint
     assert pool.describe()["sample_fingerprint"] == pool.fingerprint
+
+
+@needs_shared("trec-dl-2019")
+def test_demo_pool_equals_the_real_dl19_folder_pool():
+    real = sample_pool(load_collection(SHARED_DATA / "trec-dl-2019"), per_grade=20, seed=0)
+    assert real.fingerprint == sample_pool(load_collection("demo"), per_grade=20, seed=0).fingerprint
 
 
 def test_corpus_view_counts_through_the_docstore_and_reports_read_errors(monkeypatch):

@@ -105,3 +105,16 @@ def test_change_marks_and_column_names():
     assert corrected_column("holm") == "p_holm" and corrected_column("Bonferroni") == "p_bonferroni"
     assert corrected_column("none") is None and decision_column("none") == "p_value"
     assert decision_column("holm", "p_relevant") == "p_relevant_holm" and decision_column(None, "p_hard") == "p_hard"
+
+
+@pytest.mark.parametrize("method", ["holm", "bonferroni"])
+def test_corrections_equal_statsmodels(method):
+    """The package's corrections against statsmodels' multipletests, on p-values with ties, tiny values
+    and values near 1 (the experiments' corrected columns are checked against it too)."""
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(7)
+    for size in (1, 2, 5, 30, 96):
+        p = rng.uniform(0, 1, size) ** 3
+        p[: size // 3] = p[0]  # ties
+        np.testing.assert_allclose(correct(list(p), method), multipletests(p, method=method)[1], atol=1e-15, rtol=0)

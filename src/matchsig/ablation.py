@@ -19,11 +19,18 @@ from .parts import PAD, PARTS, Part, parse_part
 ARROW = "<-"
 
 
+class AblationSpecError(MatchsigError, ValueError):
+    """A bad ablation spec: a one-line :class:`MatchsigError` (CLI exit code 2) that is also a ``ValueError``."""
+
+
 def _parse_side(token: str) -> tuple[Part, ...]:
     token = token.strip()
     if token == "*":
         return PARTS
-    return (parse_part(token),)
+    try:
+        return (parse_part(token),)
+    except ValueError as exc:
+        raise AblationSpecError(str(exc)) from None
 
 
 def _ints(values: Iterable[int] | None, what: str) -> tuple[int, ...] | None:
@@ -32,9 +39,9 @@ def _ints(values: Iterable[int] | None, what: str) -> tuple[int, ...] | None:
     try:
         out = tuple(sorted({int(v) for v in values}))
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be integers, got {values!r}") from None
+        raise AblationSpecError(f"{what} must be integers, got {values!r}") from None
     if any(v < 0 for v in out):
-        raise ValueError(f"{what} must be >= 0, got {list(out)}")
+        raise AblationSpecError(f"{what} must be >= 0, got {list(out)}")
     return out
 
 
@@ -64,23 +71,27 @@ class Ablation:
 
         ``layers``: the layers to ablate (default all); ``up_to_layer=l`` means layers ``0..l``.
         ``heads``: the heads to ablate in those layers (default all).
-        A bad direction raises ``ValueError`` naming the bad token and listing the valid parts.
+        ``"none"`` is the empty ablation; an empty spec is an error (it is more often a lost value than
+        a wish for no ablation). A bad spec raises :class:`AblationSpecError` (a ``MatchsigError`` and a
+        ``ValueError``) naming the bad token and listing the valid parts.
         """
         if not isinstance(spec, str):
-            raise ValueError(f"ablation spec must be a string like 'D<-D', got {type(spec).__name__}")
+            raise AblationSpecError(f"ablation spec must be a string like 'D<-D', got {type(spec).__name__}")
         if up_to_layer is not None:
             if layers is not None:
-                raise ValueError("give either layers or up_to_layer, not both")
+                raise AblationSpecError("give either layers or up_to_layer, not both")
             if int(up_to_layer) < 0:
-                raise ValueError(f"up_to_layer must be >= 0, got {up_to_layer}")
+                raise AblationSpecError(f"up_to_layer must be >= 0, got {up_to_layer}")
             layers = range(int(up_to_layer) + 1)
         directions: set[tuple[Part, Part]] = set()
         tokens = [t.strip() for t in spec.split(",") if t.strip()]
-        if spec.strip().lower() in ("", "none"):
+        if not tokens:
+            raise AblationSpecError(f"empty ablation spec {spec!r}: give directions like 'D<-D', or 'none' for no ablation")
+        if spec.strip().lower() == "none":
             tokens = []
         for token in tokens:
             if token.count(ARROW) != 1:
-                raise ValueError(
+                raise AblationSpecError(
                     f"bad direction {token!r}: expected TARGET<-SOURCE with parts CLS, Q, SEP1, D, SEP2 or *"
                 )
             target, source = token.split(ARROW)
@@ -165,7 +176,7 @@ def as_ablation(value: "Ablation | AblationSet | str | None") -> "Ablation | Abl
         return value
     if isinstance(value, str):
         return Ablation.parse(value)
-    raise ValueError(f"expected an Ablation or a spec string, got {type(value).__name__}")
+    raise AblationSpecError(f"expected an Ablation or a spec string, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,35 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from .errors import MatchsigError
 
+
+def _plain_flags(params: list) -> list:
+    # Typer's rich help prints a value type ("<bool>") after a flag that takes no value (--force,
+    # --help); an empty metavar shows the flag alone. Error messages name options by their flags.
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """The command group: flags are shown as plain flags in every command's ``--help``."""
+
+    def get_params(self, ctx):
+        return _plain_flags(super().get_params(ctx))
+
+    def get_command(self, ctx, cmd_name):
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _plain_flags(command.get_params(ctx))
+        return command
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     help="Open up neural IR cross-encoders: attention-direction ablations and matching-head analysis.",
@@ -495,7 +520,7 @@ def parts(
     document: str = typer.Option(..., "--document", "-d", help="Document text."),
     model: str = typer.Option("embedded", "--model", "-m", help=_MODEL_HELP),
     max_length: int = typer.Option(512, "--max-length", help="Maximum tokens per pair (documents are truncated)."),
-    as_json: bool = typer.Option(False, "--json", help="Print [[token, part], ...] as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the tokens and their parts as JSON."),
 ) -> None:
     """Show how a (query, document) pair is tokenised and split into CLS, Q, SEP1, D, SEP2."""
     from .model import CrossEncoder

@@ -195,16 +195,41 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8-sig", newline="\n")
 
 
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file; a corrupt .gz or non-UTF-8 file is a one-line error."""
+    import zlib
+
+    try:
+        with _open_text(path) as fh:
+            yield from enumerate(fh, 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        what = "corrupt or truncated gzip file" if path.suffix == ".gz" else "unreadable file"
+        raise MatchsigError(f"{path}: {what} ({_one_line(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise MatchsigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _bad_line(path: Path, lineno: int, message: str) -> MatchsigError:
+    """A format error at ``path:lineno``; in a .gz file, first rule out corruption (the CRC is only
+    checked at the end of the stream, so a damaged file first shows as garbled lines)."""
+    if path.suffix == ".gz":
+        try:
+            for _ in _numbered_lines(path):
+                pass
+        except MatchsigError as exc:
+            return exc
+    return MatchsigError(f"{path}:{lineno}: {message}")
+
+
 def _read_tsv_pairs(path: Path) -> Iterator[tuple[str, str]]:
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            key, sep, value = line.partition("\t")
-            if not sep:
-                raise MatchsigError(f"{path}:{lineno}: expected 'id<TAB>text'")
-            yield key.strip(), value
+    for lineno, line in _numbered_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("\t")
+        if not sep:
+            raise _bad_line(path, lineno, "expected 'id<TAB>text'")
+        yield key.strip(), value
 
 
 def read_queries(path: Path) -> dict[str, str]:
@@ -215,21 +240,20 @@ def read_queries(path: Path) -> dict[str, str]:
 def read_qrels(path: Path) -> Qrels:
     """Read TREC qrels (``qid iter docid grade``; a 3-column ``qid docid grade`` file works too)."""
     qrels: Qrels = {}
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) == 4:
-                qid, _, docid, grade = parts
-            elif len(parts) == 3:
-                qid, docid, grade = parts
-            else:
-                raise MatchsigError(f"{path}:{lineno}: expected 'qid 0 docid grade'")
-            try:
-                qrels.setdefault(qid, {})[docid] = int(grade)
-            except ValueError:
-                raise MatchsigError(f"{path}:{lineno}: grade {grade!r} is not an integer") from None
+    for lineno, line in _numbered_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) == 4:
+            qid, _, docid, grade = parts
+        elif len(parts) == 3:
+            qid, docid, grade = parts
+        else:
+            raise _bad_line(path, lineno, "expected 'qid 0 docid grade'")
+        try:
+            qrels.setdefault(qid, {})[docid] = int(grade)
+        except ValueError:
+            raise _bad_line(path, lineno, f"grade {grade!r} is not an integer") from None
     return qrels
 
 

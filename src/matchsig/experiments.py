@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import time
@@ -110,6 +111,10 @@ class RunConfig:
             raise MatchsigError(f"heads_k values must be >= 1, got {self.heads_k}")
         if "heads" in self.experiments and "contrast" not in self.experiments:
             self.experiments = [e for e in EXPERIMENTS if e in self.experiments or e == "contrast"]
+        if self.device is not None:
+            from .model import _resolve_device
+
+            _resolve_device(self.device)  # before a run folder is written
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -195,27 +200,75 @@ def slug(text: str) -> str:
 
 
 class Store:
-    """One file per finished unit under ``RUN_DIR/store``; writes are atomic (tmp + rename)."""
+    """One file per finished unit under ``RUN_DIR/store``; writes are atomic (tmp + rename).
+
+    Each file is a ``.npy`` array followed by the SHA-256 of those bytes (numpy ignores the trailer),
+    so a truncated or corrupt file is found, counted in :attr:`bad` and recomputed instead of read.
+    """
+
+    DIGEST = 32
 
     def __init__(self, root: Path):
         self.root = root
+        self.bad: dict[str, str] = {}  # unit -> why its file could not be used (reported by the caller)
+        self._verified: set[str] = set()
 
     def path(self, unit: str) -> Path:
         return self.root / f"{unit}.npy"
 
     def has(self, unit: str) -> bool:
-        return self.path(unit).is_file()
+        """Whether the unit's file exists and is intact (a damaged file is left to be replaced)."""
+        if unit in self._verified:
+            return True
+        if not self.path(unit).is_file():
+            return False
+        try:
+            self._read(unit)
+        except _Damaged as exc:
+            self.bad.setdefault(unit, str(exc))
+            return False
+        self._verified.add(unit)
+        return True
 
     def save(self, unit: str, array: np.ndarray) -> None:
         path = self.path(unit)
         path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        body = buffer.getvalue()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
-            np.save(fh, array)
+            fh.write(body + hashlib.sha256(body).digest())
         os.replace(tmp, path)
+        self._verified.add(unit)
+        self.bad.pop(unit, None)
 
     def load(self, unit: str) -> np.ndarray:
-        return np.load(self.path(unit))
+        try:
+            return self._read(unit)
+        except _Damaged as exc:
+            raise MatchsigError(f"store file {self.path(unit)} is {exc}; run again to recompute it") from None
+
+    def _read(self, unit: str) -> np.ndarray:
+        data = self.path(unit).read_bytes()
+        body, digest = data[: -self.DIGEST], data[-self.DIGEST:]
+        if len(data) <= self.DIGEST or hashlib.sha256(body).digest() != digest:
+            raise _Damaged("truncated or corrupt (checksum mismatch)")
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise _Damaged(f"unreadable ({exc})") from None
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete temporary files of writes a killed process never finished; returns them."""
+        leftovers = sorted(self.root.rglob(".*.npy.*.tmp")) if self.root.is_dir() else []
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
+
+
+class _Damaged(Exception):
+    pass
 
 
 @dataclass
@@ -270,6 +323,11 @@ class Run:
             import shutil
 
             shutil.rmtree(self.out / "store")
+        if self.dist.rank == 0:
+            leftovers = Store(self.out / "store").remove_leftovers()
+            if leftovers:
+                self.log(f"store: removed {len(leftovers)} temporary file(s) an interrupted run left "
+                         f"(e.g. {leftovers[0].relative_to(self.out)}); their units are recomputed")
         self.dist.barrier()
         if self.dist.rank == 0:
             _write_json(cfg_path, self.config.to_dict())
@@ -413,6 +471,10 @@ class Run:
         started = time.perf_counter()
         todo = [u for i, u in enumerate(units) if self.dist.mine(i) and not self.store.has(u.name)]
         done = len(units) - len([u for u in units if not self.store.has(u.name)])
+        bad = [u.name for u in units if u.name in self.store.bad]
+        if bad:
+            self.log(f"{phase}: {len(bad)} stored unit(s) damaged, recomputing them (e.g. {bad[0]}: "
+                     f"{self.store.bad[bad[0]]})")
         if done:
             self.log(f"{phase}: {done}/{len(units)} units already done, resuming")
         bar = None

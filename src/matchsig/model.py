@@ -47,9 +47,16 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise MatchsigError(f"unknown device {device!r}: {exc}") from None
+    if dev.type != "cpu":
+        try:  # torch only fails at the first use (e.g. "Torch not compiled with CUDA enabled"): probe it now
+            torch.empty(1, device=dev)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise MatchsigError(f"device {str(device)!r} is not available on this machine ({first})") from None
+    return dev
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -102,6 +109,7 @@ class CrossEncoder:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         dt = _resolve_dtype(dtype)
+        _resolve_device(device)  # an unavailable device fails before any weights are read
         name = str(name_or_path)
         if name == EMBEDDED:
             from . import embedded

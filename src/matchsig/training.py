@@ -335,12 +335,26 @@ def teacher_embed(texts: list[str], tokenizer, cfg: TrainConfig, desc: str) -> t
 # ---------------------------------------------------------------------------------------------
 
 
+def _load_plain(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers: a cache or checkpoint someone hands
+    over must not run code when read. Anything else is a one-line :class:`MatchsigError`."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise MatchsigError(f"{path} cannot be read safely as plain tensors ({type(exc).__name__}: {first})") from None
+
+
 def prepare(data_dir: Path, out: Path, cfg: TrainConfig, tokenizer, log) -> dict[str, Any]:
     """Pool, queries, teacher embeddings, candidate lists and token ids; cached as ``prepared.pt``."""
     cache = out / "prepared.pt"
     if cache.is_file():
-        prep = torch.load(cache, weights_only=False)
-        if prep.get("fingerprint") == _prep_fingerprint(cfg):
+        try:
+            prep = _load_plain(cache)
+        except MatchsigError as exc:
+            log(f"{exc}: recomputing it")  # a cache: its content can be derived again
+            prep = {}
+        if isinstance(prep, dict) and prep.get("fingerprint") == _prep_fingerprint(cfg):
             log(f"reusing {cache}")
             return prep
     passages, queries, bm25, judged, stats = load_training_data(data_dir)
@@ -669,7 +683,10 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict[str, A
     step = 0
     elapsed_before = 0.0
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
+        try:
+            state = _load_plain(ckpt)
+        except MatchsigError as exc:
+            raise MatchsigError(f"{exc}; delete it to train from the start") from None
         model.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
