@@ -167,11 +167,14 @@ def random_baseline(pool: Pool, rankings: int = 1000, seed: int = 0, k: int = 10
         raise MatchsigError(f"bad cutoff k: {k!r} (must be >= 1)")
     per_ranking = np.zeros(rankings)
     per_query: dict[str, float] = {}
+    qrels = pool.qrels()
     for qid, rows in pool.by_query().items():
         gains = np.array([max(r.grade, 0) for r in rows], dtype=np.float64)
         rng = query_rng(seed, qid, "random-ranking")
         shuffled = rng.permuted(np.broadcast_to(gains, (rankings, len(gains))), axis=1)
-        values = ndcg_at_k(shuffled, gains, k)
+        # The ideal ranking comes from the pool's qrels: its own rows for a sampled pool, every
+        # judgment of the query for a re-ranking pool (matchsig.runs.RunPool).
+        values = ndcg_at_k(shuffled, np.fromiter(qrels[qid].values(), dtype=np.float64), k)
         per_ranking += values
         per_query[qid] = float(values.mean())
     per_ranking /= max(len(per_query), 1)
