@@ -246,18 +246,22 @@ def rerank(
     from .ablation import Ablation
     from .datasets import load_collection
     from .evaluation import parse_measures
-    from .runs import read_trec_run, rerank as rerank_run, with_passages
+    from .runs import pool_from_run, read_trec_run, rerank as rerank_run, with_passages
 
     k = _parse_top_k(top_k)
     if batch_size < 1:
         raise MatchsigError(f"bad --batch-size {batch_size}: must be >= 1")
     names = ["nDCG@10", *[m for m in (measure or []) if m != "nDCG@10"]]
     measures = parse_measures(names)
-    cut = Ablation.parse(ablation) if ablation else None
+    try:
+        cut = Ablation.parse(ablation) if ablation else None
+    except ValueError as exc:
+        raise MatchsigError(f"bad --ablation {ablation!r}: {exc}") from None
     if Path(out).is_dir():
         raise MatchsigError(f"--out {out} is a folder; give a file name for the re-ranked run")
     trec = read_trec_run(run)
     collection = with_passages(load_collection(dataset), passages or [])
+    pool_from_run(trec, collection, k, judged_only=False)  # unknown qids / missing texts fail before the model loads
 
     from .model import CrossEncoder
 
