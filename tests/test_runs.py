@@ -290,6 +290,8 @@ def test_cli_rerank_json_and_written_run(folder, run_file, tmp_path, tiny_model)
     (["--no-passages"], "has no text in collection"),
     (["--bad-run"], "expected 6 columns"),
     (["--missing-run"], "does not exist"),
+    (["--empty-run"], "is empty"),
+    (["--unknown-qid"], "run.txt:11: query 'q9' is not in collection"),
 ])
 def test_cli_rerank_errors_are_one_line_exit_2(folder, run_file, tmp_path, tiny_model, args, message):
     base = ["rerank", "--model", tiny_model, "--dataset", str(folder), "--run", str(run_file),
@@ -303,6 +305,12 @@ def test_cli_rerank_errors_are_one_line_exit_2(folder, run_file, tmp_path, tiny_
         args = []
     elif args == ["--missing-run"]:
         base[base.index(str(run_file))] = str(tmp_path / "missing.txt")
+        args = []
+    elif args == ["--empty-run"]:
+        run_file.write_text("\n", encoding="utf-8")
+        args = []
+    elif args == ["--unknown-qid"]:
+        run_file.write_text(RUN + "q9 Q0 j1 1 1.0 bm25\n", encoding="utf-8")
         args = []
     res = _cli(*base, *args)
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr, res.stderr
@@ -355,3 +363,8 @@ def test_run_options_are_checked(folder, run_file, tmp_path, tiny_model):
     res = _cli("ablate", "--model", tiny_model, "--dataset", str(folder), "--dataset", "demo", "--run", str(run_file),
                "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "over one dataset" in res.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_text("q1 Q0 j1 1 2.0 t\nq1 Q0 j2 x 1.0 t\n", encoding="utf-8")
+    res = _cli("layers", "--model", tiny_model, "--dataset", str(folder), "--run", str(bad), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "bad.txt:2: rank 'x' is not an integer" in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # checked before a run folder is written
