@@ -70,7 +70,9 @@ class CrossEncoderScorer(pt.Transformer):
     matchsig model spec (``"embedded"``, a folder, a hub id) or a loaded
     :class:`~matchsig.model.CrossEncoder`; ``ablation`` a spec such as ``"D<-D"`` or
     ``"CLS<-*"`` (or an :class:`~matchsig.ablation.Ablation`). :meth:`ablated` returns a variant
-    that shares the loaded model.
+    that shares the loaded model. ``device``, ``dtype`` and ``max_length`` apply when ``model``
+    is a spec (a loaded model keeps its own). Rows are scored in frame order, ``batch_size`` pairs
+    per forward pass; ``verbose`` shows a progress bar.
     """
 
     def __init__(
