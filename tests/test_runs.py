@@ -352,7 +352,11 @@ def test_ablate_and_layers_on_the_rerank_protocol(folder, run_file, tmp_path, ti
     all_layers = layers[(layers.direction == "D<-D") & (layers.layer == 1)]["ndcg@10"].iloc[0]
     assert all_layers == pytest.approx(float(table.loc[table.ablation == "D<-D", "ndcg@10"].iloc[0]), abs=1e-6)
     report = (out / "report.html").read_text()
-    assert "Re-ranking protocol" in report and "unjudged" in report
+    assert "Re-ranking protocol" in report and "<b>2</b> unjudged" in report
+    from matchsig.figures import _pool_text
+    from matchsig.findings import Run as FinishedRun
+
+    assert "re-ranking the top 4 of run.txt (2 unjudged)" in _pool_text(FinishedRun(out))  # figure titles
 
 
 def test_run_options_are_checked(folder, run_file, tmp_path, tiny_model):
