@@ -239,6 +239,98 @@ def evaluate(
                        if result.tie_broken else "."))
 
 
+# ---- rerank: TREC runs (runs.py) ---------------------------------------------------------------------
+
+_RUN_HELP = "A TREC run (6 columns: qid Q0 docid rank score tag) whose candidates are re-ranked."
+_PASSAGES_HELP = ("Extra passage texts (docid<TAB>text, .gz allowed), repeatable: for run candidates the "
+                  "dataset does not hold (e.g. trec-dl-2019/bm25-top100/passages.tsv).")
+_TOP_K_HELP = "Re-rank the best K candidates of each query (by the run's score; 'all' for every one)."
+
+
+def _parse_top_k(text: str) -> int | None:
+    if text.strip().lower() in ("all", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise MatchsigError(f"bad --top-k {text!r}: expected a positive integer or 'all'") from None
+    if value < 1:
+        raise MatchsigError(f"bad --top-k {value}: must be >= 1 (or 'all')")
+    return value
+
+
+@app.command()
+def rerank(
+    run: str = typer.Option(..., "--run", "-r", help=_RUN_HELP),
+    out: str = typer.Option(..., "--out", "-o", help="The re-ranked TREC run to write."),
+    model: str = typer.Option("embedded", "--model", "-m", help="'embedded', a Hugging Face folder, or a hub id."),
+    dataset: str = typer.Option("demo", "--dataset", "-d", help=_DATASET_HELP + " Gives queries, judgments and texts."),
+    passages: list[str] = typer.Option(None, "--passages", help=_PASSAGES_HELP),
+    top_k: str = typer.Option("100", "--top-k", "-k", help=_TOP_K_HELP),
+    ablation: str = typer.Option(None, "--ablation", "-a", help="Re-rank with these directions cut, e.g. 'D<-D' or 'CLS<-*'."),
+    measure: list[str] = typer.Option(None, "--measure", help="Extra ir_measures measure (repeatable), e.g. RR(rel=2)@10."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Pairs per forward pass."),
+    device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
+    dtype: str = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
+    max_length: int = typer.Option(512, "--max-length", help="Maximum tokens per pair."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Re-rank a TREC run with a cross-encoder (optionally ablated); evaluate input vs output, write a run."""
+    from pathlib import Path
+
+    from .ablation import Ablation
+    from .datasets import load_collection
+    from .evaluation import parse_measures
+    from .runs import pool_from_run, read_trec_run, rerank as rerank_run, with_passages
+
+    k = _parse_top_k(top_k)
+    if batch_size < 1:
+        raise MatchsigError(f"bad --batch-size {batch_size}: must be >= 1")
+    names = ["nDCG@10", *[m for m in (measure or []) if m != "nDCG@10"]]
+    measures = parse_measures(names)
+    try:
+        cut = Ablation.parse(ablation) if ablation else None
+    except ValueError as exc:
+        raise MatchsigError(f"bad --ablation {ablation!r}: {exc}") from None
+    if Path(out).is_dir():
+        raise MatchsigError(f"--out {out} is a folder; give a file name for the re-ranked run")
+    trec = read_trec_run(run)
+    collection = with_passages(load_collection(dataset), passages or [])
+    pool_from_run(trec, collection, k, judged_only=False)  # unknown qids / missing texts fail before the model loads
+
+    from .model import CrossEncoder
+
+    encoder = CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length)
+    result = rerank_run(encoder, trec, collection, top_k=k, ablation=cut, measures=measures, batch_size=batch_size,
+                        progress=sys.stderr.isatty())
+    name = Path(str(getattr(encoder, "name", model))).name or "matchsig"
+    result.write(out, run_name=name + (f"-{cut.name}" if cut else ""))
+    payload = {"model": str(getattr(encoder, "name", model)), **result.to_dict(), "out": out}
+    if as_json:
+        _print_json(payload)
+        return
+    rows: list[tuple[str, object]] = [
+        ("model", payload["model"] + (f", ablation {cut.name}" if cut else "")),
+        ("dataset", collection.name),
+        ("run", f"{run} (top {k if k is not None else 'all'} per query)"),
+        ("queries", f"{len(result.pool.qids)} re-ranked, {result.evaluated_queries} with judgments evaluated"),
+        ("pairs", len(result.pool)),
+        ("unjudged candidates", f"{result.unjudged} (count as non-relevant)"),
+    ]
+    for m, test in result.tests.items():
+        rows.append((m, f"{result.input_mean[m]:.4f} -> {result.output_mean[m]:.4f} "
+                        f"(paired t-test p = {test.pvalue:.3g})"))
+    rows += [
+        ("pairs / second", f"{result.pairs_per_second:.1f}" if result.pairs_per_second else "-"),
+        ("written", out),
+    ]
+    _settings_table("Re-ranking (input run -> re-ranked)", rows)
+    if result.unevaluated:
+        typer.secho(f"note: {len(result.unevaluated)} quer{'y' if len(result.unevaluated) == 1 else 'ies'} of the run "
+                    f"{'has' if len(result.unevaluated) == 1 else 'have'} no judgments: re-ranked, not evaluated "
+                    f"(e.g. {result.unevaluated[0]})", err=True, fg="yellow")
+
+
 # ---- the paper's experiments (experiments.py, report.py) ------------------------------------------
 
 _MODEL_HELP = "'embedded', a Hugging Face folder, or a hub id (e.g. castorini/monobert-large-msmarco)."
@@ -300,12 +392,28 @@ def _experiment_command(name: str, experiments: list[str], doc: str):
         contrast_easy: int = typer.Option(None, "--contrast-easy", help="Contrast: easy negatives (-1) per query (default 10)."),
         heads_k: list[int] = typer.Option(None, "--k", help="Heads: numbers of heads to ablate (repeatable)."),
         heads_random_seeds: int = typer.Option(None, "--random-seeds", help="Heads: random head sets per k (default 5)."),
+        run: str = typer.Option(None, "--run", help="Re-ranking protocol: the main pool is the top-k of this TREC run "
+                                "(judged and unjudged candidates) instead of a sample; --per-grade is then unused."),
+        top_k: str = typer.Option(None, "--top-k", help=_TOP_K_HELP + " Default with --run: 100."),
+        passages: list[str] = typer.Option(None, "--passages", help=_PASSAGES_HELP),
     ) -> None:
         settings = dict(model=model, dataset=dataset, analysis_dataset=analysis_dataset, per_grade=per_grade, seed=seed,
                         max_queries=max_queries, batch_size=batch_size, device=device, dtype=dtype,
                         max_length=max_length, alpha=alpha, correction=correction, rankings=rankings,
                         contrast_per_grade=contrast_per_grade, contrast_easy=contrast_easy, heads_k=heads_k,
                         heads_random_seeds=heads_random_seeds)
+        if run is None and (top_k is not None or passages):
+            raise MatchsigError("--top-k and --passages go with --run FILE (the re-ranking protocol)")
+        if run is not None:
+            from pathlib import Path
+
+            from .runs import read_trec_run
+
+            read_trec_run(run)  # a bad run file fails here, before a run folder is written
+            # Absolute paths, so `matchsig run RUN_DIR/config.json` works from any folder.
+            settings["run"] = str(Path(run).resolve())
+            settings["top_k"] = _parse_top_k(top_k if top_k is not None else "100")
+            settings["passages"] = [str(Path(p).resolve()) for p in passages or []] or None
         _run_experiments(experiments, out, force, preset=preset, **settings)
 
     command.__doc__ = doc

@@ -124,6 +124,12 @@ class Collection:
                 raise MatchsigError(f"passage {absent[0]!r}{more} not found in collection {self.name!r}")
         return {d: self._cache[d] for d in wanted}
 
+    def to_pyterrier(self) -> Any:
+        """Topics, all judgments and judged passage texts as PyTerrier frames (needs the pyterrier extra)."""
+        from .pyterrier import to_pyterrier
+
+        return to_pyterrier(self)
+
     def negative_candidates(self) -> Sequence[str]:
         """Docids easy negatives are drawn from (see the class docstring)."""
         if callable(self._negatives):

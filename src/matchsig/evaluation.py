@@ -3,7 +3,9 @@
 Conventions (SPEC §3, §6):
 
 * gains are the grades, and easy negatives (grade -1) count as gain 0;
-* the ideal DCG comes from the grades of the *sampled pool*, not from all qrels (on DL19 both give
+* the ideal DCG comes from the pool's qrels (:meth:`Pool.qrels`): for a sampled pool, the grades of
+  the *sampled pool*, not from all qrels; for a re-ranking pool (:class:`matchsig.runs.RunPool`),
+  every judgment of the query, as trec_eval does (for sampled pools on DL19 both give
   0.431 for a cap of 20, see the data README, but only the pool's grades are right for easy
   negatives and small caps);
 * **ties are evaluated exactly, not broken** (McSherry & Najork, "Computing information retrieval
@@ -122,7 +124,7 @@ class _Ranked:
     pos: np.ndarray
     group: np.ndarray
     gains: np.ndarray
-    ideal_gains: np.ndarray  # the same queries' gains sorted descending inside each query (ideal ranking)
+    ideal: list[np.ndarray]  # per query, the gains of its qrels sorted descending (ideal ranking)
 
     @property
     def nq(self) -> int:
@@ -180,7 +182,8 @@ def _rank(pool: Pool, scores: np.ndarray, rtol: float) -> _Ranked:
     order = np.lexsort((-scores, qidx))
     q, s = qidx[order], scores[order]
     new = np.r_[True, (q[1:] != q[:-1]) | _breaks(s[:-1], s[1:], rtol)] if len(s) else np.zeros(0, bool)
-    ideal = gains[np.lexsort((-gains, qidx))]
+    qrels = pool.qrels()
+    ideal = [np.sort(np.fromiter(qrels.get(qid, {}).values(), dtype=np.float64))[::-1] for qid in qids]
     return _Ranked(qids, q, _positions(q), np.cumsum(new) - 1, gains[order], ideal)
 
 
@@ -191,7 +194,7 @@ def _discount(pos: np.ndarray) -> np.ndarray:
 def _ndcg(r: _Ranked, k: float) -> np.ndarray:
     top = r.pos < k
     dcg = r.per_query(r.group_mean(r.gains) * _discount(r.pos) * top)
-    idcg = r.per_query(r.ideal_gains * _discount(r.pos) * top)
+    idcg = np.array([g[: int(min(k, len(g)))] @ _discount(np.arange(int(min(k, len(g))))) for g in r.ideal])
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0)
 
@@ -236,7 +239,7 @@ def _average_precision(r: _Ranked, k: float, rel: int) -> np.ndarray:
     # E[rel(j) * #relevant in ranks 1..j] for the j-th position, offset m in its group.
     within = np.where(t > 1, m * (g - 1) / np.maximum(t - 1, 1), 0.0)
     expected = (g / t) * (before + 1.0 + within) / (r.pos + 1.0) * (r.pos < k)
-    total = r.per_query(relevant)
+    total = np.array([(g >= rel).sum() for g in r.ideal], dtype=float)  # relevant in the qrels, as trec_eval
     summed = r.per_query(expected)
     return np.where(total > 0, summed / np.where(total > 0, total, 1.0), 0.0)
 
@@ -384,11 +387,14 @@ def random_baseline(pool: Pool, rankings: int = 1000, seed: int = 0, k: int = 10
     exact = expected_ndcg(pool, np.zeros(len(pool)), int(k))
     per_ranking = np.zeros(rankings)
     by_query = pool.by_query()
+    qrels = pool.qrels()
     for qid, rows in by_query.items():
         gains = np.array([max(r.grade, 0) for r in rows], dtype=np.float64)
         rng = query_rng(seed, qid, "random-ranking")
         shuffled = rng.permuted(np.broadcast_to(gains, (rankings, len(gains))), axis=1)
-        per_ranking += ndcg_at_k(shuffled, gains, k)
+        # The ideal ranking comes from the pool's qrels: its own rows for a sampled pool, every
+        # judgment of the query for a re-ranking pool (matchsig.runs.RunPool).
+        per_ranking += ndcg_at_k(shuffled, np.fromiter(qrels[qid].values(), dtype=np.float64), k)
     per_ranking /= max(len(by_query), 1)
     mean = float(np.mean(list(exact.values()))) if exact else 0.0
     return RandomBaseline(mean, float(per_ranking.std()), exact, int(rankings), int(seed), int(k),

@@ -83,6 +83,11 @@ class RunConfig:
     heads_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     heads_random_seeds: int = 5
     chunk_size: int = 256
+    #: Re-ranking protocol (matchsig.runs): the main pool is the top ``top_k`` of this TREC run
+    #: instead of a sample; ``passages`` are extra text files for its unjudged candidates.
+    run: str | None = None
+    top_k: int | None = None
+    passages: list[str] | None = None
 
     def validate(self) -> None:
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
@@ -109,6 +114,15 @@ class RunConfig:
             raise MatchsigError("contrast needs easy negatives: contrast_easy must be >= 1")
         if any(k < 1 for k in self.heads_k):
             raise MatchsigError(f"heads_k values must be >= 1, got {self.heads_k}")
+        if self.run is None and (self.top_k is not None or self.passages):
+            raise MatchsigError("top_k and passages apply to a run: give run (--run FILE) too")
+        if self.run is not None:
+            if len(self.datasets) != 1:
+                raise MatchsigError(f"a run is re-ranked over one dataset, got {len(self.datasets)}: {', '.join(self.datasets)}")
+            if self.top_k is not None and self.top_k < 1:
+                raise MatchsigError(f"top_k must be >= 1, got {self.top_k}")
+            if not {"table1", "layers", "heads"} & set(self.experiments):
+                raise MatchsigError("a run replaces the main pool of table1, layers and heads; contrast uses sampled pools")
         if "heads" in self.experiments and "contrast" not in self.experiments:
             self.experiments = [e for e in EXPERIMENTS if e in self.experiments or e == "contrast"]
         if self.device is not None:
@@ -393,8 +407,19 @@ class Run:
     @property
     def main_pool(self):
         if not hasattr(self, "_main"):
-            self._main = self._sample(self.config.per_grade, 0, None)
+            self._main = self._run_pool() if self.config.run else self._sample(self.config.per_grade, 0, None)
         return self._main
+
+    def _run_pool(self) -> tuple[Pool, tuple[list[str], list[str]]]:
+        """The re-ranking protocol's main pool: the top-k candidates of the configured run."""
+        from .runs import pool_from_run, read_trec_run, with_passages
+
+        collection = with_passages(self._collections()[0], self.config.passages or [])
+        pool = pool_from_run(read_trec_run(self.config.run), collection, self.config.top_k, self.config.max_queries)
+        if pool.unevaluated:
+            self.log(f"note: {len(pool.unevaluated)} queries of the run have no judgments and are left out "
+                     f"(e.g. {pool.unevaluated[0]})")
+        return pool, pool.pairs()
 
     @property
     def contrast_pool(self):
@@ -602,8 +627,9 @@ class Run:
         raw.insert(0, "docid", [r.docid for r in pool.rows])
         raw.insert(0, "qid", [r.qid for r in pool.rows])
         raw.to_csv(self.out / "table1_scores.csv", index=False)
-        (self.out / "table1.md").write_text(table1_markdown(frame, self.config), encoding="utf-8")
-        (self.out / "table1.tex").write_text(table1_latex(frame, self.config), encoding="utf-8")
+        note = protocol_note(pool)
+        (self.out / "table1.md").write_text(table1_markdown(frame, self.config, note), encoding="utf-8")
+        (self.out / "table1.tex").write_text(table1_latex(frame, self.config, note), encoding="utf-8")
         return frame
 
     def layers(self) -> pd.DataFrame:
@@ -756,9 +782,24 @@ def _cell_label(x: str, y: str) -> str:
 
 
 def _describe(pool: Pool) -> dict:
-    return {"fingerprint": pool.fingerprint, "queries": len(pool.qids), "pairs": len(pool),
+    info = {"fingerprint": pool.fingerprint, "queries": len(pool.qids), "pairs": len(pool),
             "per_grade": pool.per_grade, "easy_negatives": pool.easy_negatives,
             "grade_counts": {str(g): n for g, n in pool.grade_counts().items()}}
+    described = pool.describe()
+    if described.get("protocol") == "rerank":  # matchsig.runs.RunPool
+        info.update({k: described[k] for k in ("protocol", "run", "top_k", "run_fingerprint", "judged", "unjudged",
+                                                "unevaluated_queries")})
+    return info
+
+
+def protocol_note(pool: Pool) -> str:
+    """One sentence naming the re-ranking protocol and its unjudged passages ("" for sampled pools)."""
+    d = pool.describe()
+    if d.get("protocol") != "rerank":
+        return ""
+    top = "all" if d["top_k"] is None else f"the top {d['top_k']}"
+    return (f"Re-ranking protocol: {top} candidates of run {Path(str(d['run'])).name} per query, {d['pairs']} pairs, "
+            f"{d['unjudged']} of them unjudged (counted as non-relevant); nDCG@10 against all judgments.")
 
 
 def _pool_frame(pool: Pool, qs: list[str], ds: list[str], name: str) -> pd.DataFrame:
@@ -854,23 +895,25 @@ def _grid(frame: pd.DataFrame, fmt: Callable[[float, str, bool], str]) -> list[l
     return out
 
 
-def _caption(frame: pd.DataFrame, config: RunConfig) -> tuple[float, float, str]:
+def _caption(frame: pd.DataFrame, config: RunConfig, note: str = "") -> tuple[float, float, str]:
     from .statistics import marks_legend
 
     base = float(frame.loc[frame.ablation == "none", "ndcg@10"].iloc[0])
     rnd = float(frame.loc[frame.ablation == "random", "ndcg@10"].iloc[0])
     n = int(frame["n_queries"].max()) if "n_queries" in frame else None
     cap = "all judged passages" if config.per_grade is None else f"up to {config.per_grade} passage{'' if config.per_grade == 1 else 's'} per grade"
+    if config.run:
+        cap = f"re-ranking the top {config.top_k or 'all'} of run {Path(config.run).name}"
     text = (f"Tie-aware nDCG@10 (expected value over the orders of tied passages) with attention direction X<-Y "
             f"masked in all layers and heads; model {config.model}, {', '.join(config.datasets)}, {cap}, seed "
             f"{config.seed}. Original: {base:.3f}; random ranking (exact): {rnd:.3f}. Bold: lower than the original; "
             f"{marks_legend(config.alpha, config.correction, 'the 30 ablations', n)}.")
-    return base, rnd, text
+    return base, rnd, (f"{text} {note}" if note else text)
 
 
-def table1_markdown(frame: pd.DataFrame, config: RunConfig) -> str:
-    """Table 1 as the paper lays it out: rows X, columns Y and All."""
-    _, _, caption = _caption(frame, config)
+def table1_markdown(frame: pd.DataFrame, config: RunConfig, note: str = "") -> str:
+    """Table 1 as the paper lays it out: rows X, columns Y and All (``note``: the pool's protocol)."""
+    _, _, caption = _caption(frame, config, note)
 
     def fmt(v, mark, low):
         s = f"{v:.3f}" + mark.replace("*", "\\*")
@@ -883,10 +926,10 @@ def table1_markdown(frame: pd.DataFrame, config: RunConfig) -> str:
     return caption.replace("*", "\\*") + "\n\n" + "\n".join(lines) + "\n"
 
 
-def table1_latex(frame: pd.DataFrame, config: RunConfig) -> str:
+def table1_latex(frame: pd.DataFrame, config: RunConfig, note: str = "") -> str:
     from .statistics import RISE_MARK
 
-    _, _, caption = _caption(frame, config)
+    _, _, caption = _caption(frame, config, note)
 
     def fmt(v, mark, low):
         s = f"{v:.3f}" + {"*": "$^*$", RISE_MARK: "$^{\\uparrow}$"}.get(mark, "")

@@ -77,7 +77,11 @@ def _pool_text(run: Run, pool: str = "main") -> str:
     info = (run.summary.get("pools") or {}).get(pool) or {}
     key = "per_grade" if pool == "main" else "contrast_per_grade"
     parts = []
-    if "per_grade" in info or key in run.config:
+    if info.get("protocol") == "rerank":  # matchsig.runs: the pool is a run's top-k, not a sample
+        top = "all" if info.get("top_k") is None else f"top {info.get('top_k')}"
+        parts.append(f"re-ranking the {top} of {Path(str(info.get('run', 'a run'))).name} "
+                     f"({info.get('unjudged', '?')} unjudged)")
+    elif "per_grade" in info or key in run.config:
         parts.append(_cap_text(info.get("per_grade", run.config.get(key))))
     if info.get("queries"):
         parts.append(f"{info['queries']} queries")

@@ -120,10 +120,27 @@ def _easy_note(run: Run) -> str:
     return f'<div class="{cls}"><b>Easy negatives (grade &minus;1) were drawn from:</b><ul>{items}</ul>{text}</div>'
 
 
+def _protocol_note(main: dict) -> str:
+    """The re-ranking protocol's note (matchsig.runs): the run, its cut and the unjudged passages."""
+    top = "all" if main.get("top_k") is None else f"the top <b>{_e(main.get('top_k'))}</b>"
+    left = main.get("unevaluated_queries") or 0
+    return (
+        f'<div class="note"><b>Re-ranking protocol.</b> The ablation pool is {top} candidates per query of the run '
+        f"<code>{_e(main.get('run', '?'))}</code> (not a sample): {_e(main.get('pairs', '?'))} pairs, "
+        f"<b>{_e(main.get('judged', '?'))}</b> judged and <b>{_e(main.get('unjudged', '?'))}</b> unjudged "
+        "(grade −1, counted as non-relevant, as trec_eval does). nDCG@10's ideal ranking comes from all judgments of "
+        "the query, so a relevant passage the run missed counts against every configuration."
+        + (f" {_e(left)} queries of the run have no judgments and are left out." if left else "")
+        + " The paper samples pools instead; compare drops (deltas) across protocols, not levels.</div>"
+    )
+
+
 def _cap_note(run: Run) -> str:
     pools = run.summary.get("pools") or {}
     main = pools.get("main") or {}
     contrast = pools.get("contrast") or {}
+    if main.get("protocol") == "rerank":
+        return _protocol_note(main)
     known = "per_grade" in main or "per_grade" in run.config
     cap = main.get("per_grade", run.config.get("per_grade"))
     if not known:

@@ -29,7 +29,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -159,6 +159,15 @@ class Pool:
             "pairs": len(self.rows),
             "sample_fingerprint": self.fingerprint,
         }
+
+    def to_pyterrier(self) -> Any:
+        """Topics, the pool's qrels and its candidates as PyTerrier frames (needs the pyterrier extra).
+
+        See :func:`matchsig.pyterrier.to_pyterrier`.
+        """
+        from .pyterrier import to_pyterrier
+
+        return to_pyterrier(self)
 
     def write_tsv(self, path: str | Path) -> Path:
         """Save the rows as ``qid<TAB>docid<TAB>grade`` lines (see :func:`read_pool`)."""
