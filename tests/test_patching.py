@@ -39,12 +39,18 @@ def hf_model(minilm_folder):
     return BertForSequenceClassification.from_pretrained(minilm_folder).eval()
 
 
+_PERTURBED_RUNS: dict = {}
+
+
 def reference_patch(model, tokenizer, query, base, pert, layer, kind, head=None, position=None):
     """Baseline score with (layer, kind)[position, head] taken from the perturbed run, all in float64."""
     ids_b, types_b = torch_reference_ids(tokenizer, query, base)
     ids_p, types_p = torch_reference_ids(tokenizer, query, pert)
     assert len(ids_b) == len(ids_p)
-    _, seen = bert_forward_hooked(model, ids_p, types_p)
+    key = (id(model), query, pert)
+    if key not in _PERTURBED_RUNS:
+        _PERTURBED_RUNS[key] = bert_forward_hooked(model, ids_p, types_p)[1]
+    seen = _PERTURBED_RUNS[key]
     source = seen[(layer, kind)]
     rows = slice(None) if position is None else position
 
@@ -104,9 +110,9 @@ def test_full_residual_patch_gives_the_perturbed_score(ce):
 
 
 @pytest.mark.parametrize("kind,layer,head,position", [
-    ("attn.hook_z", 2, 7, None), ("attn.hook_z", 4, 8, 0), ("attn.hook_z", 0, 11, None),
-    ("hook_resid_post", 1, None, None), ("hook_resid_pre", 3, None, 5), ("hook_mlp_out", 5, None, None),
-    ("hook_attn_out", 2, None, None), ("hook_resid_mid", 4, None, 0),
+    ("attn.hook_z", 2, 7, None), ("attn.hook_z", 4, 8, 0), ("hook_resid_post", 1, None, None),
+    ("hook_resid_pre", 3, None, 5), ("hook_mlp_out", 5, None, None), ("hook_attn_out", 2, None, None),
+    ("hook_resid_mid", 4, None, 0),
 ])
 def test_single_site_equals_float64_reference(ce, hf_model, tokenizer, kind, layer, head, position):
     positions = None if position is None else [position]
@@ -130,7 +136,7 @@ def test_head_grid_equals_reference_and_is_not_trivial(ce, hf_model, tokenizer):
     res = ce.patch(QUERIES[2:], BASE[2:], PERT[2:], site="z", layers=[1, 4])
     assert res.patched.shape == (1, 2, 12, 1)
     for a, layer in enumerate([1, 4]):
-        for head in (0, 5, 9):
+        for head in (0, 9):
             want = reference_patch(hf_model, tokenizer, QUERIES[2], BASE[2], PERT[2], layer, "z", head)
             assert abs(res.patched[0, a, head, 0] - want) <= 1e-5
     assert np.nanstd(res.effect) > 1e-3
@@ -146,12 +152,12 @@ def test_padding_and_batch_composition_do_not_change_effects_in_float64(minilm_f
     """The logic (row masks, padding, chunking, prefix reuse) in float64, where rounding cannot hide a slip."""
     ce64 = CrossEncoder.load(minilm_folder, device="cpu", dtype=torch.float64)
     for kind, positions in (("z", None), ("resid_post", "each"), ("mlp_out", [0, 4])):
-        together = ce64.patch(QUERIES, BASE, PERT, site=kind, positions=positions, batch_size=64, chunk_size=16)
-        small = ce64.patch(QUERIES, BASE, PERT, site=kind, positions=positions, batch_size=5, chunk_size=2)
+        args = dict(site=kind, positions=positions, layers=[1, 4])
+        together = ce64.patch(QUERIES, BASE, PERT, batch_size=64, chunk_size=16, **args)
+        small = ce64.patch(QUERIES, BASE, PERT, batch_size=5, chunk_size=2, **args)
         np.testing.assert_allclose(small.effect, together.effect, atol=1e-6)
         for i in range(len(QUERIES)):
-            alone = ce64.patch(QUERIES[i:i + 1], BASE[i:i + 1], PERT[i:i + 1], site=kind, positions=positions,
-                               batch_size=7)
+            alone = ce64.patch(QUERIES[i:i + 1], BASE[i:i + 1], PERT[i:i + 1], batch_size=7, **args)
             width = alone.patched.shape[-1]
             np.testing.assert_allclose(alone.effect[0], together.effect[i, ..., :width], atol=1e-6)
 
@@ -251,7 +257,7 @@ def test_tiny_bert_head_patch_equals_reference(tmp_path, tokenizer):
     res = ce.patch(QUERIES, BASE, PERT, site="z", positions=[3])
     for i in range(len(QUERIES)):
         for layer in range(3):
-            for head in range(4):
+            for head in (0, 3) if i else range(4):
                 want = reference_patch(model, tokenizer, QUERIES[i], BASE[i], PERT[i], layer, "z", head, 3)
                 assert abs(res.patched[i, layer, head, 0] - want) <= 1e-5
 
@@ -277,7 +283,7 @@ def test_embedded_model_on_tfc1_pairs():
 
     emb = CrossEncoder.load("embedded", device="cpu")
     pool = sample_pool(load_collection("demo"), per_grade=1, seed=0)
-    pairs = make_pairs(emb, pool, "tfc1", n=12, seed=0)
+    pairs = make_pairs(emb, pool, "tfc1", n=8, seed=0)
     q, b, p = pairs.queries(), pairs.baselines(), pairs.perturbeds()
     # padding and batch composition (fp32): the engine's own rounding level, also on the effects of
     # the pairs that the perturbation really moves
@@ -287,7 +293,7 @@ def test_embedded_model_on_tfc1_pairs():
     assert moved.sum() >= 3
     np.testing.assert_allclose(other.patched, wide.patched, atol=5e-6)
     assert np.abs(other.effect - wide.effect)[moved].max() <= 2e-5
-    q, b, p = q[:4], b[:4], p[:4]
+    q, b, p = q[:2], b[:2], p[:2]
     res = emb.patch(q, b, p, site="z")
     np.testing.assert_allclose(res.baseline, emb.score(q, b), atol=1e-6)
     np.testing.assert_allclose(res.perturbed, emb.score(q, p), atol=1e-6)
