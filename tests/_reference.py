@@ -123,3 +123,54 @@ def cuts_for(spec: str, layers, heads, num_layers: int, num_heads: int) -> dict:
 def torch_reference_ids(tokenizer, query: str, document: str):
     enc = tokenizer(query, document)
     return enc["input_ids"], enc["token_type_ids"]
+
+
+def bert_forward_hooked(model, input_ids: list[int], token_type_ids: list[int], hooks: dict | None = None):
+    """Score of one unpadded pair, float64, with TransformerLens-style hooks written out by hand.
+
+    ``hooks``: {(layer, kind): fn(array) -> array or None}, kind one of "resid_pre", "z" (an (n, heads,
+    d_head) array: each head's probabilities x values), "attn_out", "resid_mid", "mlp_out",
+    "resid_post". Returns (score, {(layer, kind): array}) with every activation as computed
+    (after its hook)."""
+    sd = _float64_state(model)
+    cfg = model.config
+    eps = cfg.layer_norm_eps
+    prefix = "bert."
+    n = len(input_ids)
+    hooks = hooks or {}
+    seen: dict = {}
+
+    def at(layer, kind, value):
+        fn = hooks.get((layer, kind))
+        out = fn(value.copy()) if fn is not None else None
+        value = value if out is None else out
+        seen[(layer, kind)] = value.copy()
+        return value
+
+    x = (sd[prefix + "embeddings.word_embeddings.weight"][input_ids]
+         + sd[prefix + "embeddings.position_embeddings.weight"][np.arange(n)]
+         + sd[prefix + "embeddings.token_type_embeddings.weight"][token_type_ids])
+    x = _ln(x, sd[prefix + "embeddings.LayerNorm.weight"], sd[prefix + "embeddings.LayerNorm.bias"], eps)
+    nh = cfg.num_attention_heads
+    dh = cfg.hidden_size // nh
+    for layer in range(cfg.num_hidden_layers):
+        p = f"{prefix}encoder.layer.{layer}."
+        lin = lambda h, name: h @ sd[p + name + ".weight"].T + sd[p + name + ".bias"]
+        x = at(layer, "resid_pre", x)
+        q = lin(x, "attention.self.query").reshape(n, nh, dh).transpose(1, 0, 2)
+        k = lin(x, "attention.self.key").reshape(n, nh, dh).transpose(1, 0, 2)
+        v = lin(x, "attention.self.value").reshape(n, nh, dh).transpose(1, 0, 2)
+        s = q @ k.transpose(0, 2, 1) / math.sqrt(dh)
+        s = s - s.max(-1, keepdims=True)
+        probs = np.exp(s)
+        probs = probs / probs.sum(-1, keepdims=True)
+        z = at(layer, "z", (probs @ v).transpose(1, 0, 2))  # (n, heads, d_head)
+        attn = at(layer, "attn_out", lin(z.reshape(n, nh * dh), "attention.output.dense"))
+        x = at(layer, "resid_mid", _ln(attn + x, sd[p + "attention.output.LayerNorm.weight"],
+                                       sd[p + "attention.output.LayerNorm.bias"], eps))
+        mlp = at(layer, "mlp_out", lin(_gelu(lin(x, "intermediate.dense")), "output.dense"))
+        x = at(layer, "resid_post", _ln(mlp + x, sd[p + "output.LayerNorm.weight"], sd[p + "output.LayerNorm.bias"], eps))
+    pooled = np.tanh(x[0] @ sd[prefix + "pooler.dense.weight"].T + sd[prefix + "pooler.dense.bias"])
+    logits = pooled @ sd["classifier.weight"].T + sd["classifier.bias"]
+    score = logits[1] - np.log(np.exp(logits).sum()) if len(logits) == 2 else logits[0]
+    return score, seen

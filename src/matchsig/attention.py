@@ -44,7 +44,7 @@ import contextvars
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,9 @@ class ForwardContext:
     #: (B, H, len(DIRECTIONS), len(STATS)) fp32 tensor (see :mod:`matchsig.attention_stats`); lets the
     #: attention function compute them from query/document sub-blocks without a full attention map.
     reduced_stats_fn: Callable[[int, torch.Tensor], None] | None = None
+    #: Named intervention sites (:mod:`matchsig.hooks`): ``{"blocks.3.attn.hook_z": fn, ...}``; each
+    #: ``fn(activation, hook)`` may return a replacement. ``attn.hook_z`` is applied in this module.
+    hooks: Mapping[str, Callable] | None = None
     _key_bias: torch.Tensor | None = field(default=None, repr=False)
     _pair_index: torch.Tensor | None = field(default=None, repr=False)
     _cut_cache: dict = field(default_factory=dict, repr=False)
@@ -162,7 +165,23 @@ def matchsig_attention(
     dropout: float = 0.0,
     **kwargs,
 ):
-    """Attention with post-softmax direction ablation and streaming statistics (see module doc)."""
+    """Attention with post-softmax direction ablation and streaming statistics (see module doc);
+    the per-head output (B, T, H, D) is the named site ``blocks.{layer}.attn.hook_z``."""
+    out, weights = _attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    ctx = _current.get()
+    if ctx is not None and ctx.hooks:
+        layer = getattr(module, "_matchsig_layer", None)
+        if layer is not None:
+            from .hooks import HookPoint, _apply  # late: hooks imports this module
+
+            point = HookPoint(layer, "attn.hook_z")
+            replaced = _apply(point.name, point, out)
+            if replaced is not None:
+                out = replaced.to(out.dtype).contiguous()
+    return out, weights
+
+
+def _attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs):
     ctx = _current.get()
     if scaling is None:
         scaling = query.size(-1) ** -0.5

@@ -646,3 +646,33 @@ def parts(
         text.append(f"{token}", style=colours[part])
         text.append(f"/{part} ", style="dim")
     Console().print(text)
+
+
+# ---- patch: activation patching on diagnostic pairs (patching_experiment.py) ----------------------
+
+
+@app.command()
+def patch(
+    out: str = typer.Option(..., "--out", "-o", help="Run folder (resumed if it holds the same settings)."),
+    model: str = typer.Option("embedded", "--model", "-m", help=_MODEL_HELP),
+    dataset: str = typer.Option("demo", "--dataset", help="'demo', a folder, or an ir_datasets id."),
+    diagnostic: str = typer.Option("tfc1", "--diagnostic", help="tfc1, tdc, lnc1 or stmc1 (see docs/patching.md)."),
+    site: str = typer.Option("head", "--site", help="head, head-position, residual or mlp."),
+    pairs: int = typer.Option(50, "--pairs", help="Passages drawn from the pool; each gives an appended and a prepended pair."),
+    per_grade: str = typer.Option("3", "--per-grade", help="Pool cap per relevance grade ('all' for no cap)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the pool and of the pairs."),
+    min_delta: float = typer.Option(0.01, "--min-delta", help="Pairs whose score the perturbation moves less are left out of the means."),
+    device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
+    dtype: str = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Patched rows per forward."),
+    force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
+) -> None:
+    """Activation patching: which layers, heads and positions carry a diagnostic's effect (patching.csv + heatmaps)."""
+    from .patching_experiment import PatchConfig, run_patch
+
+    config = PatchConfig(model=model, dataset=dataset, diagnostic=diagnostic, site=site, pairs=pairs,
+                         per_grade=_parse_cap(per_grade), seed=seed, min_delta=min_delta, device=device, dtype=dtype,
+                         batch_size=batch_size)
+    path = run_patch(out, config, force=force, progress=sys.stderr.isatty(),
+                     log=lambda msg: typer.echo(f"matchsig patch: {msg}", err=True))
+    typer.echo(f"wrote {path} and {path.with_name('patching.png')}")

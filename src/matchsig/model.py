@@ -431,6 +431,29 @@ class CrossEncoder:
 
         return _Suffix()
 
+    # ---- named sites and activation patching (see matchsig.hooks, matchsig.patching) ----------------
+    def run_with_hooks(self, queries: Sequence[str], documents: Sequence[str], hooks, batch_size: int = 32) -> np.ndarray:
+        """Scores with named-site hooks active (:func:`matchsig.hooks.run_with_hooks`)."""
+        from .hooks import run_with_hooks
+
+        return run_with_hooks(self, queries, documents, hooks, batch_size=batch_size)
+
+    def run_with_cache(self, queries: Sequence[str], documents: Sequence[str], names: Sequence[str],
+                       batch_size: int = 32):
+        """Scores and activations at named sites (:func:`matchsig.hooks.run_with_cache`)."""
+        from .hooks import run_with_cache
+
+        return run_with_cache(self, queries, documents, names, batch_size=batch_size)
+
+    def patch(self, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_docs: Sequence[str],
+              site: str = "attn.hook_z", layers=None, heads=None, positions=None, batch_size: int = 64,
+              chunk_size: int = 16, progress: bool = False):
+        """Activation patching from perturbed into baseline inputs (:func:`matchsig.patching.patch`)."""
+        from .patching import patch
+
+        return patch(self, queries, baseline_docs, perturbed_docs, site=site, layers=layers, heads=heads,
+                     positions=positions, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
+
     # ---- attention statistics ------------------------------------------------------------------
     def attention_stats(self, queries: Sequence[str], documents: Sequence[str], ablation: Ablation | str | None = None,
                         batch_size: int = 32, progress: bool = False) -> AttentionStats:
