@@ -1,20 +1,31 @@
 """Re-derive a run folder's published numbers by independent routes, value by value.
 
-Nothing here calls the runner, matchsig's evaluation or statistics code: per-query nDCG@10 comes from
-ir_measures, t-tests from scipy, multiple-comparison corrections from statsmodels, and scores either
-from the run's own raw score file or from the public ``CrossEncoder`` API (itself checked against the
-float64 reference in test_reference_grid.py). Column names that are about to change (the corrected
-p-value column, named after the correction) are found by prefix.
+Nothing here calls the runner, matchsig's evaluation, statistics or matching code: per-query nDCG@10 is
+computed here with plain loops under the documented tie rule (and cross-checked against ir_measures where a
+query has no ties, and against a brute-force mean over every order of the tied passages where there are
+few), t-tests come from scipy, multiple-comparison corrections from statsmodels, and scores either from the
+run's own raw score files (``table1_scores.csv``; the store's ``.npy`` units for layers and heads) or from
+the public ``CrossEncoder`` API (itself checked against the float64 reference in test_reference_grid.py).
 
-Ties: a tiny random model can tie scores (``CLS<-*`` makes every score equal). Where a query's
-scores tie, only the bounds are checked: its nDCG@10 must lie between the ranking that orders the
-tied passages worst-first and the one that orders them best-first (true for any tie policy,
-including a tie-aware mean); elsewhere the value is checked to 1e-9.
+Rules re-derived here, as the README and ``summary.json`` state them:
+
+* ties: the expected nDCG@10 over all orders of tied passages (McSherry & Najork, ECIR 2008); two
+  neighbours of a query's sorted scores tie when they differ by at most 1e-6 x the larger absolute
+  score, chained; gains are max(grade, 0), the ideal DCG comes from the pool's own grades;
+* significance: two-sided paired t-test (scipy ``ttest_rel``; zero variance of the differences: p = 1
+  when they are all 0, p = 0 otherwise), corrected per family with statsmodels ``multipletests`` into
+  the column ``p_<correction>`` (no column for ``none``); a cell is significant when the corrected p (raw
+  p for ``none``) is <= alpha, marked ``*`` for a drop and ``↑`` for a rise;
+* matching heads: per (layer, head, direction) three paired tests of the per-query mean M (3 vs -1,
+  0 vs -1, 3 vs 0), each a family over all rows; matching = 3 vs -1 significant (either sign); kinds
+  syntactic / semantic / unclassified / none; heads ranked matching first, then by |delta_relevant|.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +36,12 @@ PARTS = ["CLS", "Q", "SEP1", "D", "SEP2"]
 TABLE1_LABELS = [f"{x}<-{y}" for x in PARTS for y in PARTS] + [f"{x}<-*" for x in PARTS]
 FIGURE1 = [f"{x}<-{y}" for x in ("CLS", "Q", "D") for y in ("CLS", "Q", "D")] + ["CLS<-Q,CLS<-D", "CLS<-*"]
 MATCH = "Q<-D,D<-Q"
+#: The documented tie tolerance (relative); summary.json must state the same.
+TIE_RTOL = 1e-6
+DROP, RISE = "*", "\u2191"
+COMPARISONS = {"relevant": (3, -1), "hard": (0, -1), "relevant_hard": (3, 0)}
+#: Brute force over tie orders only where a query has at most this many orders (cost).
+BRUTE_FORCE_ORDERS = 5040
 
 
 def config(run_dir: Path) -> dict:
@@ -45,6 +62,18 @@ def contrast_pool(run_dir: Path) -> pd.DataFrame:
     return frame[frame["pool"].str.split("+").apply(lambda p: "contrast" in p)].reset_index(drop=True)
 
 
+def _csv(path: Path) -> pd.DataFrame:
+    # keep_default_na=False: an empty mark is "", not NaN
+    return pd.read_csv(path, keep_default_na=False, dtype={"qid": str})
+
+
+def _bool(value) -> bool:
+    return value if isinstance(value, (bool, np.bool_)) else str(value).strip().lower() == "true"
+
+
+# ---- tie-aware nDCG@10, with plain loops ------------------------------------------------------------------
+
+
 def _ir_ndcg(qids, docids, grades, ranks) -> dict[str, float]:
     import ir_measures
 
@@ -54,32 +83,77 @@ def _ir_ndcg(qids, docids, grades, ranks) -> dict[str, float]:
     return {q: per.get(q, 0.0) for q in dict.fromkeys(qids)}
 
 
-def ndcg_bounds(pool: pd.DataFrame, scores) -> tuple[dict[str, float], dict[str, float], set[str]]:
-    """Per-query nDCG@10 with ties ordered worst-first and best-first (ir_measures), and the tied queries."""
-    scores = np.asarray(scores, dtype=float)
-    qids, docids, grades = list(pool["qid"]), list(pool["docid"]), np.asarray(pool["grade"], dtype=int)
-    out = []
-    for sign in (-1, 1):  # -1: worst first among equal scores
-        order = sorted(range(len(scores)), key=lambda i: (qids[i], -scores[i], -sign * grades[i], docids[i]))
-        ranks = np.empty(len(scores))
-        ranks[order] = np.arange(len(scores))
-        out.append(_ir_ndcg(qids, docids, grades, ranks))
-    tied = set()
-    frame = pd.DataFrame({"qid": qids, "s": scores})
-    for q, sub in frame.groupby("qid"):
-        if sub["s"].duplicated().any():
-            tied.add(q)
-    return out[0], out[1], tied
+def _dcg(gains: list[float], k: int = 10) -> float:
+    return sum(g / math.log2(i + 2) for i, g in enumerate(gains[:k]))
 
 
-def assert_ndcg(per_query: dict[str, float], pool: pd.DataFrame, scores, what: str) -> None:
-    low, high, tied = ndcg_bounds(pool, scores)
-    assert set(per_query) == set(low), what
-    for q, value in per_query.items():
-        if q in tied:
-            assert low[q] - 1e-9 <= value <= high[q] + 1e-9, (what, q, value, low[q], high[q])
+def _groups(scores_desc: list[float]) -> list[list[int]]:
+    """Tie groups of one query's scores sorted best first: a neighbour within TIE_RTOL x the larger
+    absolute score joins the group (chained)."""
+    groups: list[list[int]] = []
+    for i, s in enumerate(scores_desc):
+        prev = scores_desc[i - 1] if i else None
+        if prev is not None and prev - s <= TIE_RTOL * max(abs(prev), abs(s)):
+            groups[-1].append(i)
         else:
-            assert abs(value - low[q]) <= 1e-9, (what, q, value, low[q])
+            groups.append([i])
+    return groups
+
+
+def _brute_force(groups: list[list[float]], ideal: float) -> float:
+    """The mean nDCG@10 over every order of the passages inside each tie group."""
+    total, count = 0.0, 0
+    for combo in itertools.product(*[list(itertools.permutations(g)) for g in groups]):
+        total += _dcg([x for part in combo for x in part])
+        count += 1
+    return total / count / ideal if ideal > 0 else 0.0
+
+
+def tie_aware_ndcg(pool: pd.DataFrame, scores) -> tuple[dict[str, float], set[str]]:
+    """Per-query expected nDCG@10 over all orders of tied passages (each rank of a tie group gets the
+    group's mean gain), and the queries that have ties. Cross-checked here: queries without ties against
+    ir_measures, queries with few tie orders against the brute-force mean over those orders."""
+    scores = [float(s) for s in np.asarray(scores, dtype=float)]
+    qids, docids = list(pool["qid"]), list(pool["docid"])
+    gains_all = [max(int(g), 0) for g in pool["grade"]]
+    rows: dict[str, list[int]] = {}
+    for i, q in enumerate(qids):
+        rows.setdefault(q, []).append(i)
+    out, tied = {}, set()
+    for q, idx in rows.items():
+        order = sorted(idx, key=lambda i: -scores[i])
+        ranked = [scores[i] for i in order]
+        gains = [gains_all[i] for i in order]
+        groups = [[gains[i] for i in g] for g in _groups(ranked)]
+        expected = [sum(g) / len(g) for g in groups for _ in g]
+        ideal = _dcg(sorted(gains, reverse=True))
+        out[q] = _dcg(expected) / ideal if ideal > 0 else 0.0
+        if any(len(g) > 1 for g in groups):
+            tied.add(q)
+            if math.prod(math.factorial(len(g)) for g in groups) <= BRUTE_FORCE_ORDERS:
+                assert abs(out[q] - _brute_force(groups, ideal)) <= 1e-12, (q, groups)
+    untied = [i for i, q in enumerate(qids) if q not in tied]
+    if untied:
+        ranks = np.empty(len(scores))
+        order = sorted(range(len(scores)), key=lambda i: (qids[i], -scores[i]))
+        ranks[order] = np.arange(len(scores))
+        ir = _ir_ndcg([qids[i] for i in untied], [docids[i] for i in untied], [gains_all[i] for i in untied],
+                      ranks[untied])
+        for q, v in ir.items():
+            assert abs(out[q] - v) <= 1e-9, ("ir_measures disagrees with the plain-loop nDCG@10", q, out[q], v)
+    return out, tied
+
+
+def assert_ndcg(per_query: dict[str, float], pool: pd.DataFrame, scores, what: str) -> dict[str, float]:
+    """Every query's published nDCG@10 equals the tie-aware value of ``scores`` (1e-9)."""
+    want, _ = tie_aware_ndcg(pool, scores)
+    assert set(per_query) == set(want), what
+    for q, value in per_query.items():
+        assert abs(float(value) - want[q]) <= 1e-9, (what, q, value, want[q])
+    return want
+
+
+# ---- tests and corrections ------------------------------------------------------------------------------
 
 
 def expected_p(x, y) -> float:
@@ -92,29 +166,81 @@ def expected_p(x, y) -> float:
     return float(stats.ttest_rel(x, y).pvalue)
 
 
-def corrected(pvalues, method: str) -> np.ndarray:
+def expected_t(x, y) -> float:
+    """The t statistic under the same rule (zero variance: 0 for no change, +-inf otherwise)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    d = x - y
+    if len(d) < 2:
+        return 0.0
+    if np.all(d == d[0]):
+        return 0.0 if d[0] == 0 else float(np.sign(d[0]) * np.inf)
+    return float(stats.ttest_rel(x, y).statistic)
+
+
+def corrected(pvalues, method: str | None) -> np.ndarray:
     from statsmodels.stats.multitest import multipletests
 
     p = np.nan_to_num(np.asarray(pvalues, float), nan=1.0)
-    if method in (None, "none"):
+    if method in (None, "none") or not len(p):
         return p
     return multipletests(p, method={"holm": "holm", "bonferroni": "bonferroni"}[method])[1]
 
 
-def corrected_column(frame: pd.DataFrame) -> str:
-    cols = [c for c in frame.columns if c.startswith("p_") and c != "p_value"]
-    assert len(cols) == 1, frame.columns
-    return cols[0]
+def corrected_name(method: str | None, prefix: str = "p") -> str | None:
+    """The corrected column is named after the correction (``p_holm``); ``none`` has none."""
+    return None if method in (None, "none") else f"{prefix}_{method}"
+
+
+def expected_mark(significant: bool, delta: float) -> str:
+    if not significant or delta == 0:
+        return ""
+    return DROP if delta < 0 else RISE
+
+
+def check_family(frame: pd.DataFrame, p_raw, delta, family, cfg: dict, what: str) -> np.ndarray:
+    """``p_value``, the corrected column (named after the run's correction, statsmodels over ``family``;
+    rows outside the family keep their raw p), ``significant`` and ``mark`` (* drop, ↑ rise). Returns
+    the p-values decisions are taken on."""
+    method, alpha = cfg["correction"], cfg["alpha"]
+    p_raw, delta, family = np.asarray(p_raw, float), np.asarray(delta, float), np.asarray(family, bool)
+    np.testing.assert_allclose(frame["p_value"].astype(float), p_raw, atol=1e-12, rtol=0, err_msg=what)
+    extra = {c for c in frame.columns if c.startswith("p_") and c != "p_value"}
+    name = corrected_name(method)
+    decide = p_raw.copy()
+    if name is None:
+        assert not extra, (what, extra)
+    else:
+        assert extra == {name}, (what, extra, name)
+        decide[family] = corrected(p_raw[family], method)
+        np.testing.assert_allclose(frame[name].astype(float), decide, atol=1e-12, rtol=0, err_msg=what)
+    significant = decide <= alpha
+    assert [_bool(v) for v in frame["significant"]] == list(significant), what
+    marks = [expected_mark(s, d) for s, d in zip(significant, delta)]
+    assert [str(v) for v in frame["mark"]] == marks, (what, list(frame["mark"]), marks)
+    return decide
+
+
+def _stored_scores(run_dir: Path, unit: str) -> np.ndarray:
+    """The run's own raw scores of one configuration: its store files (``.npy``; the SHA-256 trailer is
+    ignored by numpy), chunks concatenated along the pairs axis."""
+    from matchsig.experiments import slug  # only the file naming
+
+    files = sorted((run_dir / "store" / unit.split("/")[0] / slug(unit.split("/", 1)[1])).glob("*.npy"))
+    assert files, (run_dir, unit)
+    return np.concatenate([np.load(f) for f in files], axis=-1)
 
 
 # ---- Table 1 ------------------------------------------------------------------------------------------
 
 
 def check_table1(run_dir: Path, ce) -> dict:
-    """table1_scores.csv against the public API, table1_per_query.csv against ir_measures, table1.csv
-    against scipy and statsmodels. Returns the recomputed numbers."""
+    """table1_scores.csv against the public API; table1_per_query.csv (random column included) against
+    the tie-aware nDCG@10 of those scores; table1.csv against scipy and statsmodels, with the marks; the
+    Markdown and LaTeX layouts cell by cell. Returns the recomputed numbers."""
     cfg = config(run_dir)
     pool = main_pool(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["evaluation"]["tie_rtol"] == TIE_RTOL
     raw = pd.read_csv(run_dir / "table1_scores.csv", dtype={"qid": str, "docid": str})
     assert list(raw["qid"]) == list(pool["qid"]) and list(raw["docid"]) == list(pool["docid"])
     assert list(raw["grade"]) == list(pool["grade"])
@@ -125,86 +251,135 @@ def check_table1(run_dir: Path, ce) -> dict:
     np.testing.assert_allclose(raw[labels].to_numpy().T, want, atol=2e-5, rtol=0)
 
     per_query = pd.read_csv(run_dir / "table1_per_query.csv", dtype={"qid": str}).set_index("qid")
-    assert set(per_query.index) == set(pool["qid"]) and set(per_query.columns) == set(labels)
+    assert set(per_query.index) == set(pool["qid"]) and set(per_query.columns) == set(labels) | {"random"}
     for label in labels:
         assert_ndcg(per_query[label].to_dict(), pool, raw[label], f"table1 {label}")
+    # the random ranking is exact: the tie-aware nDCG@10 of a ranking whose scores all tie
+    assert_ndcg(per_query["random"].to_dict(), pool, np.zeros(len(pool)), "random ranking")
 
-    table = pd.read_csv(run_dir / "table1.csv", keep_default_na=False).set_index("ablation")
+    table = _csv(run_dir / "table1.csv").set_index("ablation")
+    rows = ["none", "random"] + TABLE1_LABELS
+    assert sorted(table.index) == sorted(rows)
+    table = table.loc[rows]
     none = per_query["none"]
-    alpha = cfg["alpha"]
-    p_values = {}
-    for label in TABLE1_LABELS:
+    p_values, deltas = {}, {}
+    for label in rows:
         row = table.loc[label]
         mean = per_query[label].mean()
-        assert abs(row["ndcg@10"] - mean) <= 1e-12, label
-        assert abs(row["delta"] - (mean - none.mean())) <= 1e-12, label
+        deltas[label] = mean - none.mean()
+        assert abs(float(row["ndcg@10"]) - mean) <= 1e-12, label
+        assert abs(float(row["delta"]) - deltas[label]) <= 1e-12, label
+        assert int(row["n_queries"]) == len(none)
         p_values[label] = expected_p(per_query[label].to_numpy(), none.to_numpy())
-        assert abs(row["p_value"] - p_values[label]) <= 1e-12, (label, row["p_value"], p_values[label])
         assert _bool(row["lower"]) == (mean < none.mean()), label
-        sig = _bool(row["significant"])
-        assert not sig or p_values[label] <= alpha, label  # a mark needs p <= alpha ...
-        if p_values[label] <= alpha and mean < none.mean():
-            assert sig, label  # ... and every significant drop is marked
-        x, y = row["target"], row["source"]
-        assert f"{x}<-{'*' if y == '*' else y}" == label
-    col = corrected_column(table)
-    adjusted = corrected([p_values[l] for l in TABLE1_LABELS], cfg["correction"])
-    np.testing.assert_allclose(table.loc[TABLE1_LABELS, col].astype(float), adjusted, atol=1e-12, rtol=0)
-    assert abs(table.loc["none", "ndcg@10"] - none.mean()) <= 1e-12
-    # the random ranking: its mean lies between the worst and best orderings of every query
-    rnd = float(table.loc["random", "ndcg@10"])
-    worst, best, _ = ndcg_bounds(pool, np.zeros(len(pool)))
-    assert np.mean(list(worst.values())) <= rnd <= np.mean(list(best.values()))
-    summary = json.loads((run_dir / "summary.json").read_text())
+        if label in TABLE1_LABELS:
+            x, y = row["target"], row["source"]
+            assert f"{x}<-{y}" == label
+    assert p_values["none"] == 1.0
+    # the family of the correction is the 30 ablations; "none" and "random" are tested alone
+    check_family(table, [p_values[l] for l in rows], [deltas[l] for l in rows], [l in TABLE1_LABELS for l in rows],
+                 cfg, "table1")
     assert abs(summary["unablated_ndcg@10"] - none.mean()) <= 1e-12
-    assert abs(summary["random_ndcg@10"]["mean"] - rnd) <= 1e-12
+    rnd = summary["random_ndcg@10"]
+    assert abs(rnd["mean"] - per_query["random"].mean()) <= 1e-12 and rnd["exact"] is True
+    assert rnd["rankings"] == cfg["rankings"]
+    # the sampled rankings scatter around the exact value (5 standard errors)
+    assert abs(rnd["sampled_mean"] - rnd["mean"]) <= 5 * rnd["sd"] / math.sqrt(rnd["rankings"]) + 1e-12
+    _check_layouts(run_dir, table, cfg)
     return {"per_query": per_query, "table": table, "p": p_values}
 
 
-def _bool(value) -> bool:
-    return value if isinstance(value, (bool, np.bool_)) else str(value).strip().lower() == "true"
+def _check_layouts(run_dir: Path, table: pd.DataFrame, cfg: dict) -> None:
+    """table1.md and table1.tex: every cell's value, mark and bold (lower than the unablated model)."""
+    import re
+
+    caption_word = {"none": "uncorrected", "holm": "Holm-corrected", "bonferroni": "Bonferroni-corrected"}
+    md = (run_dir / "table1.md").read_text(encoding="utf-8")
+    tex = (run_dir / "table1.tex").read_text(encoding="utf-8")
+    md_marks = {"": "", "\\*": DROP, RISE: RISE}
+    tex_marks = {"": "", "$^*$": DROP, "$^{\\uparrow}$": RISE}
+    md_rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| \*\*(\w+)\*\* \|(.*)\|$", md, re.M)}
+    tex_rows = {m.group(1): m.group(2) for m in re.finditer(r"^(\w+) & (.*) \\\\$", tex, re.M) if m.group(1) in PARTS}
+    assert set(md_rows) == set(tex_rows) == set(PARTS)
+    for x in PARTS:
+        md_cells = [c.strip() for c in md_rows[x].split("|")]
+        tex_cells = [c.strip() for c in tex_rows[x].split("&")]
+        assert len(md_cells) == len(tex_cells) == 6, (x, md_cells, tex_cells)
+        for y, md_cell, tex_cell in zip(PARTS + ["*"], md_cells, tex_cells):
+            row = table.loc[f"{x}<-{y}"]
+            value, mark, low = f"{float(row['ndcg@10']):.3f}", str(row["mark"]), _bool(row["lower"])
+            m = re.fullmatch(r"(\*\*)?([0-9.]+)(\\\*|" + RISE + r")?(\*\*)?", md_cell)
+            assert m and m.group(2) == value and md_marks[m.group(3) or ""] == mark and bool(m.group(1)) == low, \
+                (x, y, md_cell, value, mark, low)
+            t = re.fullmatch(r"(\\textbf\{)?([0-9.]+)(\$\^\*\$|\$\^\{\\uparrow\}\$)?\}?", tex_cell)
+            assert t and t.group(2) == value and tex_marks[t.group(3) or ""] == mark and bool(t.group(1)) == low, \
+                (x, y, tex_cell, value, mark, low)
+    for text in (md, tex.replace("$\\leq$", "<=")):
+        assert caption_word[cfg["correction"]] in text and f"p <= {cfg['alpha']:g}" in text
 
 
 # ---- Figure 1 -------------------------------------------------------------------------------------------
 
 
 def check_layers(run_dir: Path, ce) -> None:
-    """Every (direction, layer) of layers.csv from the public API's scores and ir_measures, p from scipy."""
+    """Every (direction, layer) of layers.csv: the run's stored scores against the public API, their
+    tie-aware nDCG@10, p from scipy, the corrected column from statsmodels (one family), the marks."""
     from matchsig import Ablation
 
     cfg = config(run_dir)
     pool = main_pool(run_dir)
     qs, ds = list(pool["query"]), list(pool["document"])
-    base = ce.score(qs, ds, batch_size=cfg["batch_size"])
-    low, high, tied = ndcg_bounds(pool, base)
-    assert not tied, "the unablated tiny model should not tie"
-    none = pd.Series(low)
-    layers = pd.read_csv(run_dir / "layers.csv").set_index(["direction", "layer"])
-    assert set(layers.index.get_level_values(0)) == set(FIGURE1)
-    assert set(layers.index.get_level_values(1)) == set(range(ce.num_layers))
+    base = _stored_scores(run_dir, "scores/none")
+    np.testing.assert_allclose(base, ce.score(qs, ds, batch_size=cfg["batch_size"]), atol=2e-5, rtol=0)
+    none = pd.Series(tie_aware_ndcg(pool, base)[0])
+    layers = _csv(run_dir / "layers.csv")
+    assert set(layers["direction"]) == set(FIGURE1) and set(layers["layer"]) == set(range(ce.num_layers))
+    assert len(layers) == len(FIGURE1) * ce.num_layers
     specs = [Ablation.parse(d, up_to_layer=l) for d in FIGURE1 for l in range(ce.num_layers)]
-    scores = ce.score_many(qs, ds, specs, batch_size=cfg["batch_size"])
-    for spec, s in zip(specs, scores):
-        direction, layer = spec.spec, spec.layers[-1]
-        label = next(d for d in FIGURE1 if d.upper() == direction)
-        row = layers.loc[(label, layer)]
-        low_q, high_q, tied = ndcg_bounds(pool, s)
-        if not tied:
-            per = pd.Series(low_q)
-            assert abs(row["ndcg@10"] - per.mean()) <= 1e-9, (label, layer)
-            assert abs(row["delta"] - (per.mean() - none.mean())) <= 1e-9, (label, layer)
-            want_p = expected_p(per[none.index].to_numpy(), none.to_numpy())
-            assert abs(row["p_value"] - want_p) <= 1e-9, (label, layer, row["p_value"], want_p)
-        else:
-            assert np.mean(list(low_q.values())) - 1e-9 <= row["ndcg@10"] <= np.mean(list(high_q.values())) + 1e-9
+    fresh = ce.score_many(qs, ds, specs, batch_size=cfg["batch_size"]).reshape(len(FIGURE1), ce.num_layers, -1)
+    stored = {d: _stored_scores(run_dir, f"layers/{d}") for d in FIGURE1}
+    for d, curve in zip(FIGURE1, fresh):
+        assert stored[d].shape == curve.shape, d
+        np.testing.assert_allclose(stored[d], curve, atol=2e-5, rtol=0, err_msg=d)
+    p_raw, delta = [], []
+    for _, row in layers.iterrows():
+        per = pd.Series(tie_aware_ndcg(pool, stored[row["direction"]][int(row["layer"])])[0])
+        what = (row["direction"], row["layer"])
+        assert abs(float(row["ndcg@10"]) - per.mean()) <= 1e-9, what
+        assert abs(float(row["delta"]) - (per.mean() - none.mean())) <= 1e-9, what
+        p_raw.append(expected_p(per[none.index].to_numpy(), none.to_numpy()))
+        delta.append(per.mean() - none.mean())
+    check_family(layers, p_raw, delta, np.ones(len(layers), bool), cfg, "layers")
 
 
 # ---- contrast ---------------------------------------------------------------------------------------------
 
 
+def classify(heads: pd.DataFrame, tests: dict, alpha: float) -> pd.DataFrame:
+    """matching, sign and kind of every row from the decision p-values and deltas in ``tests``
+    ({comparison: (delta array, decision p array)}), by the documented rule, row by row."""
+    out = []
+    for i in range(len(heads)):
+        d = {c: tests[c][0][i] for c in COMPARISONS}
+        sig = {c: tests[c][1][i] <= alpha for c in COMPARISONS}
+        matching = sig["relevant"]
+        sign = (1 if d["relevant"] > 0 else -1) if matching else 0
+        same = {c: (1 if d[c] > 0 else -1 if d[c] < 0 else 0) == sign for c in COMPARISONS}
+        if not matching:
+            kind = "none"
+        elif sig["hard"] and same["hard"]:
+            kind = "syntactic"  # term-sharing hard negatives move the head the same way
+        elif sig["relevant_hard"] and same["relevant_hard"] and not sig["hard"]:
+            kind = "semantic"  # positive evidence: relevant passages beat term-sharing ones
+        else:
+            kind = "unclassified"
+        out.append({"matching": matching, "sign": sign, "kind": kind})
+    return pd.DataFrame(out)
+
+
 def check_contrast(run_dir: Path, ce) -> pd.DataFrame:
-    """per_query.csv from the public API's statistics; heads.csv (deltas, p-values, kinds) from per_query.csv
-    with scipy and statsmodels. Returns heads.csv."""
+    """per_query.csv from the public API's statistics; heads.csv (deltas, t, p, corrected p named after the
+    correction, n, matching, sign, kind) from per_query.csv with scipy and statsmodels. Returns heads.csv."""
     cfg = config(run_dir)
     pool = contrast_pool(run_dir)
     assert set(pool["grade"]) == {3, 0, -1}
@@ -220,30 +395,38 @@ def check_contrast(run_dir: Path, ce) -> pd.DataFrame:
                 np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5, err_msg=f"{qid} {level} {direction} {stat}")
 
     heads = pd.read_csv(run_dir / "contrast" / "heads.csv")
+    assert len(heads) == ce.num_layers * ce.num_heads * 2
     alpha, method = cfg["alpha"], cfg["correction"]
     wide = per_query.pivot_table(index=["layer", "head", "direction", "qid"], columns="level", values="max")
     keys = list(heads[["layer", "head", "direction"]].itertuples(index=False, name=None))
-    result = {}
-    for name, level in (("relevant", 3), ("hard", 0)):
-        deltas, ps, ns = [], [], []
+    p_columns = set()
+    tests = {}
+    for name, (level, reference) in COMPARISONS.items():
+        deltas, ts, ps, ns = [], [], [], []
         for key in keys:
-            sub = wide.loc[key][[level, -1]].dropna()
-            deltas.append(float((sub[level] - sub[-1]).mean()))
-            p = expected_p(sub[level], sub[-1]) if len(sub) >= 2 else 1.0
-            ps.append(p)
+            sub = wide.loc[key][[level, reference]].dropna()
+            deltas.append(float((sub[level] - sub[reference]).mean()) if len(sub) else 0.0)
+            ts.append(expected_t(sub[level], sub[reference]))
+            ps.append(expected_p(sub[level], sub[reference]))
             ns.append(len(sub))
-        result[name] = (np.array(deltas), corrected(ps, method), ns)
-    np.testing.assert_allclose(heads["delta_relevant"], result["relevant"][0], atol=1e-9, rtol=0)
-    np.testing.assert_allclose(heads["delta_hard"], result["hard"][0], atol=1e-9, rtol=0)
-    p_rel_col = "p_relevant" if "p_relevant" in heads else next(c for c in heads if c.startswith("p_") and "rel" in c)
-    p_hard_col = "p_hard" if "p_hard" in heads else next(c for c in heads if c.startswith("p_") and "hard" in c)
-    np.testing.assert_allclose(heads[p_rel_col], result["relevant"][1], atol=1e-9, rtol=0)
-    np.testing.assert_allclose(heads[p_hard_col], result["hard"][1], atol=1e-9, rtol=0)
-    assert list(heads["n_queries"]) == result["relevant"][2]
-    sig_r = (result["relevant"][1] <= alpha) & (result["relevant"][0] > 0)
-    sig_h = (result["hard"][1] <= alpha) & (result["hard"][0] > 0)
-    kinds = np.where(sig_r & sig_h, "syntactic", np.where(sig_r, "semantic", "none"))
-    assert list(heads["kind"]) == list(kinds)
+        np.testing.assert_allclose(heads[f"delta_{name}"], deltas, atol=1e-9, rtol=0, err_msg=name)
+        np.testing.assert_allclose(heads[f"t_{name}"], ts, atol=1e-6, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(heads[f"p_{name}"], ps, atol=1e-9, rtol=0, err_msg=name)
+        assert list(heads[f"n_{name}"]) == ns, name
+        decide = np.asarray(ps, float)
+        p_columns.add(f"p_{name}")
+        column = corrected_name(method, f"p_{name}")
+        if column is not None:  # one family per comparison: every head and direction
+            decide = corrected(ps, method)
+            np.testing.assert_allclose(heads[column], decide, atol=1e-9, rtol=0, err_msg=column)
+            p_columns.add(column)
+        tests[name] = (np.asarray(deltas), decide)
+    assert {c for c in heads.columns if c.startswith("p_")} == p_columns
+    assert list(heads["n_queries"]) == list(heads["n_relevant"])
+    kinds = classify(heads, tests, alpha)
+    assert [_bool(v) for v in heads["matching"]] == list(kinds["matching"])
+    assert list(heads["sign"]) == list(kinds["sign"])
+    assert list(heads["kind"]) == list(kinds["kind"])
     # entropy / exact-match columns: means over the queries that have relevant and easy passages
     for stat in ("entropy", "exact"):
         w = per_query.pivot_table(index=["layer", "head", "direction", "qid"], columns="level", values=stat)
@@ -254,32 +437,53 @@ def check_contrast(run_dir: Path, ce) -> pd.DataFrame:
     return heads
 
 
-def contrast_ranking(heads: pd.DataFrame) -> list[tuple[int, int]]:
-    """(layer, head) by matching strength: mean delta_relevant over Q<-D and D<-Q, best first (ties: layer, head)."""
-    strength = {}
-    for (layer, head), sub in heads.groupby(["layer", "head"]):
-        strength[(int(layer), int(head))] = float(sub["delta_relevant"].mean())
-    return sorted(strength, key=lambda lh: (-strength[lh], lh))
+def _decision(heads: pd.DataFrame, comparison: str, correction: str | None) -> pd.Series:
+    return heads[corrected_name(correction, f"p_{comparison}") or f"p_{comparison}"].astype(float)
+
+
+def contrast_ranking(heads: pd.DataFrame, alpha: float, correction: str | None) -> list[tuple[int, int]]:
+    """(layer, head), matching heads first (3 vs -1 significant in either direction, either sign), each part
+    by decreasing effect: the largest |delta_relevant| over the head's matching directions (over both
+    directions for the others); ties by (layer, head)."""
+    p = _decision(heads, "relevant", correction)
+    best: dict[tuple[int, int], list] = {}
+    for (layer, head, delta), pv in zip(heads[["layer", "head", "delta_relevant"]].itertuples(index=False, name=None), p):
+        entry = best.setdefault((int(layer), int(head)), [False, -math.inf, -math.inf])
+        size = abs(float(delta))
+        entry[2] = max(entry[2], size)
+        if pv <= alpha:
+            entry[0] = True
+            entry[1] = max(entry[1], size)
+    return sorted(best, key=lambda lh: (not best[lh][0], -(best[lh][1] if best[lh][0] else best[lh][2]), lh))
+
+
+def matching_heads(heads: pd.DataFrame, alpha: float, correction: str | None) -> set[tuple[int, int]]:
+    """(layer, head) pairs that are matching heads in at least one direction."""
+    p = _decision(heads, "relevant", correction)
+    return {(int(l), int(h)) for l, h, pv in zip(heads["layer"], heads["head"], p) if pv <= alpha}
 
 
 # ---- heads ------------------------------------------------------------------------------------------------
 
 
 def check_heads(run_dir: Path, ce) -> pd.DataFrame:
-    """heads.csv: top-k = the top k of the contrast ranking; every row's nDCG@10 from the public API."""
+    """heads.csv: top-k = the top k of the contrast ranking; how many of each selection are matching heads;
+    every row's tie-aware nDCG@10 from the run's stored scores (checked against the public API), p from
+    scipy, the corrected column from statsmodels (one family: every selection), the marks."""
     from matchsig.ablation import AblationSet
 
     cfg = config(run_dir)
     pool = main_pool(run_dir)
     qs, ds = list(pool["query"]), list(pool["document"])
     contrast = pd.read_csv(run_dir / "contrast" / "heads.csv")
-    ranking = contrast_ranking(contrast)
-    frame = pd.read_csv(run_dir / "heads.csv", keep_default_na=False)
+    ranking = contrast_ranking(contrast, cfg["alpha"], cfg["correction"])
+    matching = matching_heads(contrast, cfg["alpha"], cfg["correction"])
+    frame = _csv(run_dir / "heads.csv")
     ks = sorted(k for k in set(cfg["heads_k"]) if k <= ce.num_layers * ce.num_heads)
     assert sorted(set(frame["k"])) == ks
-    none_low, _, tied = ndcg_bounds(pool, ce.score(qs, ds, batch_size=cfg["batch_size"]))
-    assert not tied
-    none = pd.Series(none_low)
+    base = _stored_scores(run_dir, "scores/none")
+    np.testing.assert_allclose(base, ce.score(qs, ds, batch_size=cfg["batch_size"]), atol=2e-5, rtol=0)
+    none = pd.Series(tie_aware_ndcg(pool, base)[0])
     sets = [[tuple(int(x) for x in lh.split("/")) for lh in str(h).split(";") if lh] for h in frame["heads"]]
     for k in ks:
         top = frame[(frame["selection"] == "top") & (frame["k"] == k)]
@@ -289,57 +493,110 @@ def check_heads(run_dir: Path, ce) -> pd.DataFrame:
         assert len(rnd) == cfg["heads_random_seeds"]
         for i in rnd.index:
             assert len(set(sets[i])) == k and all(0 <= l < ce.num_layers and 0 <= h < ce.num_heads for l, h in sets[i])
-    ablations = [AblationSet.heads(MATCH, hs) for hs in sets]
-    scores = ce.score_many(qs, ds, ablations, batch_size=cfg["batch_size"])
-    for i, s in enumerate(scores):
-        low, high, tied = ndcg_bounds(pool, s)
+    assert [int(v) for v in frame["matching_in_selection"]] == [sum(1 for lh in s if lh in matching) for s in sets]
+    labels = [f"top{k}" if sel == "top" else f"random{k}-s{seed}" for sel, k, seed in
+              zip(frame["selection"], frame["k"], frame["seed"])]
+    stored = [_stored_scores(run_dir, f"scores/{label}") for label in labels]
+    fresh = ce.score_many(qs, ds, [AblationSet.heads(MATCH, hs) for hs in sets], batch_size=cfg["batch_size"])
+    np.testing.assert_allclose(np.stack(stored), fresh, atol=2e-5, rtol=0)
+    p_raw, delta = [], []
+    for i, s in enumerate(stored):
+        per = pd.Series(tie_aware_ndcg(pool, s)[0])
         row = frame.iloc[i]
-        if tied:
-            assert np.mean(list(low.values())) - 1e-9 <= row["ndcg@10"] <= np.mean(list(high.values())) + 1e-9
-            continue
-        per = pd.Series(low)
-        assert abs(row["ndcg@10"] - per.mean()) <= 1e-9, (i, row["ndcg@10"], per.mean())
-        assert abs(row["delta"] - (per.mean() - none.mean())) <= 1e-9
-        assert abs(row["p_value"] - expected_p(per[none.index].to_numpy(), none.to_numpy())) <= 1e-9
+        assert abs(float(row["ndcg@10"]) - per.mean()) <= 1e-9, (i, row["ndcg@10"], per.mean())
+        assert abs(float(row["delta"]) - (per.mean() - none.mean())) <= 1e-9
+        p_raw.append(expected_p(per[none.index].to_numpy(), none.to_numpy()))
+        delta.append(per.mean() - none.mean())
+    check_family(frame, p_raw, delta, np.ones(len(frame), bool), cfg, "heads")
     return frame
 
 
 # ---- report ------------------------------------------------------------------------------------------------
 
 
-def check_report(run_dir: Path) -> str:
-    """report.html shows this run's own numbers: Table 1 cells, baselines, fingerprints, model, top heads."""
+def _html_table(fragment: str) -> tuple[list[str], list[list[str]]]:
+    """The first <table> of an HTML fragment: header cells and body rows, tags stripped, then unescaped."""
     import html as html_lib
     import re
 
-    text = html_lib.unescape((run_dir / "report.html").read_text(encoding="utf-8"))
+    table = fragment.split("<table", 1)[1].split("</table>", 1)[0]
+    strip = lambda s: html_lib.unescape(re.sub(r"<[^>]+>", "", s)).strip()  # noqa: E731
+    header = [strip(c) for c in re.findall(r"<th>(.*?)</th>", table.split("</thead>", 1)[0], re.S)]
+    body = table.split("<tbody>", 1)[1] if "<tbody>" in table else ""
+    rows = [[strip(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)] for tr in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+    return header, rows
+
+
+def check_report(run_dir: Path) -> str:
+    """report.html shows this run's own numbers: Table 1 cells with their marks and the decision p named
+    after the correction, baselines, fingerprints, model, the top matching heads (order, sign, kind),
+    the heads per kind, and the head-ablation rows."""
+    import html as html_lib
+    import re
+
+    raw_html = (run_dir / "report.html").read_text(encoding="utf-8")
+    text = html_lib.unescape(raw_html)
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg = config(run_dir)
+    alpha, method = cfg["alpha"], cfg["correction"]
+    p_name = corrected_name(method) or "p_value"
     for pool in summary["pools"].values():
         assert pool["fingerprint"] in text
     assert str(summary["model_info"]["name"]) in text or Path(cfg["model"]).name in text
+    legend = f"{DROP}: significant drop, {RISE}: significant increase"
     table1_path = run_dir / "table1.csv"
     if table1_path.is_file():
-        table = pd.read_csv(table1_path, keep_default_na=False).set_index("ablation")
+        table = _csv(table1_path).set_index("ablation")
         section = text.split('id="table1"', 1)[1].split("</section>", 1)[0]
-        cells = re.findall(r'title="([A-Z0-9]+)<-([A-Z0-9*]+): nDCG@10 ([0-9.]+)', section)
+        cells = re.findall(r'title="([A-Z0-9]+)<-([A-Z0-9*]+): nDCG@10 ([0-9.]+), delta [-+0-9.]+, (\w+) [^"]*">'
+                           r'(?:<b>)?([0-9.]+)([^<]*)(?:</b>)?<span class="delta">', section)
         assert len(cells) == 30, len(cells)
-        for x, y, value in cells:
-            assert abs(float(value) - table.loc[f"{x}<-{y}", "ndcg@10"]) <= 0.5e-4, (x, y, value)
-        for label in TABLE1_LABELS:
-            assert f"{table.loc[label, 'ndcg@10']:.3f}" in section, label
-        assert f"Unablated model: {summary['unablated_ndcg@10']:.3f}" in re.sub(r"<[^>]+>", "", section)
-        assert f"random ranking: {summary['random_ndcg@10']['mean']:.3f}" in re.sub(r"<[^>]+>", "", section)
+        for x, y, value, p_col, shown, mark in cells:
+            row = table.loc[f"{x}<-{y}"]
+            assert abs(float(value) - float(row["ndcg@10"])) <= 0.5e-4, (x, y, value)
+            assert shown == f"{float(row['ndcg@10']):.3f}" and mark == str(row["mark"]), (x, y, shown, mark)
+            assert p_col == p_name, (p_col, p_name)
+        # tags stripped before unescaping: the text itself holds "<=" and "<-"
+        plain = html_lib.unescape(re.sub(r"<[^>]+>", "", raw_html.split('id="table1"', 1)[1].split("</section>", 1)[0]))
+        assert f"Unablated model: {summary['unablated_ndcg@10']:.3f}" in plain
+        assert f"random ranking: {summary['random_ndcg@10']['mean']:.3f} (exact" in plain
+        assert legend in plain and f"p <= {alpha:g}" in plain
     heads_path = run_dir / "contrast" / "heads.csv"
     if heads_path.is_file():
         heads = pd.read_csv(heads_path)
-        matching = heads[heads["kind"] != "none"]
-        section = text.split('id="contrast"', 1)[1].split("</section>", 1)[0]
-        for layer, head in list(matching[["layer", "head"]].itertuples(index=False, name=None))[:3]:
-            assert f"{layer}/{head}" in section
+        section = raw_html.split('id="contrast"', 1)[1].split("</section>", 1)[0]
+        top = section.split('id="top-heads"', 1)[1]
+        rows = heads[heads["kind"] != "none"]
+        if rows.empty:
+            assert "No head passes the test" in top
+        else:
+            rows = rows.assign(size=rows["delta_relevant"].abs()).sort_values("size", ascending=False, kind="stable").head(20)
+            header, body = _html_table(top)
+            assert header[:3] == ["layer/head", "direction", "sign"] and header[-1] == "kind", header
+            assert (corrected_name(method, "p_relevant") or "p_relevant") in header, header
+            got = [(r[0], r[1].replace(" ", ""), r[2], r[-1]) for r in body]
+            want = [(f"{l}/{h}", d.replace("<-", "←"), "+" if s > 0 else "\u2212", k)
+                    for l, h, d, s, k in rows[["layer", "head", "direction", "sign", "kind"]].itertuples(index=False)]
+            assert got == want, (got, want)
+        # heads per kind and direction, over all heads of the model
+        header, body = _html_table(section.split("Heads per kind and direction", 1)[1])
+        counts = heads.groupby(["direction", "kind"]).size()
+        shown = {(r[0].replace("←", "<-"), kind): int(v) for r in body for kind, v in zip(header[1:], r[1:])}
+        want = {(d, k): int(counts.get((d, k), 0)) for d in ("Q<-D", "D<-Q") for k in header[1:]}
+        assert shown == want and sum(shown.values()) == len(heads), (shown, want)
     if (run_dir / "heads.csv").is_file():
-        frame = pd.read_csv(run_dir / "heads.csv")
-        section = text.split('id="heads"', 1)[1].split("</section>", 1)[0]
+        frame = _csv(run_dir / "heads.csv")
+        section = raw_html.split('id="heads"', 1)[1].split("</section>", 1)[0]
+        header, body = _html_table(section)
+        by_k = {int(r[header.index("k")]): r for r in body}
+        assert sorted(by_k) == sorted(set(frame["k"]))
         for _, row in frame[frame["selection"] == "top"].iterrows():
-            assert f"{row['ndcg@10']:.3f}" in section
+            shown = by_k[int(row["k"])]
+            assert shown[header.index("top")] == f"{float(row['ndcg@10']):.3f}{row['mark']}"
+            assert shown[header.index("heads")] == str(row["heads"]).replace(";", " ")
+            assert int(shown[header.index("matching")]) == int(row["matching_in_selection"])
+            random = frame[(frame["selection"] == "random") & (frame["k"] == row["k"])]["ndcg@10"].astype(float)
+            assert shown[header.index("random_mean")] == f"{random.mean():.3f}"
+        assert f"top {p_name}" in header
+        assert legend in html_lib.unescape(section)
     return text

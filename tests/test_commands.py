@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _recompute import check_contrast, check_heads, check_layers, check_report, check_table1
+from _recompute import TABLE1_LABELS, check_contrast, check_heads, check_layers, check_report, check_table1
 from typer.testing import CliRunner
 
 from matchsig import CrossEncoder
@@ -85,32 +85,37 @@ def test_experiments_report_shows_this_runs_numbers(experiments_run):
 
 
 def test_ablate(tiny_model, tmp_path, ce):
+    """Uncorrected, at a loose alpha: marks for drops and rises appear, and are re-derived."""
     out = tmp_path / "ablate"
-    invoke("ablate", "--model", tiny_model, *SMALL, "--out", str(out))
+    invoke("ablate", "--model", tiny_model, *SMALL, "--correction", "none", "--alpha", "0.5", "--out", str(out))
     assert "layers.csv" not in _files(out) and "heads.csv" not in _files(out)
-    check_table1(out, ce)
+    numbers = check_table1(out, ce)
+    marks = set(numbers["table"].loc[TABLE1_LABELS, "mark"])
+    assert {"*", "\u2191"} <= marks, marks  # both marks exercised (the test run's data has both)
     check_report(out)
 
 
 def test_layers(tiny_model, tmp_path, ce):
     out = tmp_path / "layers"
-    invoke("layers", "--model", tiny_model, *SMALL, "--out", str(out))
+    invoke("layers", "--model", tiny_model, *SMALL, "--correction", "bonferroni", "--alpha", "0.5", "--out", str(out))
     assert "table1.csv" not in _files(out)
     check_layers(out, ce)
 
 
 def test_contrast(tiny_model, tmp_path, ce):
     out = tmp_path / "contrast"
-    invoke("contrast", "--model", tiny_model, *SMALL, "--out", str(out))
+    invoke("contrast", "--model", tiny_model, *SMALL, "--correction", "bonferroni", "--alpha", "0.5", "--out", str(out))
     assert "table1.csv" not in _files(out) and "heads.csv" not in _files(out)
     check_contrast(out, ce)
     check_report(out)
 
 
 def test_heads(tiny_model, tmp_path, ce):
+    """Uncorrected, at a loose alpha, so that matching heads exist and lead the top-k ranking."""
     out = tmp_path / "heads"
-    invoke("heads", "--model", tiny_model, *SMALL, "--out", str(out))
-    check_contrast(out, ce)
+    invoke("heads", "--model", tiny_model, *SMALL, "--correction", "none", "--alpha", "0.5", "--out", str(out))
+    contrast = check_contrast(out, ce)
+    assert (contrast["kind"] != "none").any()
     check_heads(out, ce)
     check_report(out)
 

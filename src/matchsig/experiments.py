@@ -870,13 +870,6 @@ def analyse_contrast(pool: Pool, values: np.ndarray, alpha: float = 0.05, correc
     return {"heads": classify(frame, alpha, correction), "per_query": per_query}
 
 
-def rank_matching_heads(heads: pd.DataFrame, alpha: float = 0.05, correction: str = "holm") -> list[tuple[int, int]]:
-    """(layer, head) pairs, matching heads first (see :func:`matchsig.matching.rank_heads`)."""
-    from .matching import rank_heads
-
-    return rank_heads(heads, alpha, correction)
-
-
 # ---- Table 1 layouts -------------------------------------------------------------------------------
 
 _COLUMNS = list(PART_NAMES) + [ALL]
