@@ -213,6 +213,23 @@ def test_a_damaged_file_read_at_gather_time_is_a_one_line_error(tmp_path):
         fresh.load("a/b")
 
 
+def test_store_files_without_a_checksum_are_read_when_whole(tmp_path):
+    """Run folders of matchsig <= 0.1 hold plain .npy files: whole ones are reused, cut ones recomputed."""
+    from matchsig.experiments import Store
+
+    values = np.linspace(-3.0, 2.0, 257, dtype=np.float32)
+    (tmp_path / "a").mkdir()
+    np.save(tmp_path / "a" / "whole.npy", values)  # the old writer: no trailer
+    np.save(tmp_path / "a" / "cut.npy", values)
+    cut = (tmp_path / "a" / "cut.npy").read_bytes()
+    (tmp_path / "a" / "cut.npy").write_bytes(cut[:-4])
+    (tmp_path / "a" / "long.npy").write_bytes(cut + b"\0" * 8)  # bytes past the array: not a legacy file
+    store = Store(tmp_path)
+    assert store.has("a/whole") and np.array_equal(store.load("a/whole"), values)
+    assert not store.has("a/cut") and "truncated or corrupt" in store.bad["a/cut"]
+    assert not store.has("a/long") and "truncated or corrupt" in store.bad["a/long"]
+
+
 def test_config_round_trip_and_mismatch(full_run, tiny_model, tmp_path):
     cfg = RunConfig.read(full_run / "config.json")
     assert cfg == RunConfig(model=tiny_model, **SETTINGS)

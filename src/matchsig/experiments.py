@@ -267,7 +267,9 @@ class Store:
         data = self.path(unit).read_bytes()
         body, digest = data[: -self.DIGEST], data[-self.DIGEST:]
         if len(data) <= self.DIGEST or hashlib.sha256(body).digest() != digest:
-            raise _Damaged("truncated or corrupt (checksum mismatch)")
+            if not _complete_npy(data):
+                raise _Damaged("truncated or corrupt (checksum mismatch)")
+            body = data  # a file of matchsig <= 0.1 (no checksum): whole, by its own header
         try:
             return np.load(io.BytesIO(body), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
@@ -283,6 +285,27 @@ class Store:
 
 class _Damaged(Exception):
     pass
+
+
+def _complete_npy(data: bytes) -> bool:
+    """Whether ``data`` is exactly one whole ``.npy`` array (header + the bytes its shape and dtype call for).
+
+    Store files written before checksums were added carry no trailer; they stay usable when their
+    length is exactly what their header announces, so an upgrade does not recompute finished runs.
+    A truncated legacy file fails this check (a bit flip inside one cannot be seen: no checksum).
+    """
+    from numpy.lib import format as npy
+
+    stream = io.BytesIO(data)
+    try:
+        major, _ = npy.read_magic(stream)
+        reader = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
+        shape, _, dtype = reader(stream)
+    except (ValueError, OSError, EOFError, SyntaxError):
+        return False
+    if dtype.hasobject:
+        return False
+    return stream.tell() + dtype.itemsize * int(np.prod(shape, dtype=np.int64)) == len(data)
 
 
 @dataclass
