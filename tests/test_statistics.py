@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from matchsig.errors import MatchsigError
-from matchsig.statistics import correct, paired_ttest, register_correction, significance_mark
+from matchsig.statistics import change_mark, correct, paired_ttest, register_correction
 
 
 def test_paired_ttest_matches_scipy_and_pairs_by_qid():
@@ -30,7 +30,7 @@ def test_identical_vectors_give_p_one_not_nan():
     values = {"q1": 0.5, "q2": 0.7, "q3": 0.2}
     result = paired_ttest(values, dict(values))
     assert result.pvalue == 1.0 and result.statistic == 0.0 and not result.significant
-    assert significance_mark(result.pvalue) == ""
+    assert change_mark(result.pvalue, result.mean_diff) == ""
     # a constant non-zero shift is a certain difference
     shifted = paired_ttest([1.0, 2.0, 3.0], [0.5, 1.5, 2.5])
     assert shifted.pvalue == 0.0 and shifted.significant
@@ -61,10 +61,10 @@ def test_holm_and_bonferroni():
     assert correct([0.5], "halve") == [0.25]
 
 
-def test_significance_mark():
-    assert significance_mark(0.05) == "*"
-    assert significance_mark(0.0501) == ""
-    assert significance_mark(float("nan")) == ""
+def test_change_mark_at_the_threshold():
+    assert change_mark(0.05, -0.1) == "*" and change_mark(0.05, 0.1) == "\u2191"
+    assert change_mark(0.0501, -0.1) == ""
+    assert change_mark(float("nan"), -0.1) == ""
 
 
 def test_corrections_match_an_independent_computation_and_statsmodels():

@@ -34,7 +34,6 @@ __all__ = [
     "decision_column",
     "paired_ttest",
     "register_correction",
-    "significance_mark",
 ]
 
 #: Significance level used for the ``*`` mark.
@@ -200,11 +199,6 @@ def corrected_column(correction: str | None, prefix: str = "p") -> str | None:
 def decision_column(correction: str | None, prefix: str = "p") -> str:
     """The column significance is decided on: the corrected one, or the raw ``p_value`` for none."""
     return corrected_column(correction, prefix) or ("p_value" if prefix == "p" else prefix)
-
-
-def significance_mark(pvalue: float, alpha: float = ALPHA) -> str:
-    """``"*"`` when ``pvalue <= alpha``, else ``""`` (direction-blind; see :func:`change_mark`)."""
-    return "*" if pvalue == pvalue and pvalue <= alpha else ""
 
 
 def change_mark(pvalue: float, delta: float, alpha: float = ALPHA) -> str:
