@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .parts import PART_NAMES
+
 __all__ = [
     "MODEL",
     "NUM_HEADS",
@@ -48,7 +50,7 @@ STATED_PER_GRADE = 20
 RANDOM_AT_CAP = {20: 0.43, 10: 0.48}
 
 #: The five input parts, in the paper's order, and the labels of its Table 1.
-PARTS = ("CLS", "Q", "SEP1", "D", "SEP2")
+PARTS = PART_NAMES
 PART_LABELS = {"CLS": "CLS", "Q": "Query", "SEP1": "SEP1", "D": "Doc.", "SEP2": "SEP2", "*": "All"}
 #: Table 1's columns: the five sources and "All" (``X<-*``, the paper's "Tous").
 TABLE1_COLUMNS = PARTS + ("*",)
