@@ -19,7 +19,7 @@ from _reference import bert_score, expand, torch_reference_ids
 
 from matchsig import MatchsigError
 from matchsig.head_overlap import (compare_heads, contrast_heads, contrast_sizes, ndcg_cost, overlap_test,
-                                   patching_effects, patching_grid, random_heads, rank_correlation,
+                                   patching_effects, patching_grid, patching_overlay, random_heads, rank_correlation,
                                    top_contrast_heads, top_patching_heads)
 
 
@@ -109,6 +109,15 @@ def test_patching_table_is_read_from_disk_and_checked(tmp_path):
         patching_effects(_patching(grid).drop(index=5))
     with pytest.raises(MatchsigError, match="does not exist"):
         patching_effects(tmp_path / "nope.csv")
+    overlay = patching_overlay(path, 3, 4, "tfc1")
+    assert [(r["layer"], r["head"]) for r in overlay] == [(l, h) for l in range(3) for h in range(4)]
+    assert [r["effect_mean"] for r in overlay] == pytest.approx(list(grid.ravel()))
+    assert overlay[0]["n_pairs"] == 9 and overlay[0]["diagnostic"] == "tfc1"
+    nan_grid = grid.copy()
+    nan_grid[1, 2] = np.nan
+    assert patching_overlay(_patching(nan_grid), 3, 4)[6]["effect_mean"] is None
+    with pytest.raises(MatchsigError, match="^the patching table is 3 layers x 4 heads but this model is 6 x 12: "):
+        patching_overlay(path, 6, 12, "tfc1")
     with pytest.raises(MatchsigError, match="lacks column"):
         patching_effects(pd.DataFrame({"layer": [0], "head": [0]}))
 

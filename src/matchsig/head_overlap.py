@@ -67,6 +67,7 @@ __all__ = [
     "overlap_test",
     "patching_effects",
     "patching_grid",
+    "patching_overlay",
     "random_heads",
     "rank_correlation",
     "top_contrast_heads",
@@ -154,6 +155,24 @@ def patching_grid(table: pd.DataFrame | str | Path, diagnostic: str | None = Non
     grid = np.full((nl, nh), np.nan)
     grid[frame["layer"].to_numpy(), frame["head"].to_numpy()] = frame["effect_mean"].to_numpy(float)
     return grid
+
+
+def patching_overlay(table: pd.DataFrame | str | Path, num_layers: int, num_heads: int,
+                     diagnostic: str | None = None) -> list[dict]:
+    """Per-head rows for an explorer overlay: ``layer, head, diagnostic, effect_mean, effect_sd,
+    n_pairs`` (JSON-ready: a missing value is None), after checking the table is of a model with
+    ``num_layers`` x ``num_heads`` heads."""
+    frame = patching_effects(table, diagnostic)
+    _check_shape(_grid_shape(frame, "patching table"), (num_layers, num_heads), "the patching table", "this model")
+
+    def value(v):
+        return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v
+
+    return [{"layer": int(r.layer), "head": int(r.head), "diagnostic": str(r.diagnostic),
+             "effect_mean": value(float(r.effect_mean)),
+             "effect_sd": value(float(r.effect_sd)) if "effect_sd" in frame else None,
+             "n_pairs": int(r.n_pairs) if "n_pairs" in frame and pd.notna(r.n_pairs) else None}
+            for r in frame.itertuples(index=False)]
 
 
 def top_patching_heads(effects: pd.DataFrame, k: int) -> list[Head]:
