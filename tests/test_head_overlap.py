@@ -57,6 +57,27 @@ def test_permutation_p_converges_to_the_hypergeometric_tail(shape, k, m, overlap
     assert set(res.shared) == set(selected) & set(reference)
     again = overlap_test(selected, reference, shape, n_permutations=20_000, seed=3)
     assert again.p_permutation == res.p_permutation  # seeded
+    exact = _layer_tail(shape, selected, reference, overlap)
+    assert res.p_layer_exact == pytest.approx(exact, rel=1e-9, abs=1e-15)
+    assert abs(res.p_layer_permutation - exact) <= 4.5 * math.sqrt(exact * (1 - exact) / 20_000) + 1 / 20_001
+
+
+def _layer_tail(shape, selected, reference, observed) -> float:
+    """Layer-stratified tail by enumeration: every choice, per layer, of that layer's number of
+    selected heads, weighted equally (product of per-layer subset counts)."""
+    per_layer = []
+    for l in range(shape[0]):
+        k = sum(1 for a, _ in selected if a == l)
+        marked = {h for a, h in reference if a == l}
+        dist = np.zeros(k + 1)
+        for combo in itertools.combinations(range(shape[1]), k):
+            dist[len(marked & set(combo))] += 1
+        per_layer.append(dist / dist.sum())
+    total = np.ones(1)
+    for dist in per_layer:
+        total = np.array([sum(total[i] * dist[j] for i in range(len(total)) for j in range(len(dist)) if i + j == s)
+                          for s in range(len(total) + len(dist) - 1)])
+    return min(1.0, float(total[observed:].sum()))
 
 
 def test_permutation_draws_are_uniform_k_subsets():
@@ -71,6 +92,9 @@ def test_permutation_draws_are_uniform_k_subsets():
         res = overlap_test(selected, reference, shape, n_permutations=30_000, seed=observed)
         assert abs(res.p_permutation - exact) <= 4.5 * math.sqrt(exact * (1 - exact) / 30_000) + 1 / 30_001
         assert res.p_hypergeom == pytest.approx(exact, rel=1e-9)
+        layer = _layer_tail(shape, selected, reference, observed)  # selections spread over the 3 layers
+        assert res.p_layer_exact == pytest.approx(layer, rel=1e-9)
+        assert abs(res.p_layer_permutation - layer) <= 4.5 * math.sqrt(layer * (1 - layer) / 30_000) + 1 / 30_001
 
 
 def test_overlap_rejects_bad_heads_and_shapes():

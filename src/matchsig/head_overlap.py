@@ -33,6 +33,13 @@ an independent check. The test is one-sided (more overlap than chance); it says 
 outside the top k, and with small N and small sets its power is low (the smallest attainable exact
 p-value is ``1 / C(N, k)`` only when R has at least k heads).
 
+Heads are not exchangeable: if patching effects and contrast effects both concentrate in some
+layers for unrelated reasons, a uniform null overstates the evidence. The **layer-stratified**
+null keeps the number of selected heads in each layer and draws them uniformly within the layer;
+its p-values (``p_layer_permutation``, and ``p_layer_exact``: the tail of the sum of independent
+per-layer hypergeometric counts, by convolution) ask whether the *heads* coincide beyond the
+layers they are in.
+
 **Rank correlation** (:func:`rank_correlation`): Spearman's rho (``scipy.stats.spearmanr``) over
 all heads between ``|effect_mean|`` and the head's contrast effect size, the largest
 ``|delta_relevant|`` over its two directions (the size :func:`~matchsig.matching.rank_heads` uses).
@@ -265,6 +272,8 @@ class OverlapTest:
     expected: float  # k * m / n_heads, the mean overlap under the null
     p_permutation: float
     p_hypergeom: float
+    p_layer_permutation: float  # null: random heads, each layer keeping its number of selected heads
+    p_layer_exact: float
     n_permutations: int
     seed: int
     shared: tuple[Head, ...]
@@ -287,34 +296,52 @@ def _check_heads(heads: Sequence[Head], shape: tuple[int, int], what: str) -> se
     return out
 
 
+def _subset_hits(rng, in_ref: np.ndarray, k: int, rows: int) -> np.ndarray:
+    """Overlap with ``in_ref`` of ``rows`` uniform k-subsets of its positions (k-smallest random keys)."""
+    if k == 0:
+        return np.zeros(rows, int)
+    draws = np.argpartition(rng.random((rows, len(in_ref))), k - 1, axis=1)[:, :k]
+    return in_ref[draws].sum(axis=1)
+
+
 def overlap_test(selected: Sequence[Head], reference: Sequence[Head], shape: tuple[int, int],
                  n_permutations: int = 10_000, seed: int = 0) -> OverlapTest:
     """Overlap of ``selected`` with ``reference`` and its one-sided permutation and hypergeometric p
-    (module docstring). ``shape``: (layers, heads) of the model both sets come from."""
+    (module docstring), under the uniform null and the layer-stratified null. ``shape``: (layers,
+    heads) of the model both sets come from."""
     from scipy.stats import hypergeom
 
     if n_permutations < 1:
         raise MatchsigError(f"n_permutations = {n_permutations}: must be >= 1")
     sel, ref = _check_heads(selected, shape, "selected"), _check_heads(reference, shape, "reference")
-    n, k, m = shape[0] * shape[1], len(sel), len(ref)
+    nl, nh = shape
+    n, k, m = nl * nh, len(sel), len(ref)
     if k == 0:
         raise MatchsigError("the selection is empty")
     shared = sel & ref
     observed = len(shared)
-    in_ref = np.zeros(n, bool)
+    in_ref = np.zeros((nl, nh), bool)
     for l, h in ref:
-        in_ref[l * shape[1] + h] = True
+        in_ref[l, h] = True
+    k_layer = np.bincount([l for l, _ in sel], minlength=nl)
     rng = np.random.default_rng([seed, 4099, n, k])
-    hits = 0
+    hits = hits_layer = 0
     for start in range(0, n_permutations, 4096):  # bounded memory: 4096 x N random keys at a time
         rows = min(4096, n_permutations - start)
-        draws = np.argpartition(rng.random((rows, n)), k - 1, axis=1)[:, :k]  # a uniform k-subset per row
-        hits += int((in_ref[draws].sum(axis=1) >= observed).sum())
-    union = len(sel | ref)
-    return OverlapTest(k=k, m=m, n_heads=n, overlap=observed, jaccard=observed / union, expected=k * m / n,
+        hits += int((_subset_hits(rng, in_ref.ravel(), k, rows) >= observed).sum())
+        within = sum(_subset_hits(rng, in_ref[l], int(k_layer[l]), rows) for l in range(nl))
+        hits_layer += int((within >= observed).sum())
+    # exact stratified tail: the overlap is a sum of independent per-layer hypergeometric counts
+    pmf = np.ones(1)
+    for l in range(nl):
+        m_l, k_l = int(in_ref[l].sum()), int(k_layer[l])
+        pmf = np.convolve(pmf, hypergeom.pmf(np.arange(min(m_l, k_l) + 1), nh, m_l, k_l))
+    return OverlapTest(k=k, m=m, n_heads=n, overlap=observed, jaccard=observed / len(sel | ref), expected=k * m / n,
                        p_permutation=(1 + hits) / (1 + n_permutations),
-                       p_hypergeom=float(hypergeom.sf(observed - 1, n, m, k)), n_permutations=n_permutations,
-                       seed=seed, shared=tuple(sorted(shared)))
+                       p_hypergeom=float(hypergeom.sf(observed - 1, n, m, k)),
+                       p_layer_permutation=(1 + hits_layer) / (1 + n_permutations),
+                       p_layer_exact=float(min(1.0, pmf[observed:].sum())),
+                       n_permutations=n_permutations, seed=seed, shared=tuple(sorted(shared)))
 
 
 def rank_correlation(effects: pd.DataFrame, sizes: pd.DataFrame) -> tuple[float, float, int]:
