@@ -144,7 +144,7 @@ def main() -> None:
     ov["shared"] = ov["shared"].replace("", "-")
     md = ["## Overlap of the top-k patching heads with contrast head sets", "",
           _markdown(ov, ["contrast", "diagnostic", "k", "reference", "m", "overlap", "expected", "jaccard",
-                         "p_permutation", "p_hypergeom", "shared"]), "",
+                         "p_permutation", "p_hypergeom", "p_layer_permutation", "p_layer_exact", "shared"]), "",
           "## Spearman rho, |patching effect| vs contrast effect size, all heads", "",
           _markdown(ov.drop_duplicates(["contrast", "diagnostic"]),
                     ["contrast", "diagnostic", "spearman_rho", "spearman_p", "spearman_n"]), "",
