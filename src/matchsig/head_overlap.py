@@ -30,8 +30,8 @@ heads, unrelated to R, the overlap is hypergeometric (N, m, k). Two p-values of 
 observed)`` are reported: a seeded permutation test, ``p = (1 + #{random k-subsets with overlap >=
 observed}) / (1 + n_permutations)``, and the exact hypergeometric tail (``scipy.stats.hypergeom``) as
 an independent check. The test is one-sided (more overlap than chance); it says nothing about heads
-outside the top k, and with small N and small sets its power is low (the smallest attainable exact
-p-value is ``1 / C(N, k)`` only when R has at least k heads).
+outside the top k, and with small N and small sets its power is low (the smallest p it can give
+is the probability that a random k-subset shares min(k, m) heads with R).
 
 Heads are not exchangeable: if patching effects and contrast effects both concentrate in some
 layers for unrelated reasons, a uniform null overstates the evidence. The **layer-stratified**
@@ -47,7 +47,9 @@ all heads between ``|effect_mean|`` and the head's contrast effect size, the lar
 **nDCG@10 cost** (:func:`ndcg_cost`): the pool is scored with Q<-D and D<-Q cut in each selection's
 heads (:meth:`matchsig.ablation.AblationSet.heads`, as the run's head ablations do), evaluated
 tie-aware (:func:`matchsig.evaluation.expected_ndcg`) and compared by paired t-tests
-(:func:`matchsig.statistics.paired_ttest`) with the unablated model and between selections.
+(:func:`matchsig.statistics.paired_ttest`) with the unablated model and between selections. In
+the last layer only the [CLS] row reaches the classifier, so cutting Q<-D and D<-Q in last-layer
+heads changes no score: such heads in a selection cost nothing by construction.
 
 Both tables must describe the same model: mismatched grids are a one-line :class:`MatchsigError`.
 """
