@@ -289,3 +289,13 @@ def test_ndcg_cost_bad_selections(tiny_model, small_pool):
         ndcg_cost(ce, small_pool, {"a": [(0, 0)]}, comparisons=[("a", "top")])
     with pytest.raises(MatchsigError, match="'none' names the unablated model"):
         ndcg_cost(ce, small_pool, {"none": [(0, 0)]})
+
+
+def test_last_layer_cuts_change_no_score(tiny_model, small_pool):
+    """Documented caveat of the cost: only [CLS] leaves the last layer, and Q<-D,D<-Q never touch its row."""
+    from matchsig import CrossEncoder
+
+    ce = CrossEncoder.load(tiny_model, device="cpu")
+    res = ndcg_cost(ce, small_pool, {"last": [(2, 0), (2, 3)], "first": [(0, 0), (0, 3)]})
+    np.testing.assert_allclose(res.scores[1], res.scores[0], atol=1e-6, rtol=0)
+    assert np.abs(res.scores[2] - res.scores[0]).max() > 1e-3
