@@ -29,7 +29,7 @@ from .batches import make_step_batch, step_loss
 from .config import DATA_ENV, TrainConfig, default_data_dir
 from .data import load_training_data
 from .loop import train
-from .prepare import _load_plain, prepare
+from .prepare import _load_plain, prepare  # noqa: F401 (_load_plain: the safe reader, tested directly)
 from .student import build_student, init_head, load_tokenizer, teacher_embed
 
 __all__ = [
