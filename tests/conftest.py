@@ -127,17 +127,46 @@ def dl19_pairs():
     return [(demo.queries[q], texts[d], g) for q, d, g in picked]
 
 
+@pytest.fixture(scope="module")
+def ce(minilm_folder):
+    """The MiniLM cross-encoder of :func:`minilm_folder`, loaded once per test module."""
+    from matchsig import CrossEncoder
+
+    return CrossEncoder.load(minilm_folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def hf_model(minilm_folder):
+    """The same folder as a plain Hugging Face model: the reference the engine is compared with."""
+    from transformers import BertForSequenceClassification
+
+    return BertForSequenceClassification.from_pretrained(minilm_folder).eval()
+
+
+def make_tiny_model(folder: Path, tokenizer, seed: int, kind: str = "bert", layers: int = 3, num_labels: int = 2,
+                    max_positions: int = 512):
+    """A tiny random BERT (or ELECTRA) cross-encoder, 32 wide with 4 heads per layer, saved with
+    ``tokenizer`` in ``folder``; returns the model (eval mode). Its large weights (initializer range
+    0.3) make every attention cut move the scores."""
+    from transformers import BertConfig, BertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                  intermediate_size=48, max_position_embeddings=max_positions, num_labels=num_labels,
+                  initializer_range=0.3)
+    if kind == "bert":
+        model = BertForSequenceClassification(BertConfig(**common))
+    else:
+        model = ElectraForSequenceClassification(ElectraConfig(embedding_size=16, **common))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tokenizer) -> str:
     """A tiny random BERT cross-encoder folder (3 layers x 4 heads; large weights, so every cut moves
     the scores): fast enough to run every experiment command end to end."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(3)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=512, num_labels=2, initializer_range=0.3))
     folder = tmp_path_factory.mktemp("tiny-ce")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    make_tiny_model(folder, tokenizer, seed=3)
     return str(folder)

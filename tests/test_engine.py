@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _reference import bert_score, cuts_for, torch_reference_ids
+from conftest import make_tiny_model
 
 from matchsig import Ablation, CrossEncoder, MatchsigError
 
@@ -25,18 +26,6 @@ CASES = [
     ("SEP1<-*,*<-SEP2", [0, 2], None),
     ("Q<-Q,Q<-CLS", [0], [7]),
 ]
-
-
-@pytest.fixture(scope="module")
-def ce(minilm_folder):
-    return CrossEncoder.load(minilm_folder, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def hf_model(minilm_folder):
-    from transformers import BertForSequenceClassification
-
-    return BertForSequenceClassification.from_pretrained(minilm_folder).eval()
 
 
 @pytest.mark.parametrize("spec,layers,heads", CASES)
@@ -111,20 +100,8 @@ def ce_folder(ce):
 
 
 def _tiny(tmp_path, kind: str, num_labels: int, tokenizer):
-    from transformers import BertConfig, BertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification
-
-    torch.manual_seed(7)
-    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                  intermediate_size=48, max_position_embeddings=128, num_labels=num_labels,
-                  initializer_range=0.3)  # large weights: scores that react to every cut
-    if kind == "bert":
-        model = BertForSequenceClassification(BertConfig(**common))
-    else:
-        model = ElectraForSequenceClassification(ElectraConfig(embedding_size=16, **common))
     folder = tmp_path / kind
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder, model.eval()
+    return folder, make_tiny_model(folder, tokenizer, seed=7, kind=kind, num_labels=num_labels, max_positions=128)
 
 
 @pytest.mark.parametrize("num_labels", [1, 2])

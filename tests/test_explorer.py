@@ -40,11 +40,6 @@ LONG_DOC = " ".join(
 
 
 @pytest.fixture(scope="module")
-def ce(minilm_folder):
-    return CrossEncoder.load(minilm_folder, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def data(ce):
     return build_view_data(ce, QUERY, DOC, top_k=6)
 

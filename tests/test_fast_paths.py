@@ -40,18 +40,6 @@ SPECS = [
 needs_op = pytest.mark.skipif(A._flash_cpu is None, reason="private fused CPU attention op not in this torch")
 
 
-@pytest.fixture(scope="module")
-def ce(minilm_folder):
-    return CrossEncoder.load(minilm_folder, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def hf_model(minilm_folder):
-    from transformers import BertForSequenceClassification
-
-    return BertForSequenceClassification.from_pretrained(minilm_folder).eval()
-
-
 def _cuts(ab) -> dict:
     """{layer: {head: directions}} of an Ablation, from its spec string, layers and heads only."""
     if ab == "none" or (not isinstance(ab, str) and ab.is_empty):

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+
+from conftest import make_tiny_model
 
 from matchsig import CrossEncoder, MatchsigError
 from matchsig.diagnostics import read_pairs
@@ -16,15 +17,8 @@ from matchsig.patching_experiment import PatchConfig, run_patch
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, tokenizer):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(5)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=512, num_labels=2, initializer_range=0.3))
     folder = tmp_path_factory.mktemp("tiny-patch")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    make_tiny_model(folder, tokenizer, seed=5)
     return str(folder)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _reference import bert_forward_hooked, torch_reference_ids
+from conftest import make_tiny_model
 
 from matchsig import CrossEncoder, MatchsigError
 from matchsig.hooks import SITE_KINDS, parse_site, site_name, site_names
@@ -25,18 +26,6 @@ PERT = [
 ]
 KINDS = {"hook_resid_pre": "resid_pre", "attn.hook_z": "z", "hook_attn_out": "attn_out",
          "hook_resid_mid": "resid_mid", "hook_mlp_out": "mlp_out", "hook_resid_post": "resid_post"}
-
-
-@pytest.fixture(scope="module")
-def ce(minilm_folder):
-    return CrossEncoder.load(minilm_folder, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def hf_model(minilm_folder):
-    from transformers import BertForSequenceClassification
-
-    return BertForSequenceClassification.from_pretrained(minilm_folder).eval()
 
 
 _PERTURBED_RUNS: dict = {}
@@ -238,17 +227,8 @@ def test_run_with_cache_matches_reference(ce, hf_model, tokenizer):
 
 
 def _tiny(tmp_path, kind, tokenizer):
-    from transformers import BertConfig, BertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification
-
-    torch.manual_seed(11)
-    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                  intermediate_size=48, max_position_embeddings=128, num_labels=2, initializer_range=0.3)
-    model = (BertForSequenceClassification(BertConfig(**common)) if kind == "bert"
-             else ElectraForSequenceClassification(ElectraConfig(embedding_size=16, **common)))
     folder = tmp_path / kind
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder, model.eval()
+    return folder, make_tiny_model(folder, tokenizer, seed=11, kind=kind, max_positions=128)
 
 
 def test_tiny_bert_head_patch_equals_reference(tmp_path, tokenizer):

@@ -177,3 +177,18 @@ def test_collection_and_run_frames(demo, tmp_path):
     path.write_text("19335 Q0 nope 1 1 x\n", encoding="utf-8")
     with pytest.raises(MatchsigError, match=r"run.txt:1: passage 'nope' has no text"):
         run_frame(read_trec_run(path), demo)
+
+
+def test_ranks_without_pyterriers_pandas_warning(scorer, demo, tmp_path):
+    """run_frame and the scorer add PyTerrier's ranks without the pandas deprecation warning (``inplace``,
+    pandas >= 3.1) that PyTerrier 1.x's add_ranks raises."""
+    import warnings
+
+    path = tmp_path / "run.txt"
+    path.write_text("19335 Q0 8412684 2 1.5 x\n19335 Q0 3175481 1 2.5 x\n", encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = run_frame(read_trec_run(path), demo)
+        ranked = scorer.transform(frame)
+    assert frame["rank"].tolist() == [0, 1] and sorted(ranked["rank"]) == [0, 1]
+    assert not [w for w in caught if "inplace" in str(w.message)]

@@ -16,8 +16,9 @@ import ir_measures
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import stats
+
+from conftest import make_tiny_model
 
 from matchsig.datasets import load_collection, read_folder
 from matchsig.errors import MatchsigError
@@ -224,15 +225,8 @@ def test_rerank_api_numbers(folder, run_file, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, tokenizer) -> str:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(5)
-    model = BertForSequenceClassification(BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=512, num_labels=2, initializer_range=0.3))
     folder = tmp_path_factory.mktemp("tiny-ce")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    make_tiny_model(folder, tokenizer, seed=5, layers=2)
     return str(folder)
 
 

@@ -104,23 +104,25 @@ def test_rejection_sampling_on_a_huge_corpus():
     assert picked == again
 
 
+class _FakeIrDataset:
+    """An ir_datasets dataset of one query ("q") with one judged passage ("7"); the corpus is up to subclasses."""
+
+    def queries_iter(self):
+        return iter([namedtuple("Q", "query_id text")("q", "query")])
+
+    def qrels_iter(self):
+        return iter([namedtuple("R", "query_id doc_id relevance")("q", "7", 2)])
+
+
 def test_ir_datasets_corpus_view_feeds_easy_negatives(monkeypatch):
     import ir_datasets
 
-    Q = namedtuple("Q", "query_id text")
-    R = namedtuple("R", "query_id doc_id relevance")
     D = namedtuple("D", "doc_id text")
 
     class Docs(list):
         pass
 
-    class Fake:
-        def queries_iter(self):
-            return iter([Q("q", "query")])
-
-        def qrels_iter(self):
-            return iter([R("q", "7", 2)])
-
+    class Fake(_FakeIrDataset):
         def docs_count(self):
             return 100
 
@@ -158,9 +160,6 @@ def test_demo_pool_equals_the_real_dl19_folder_pool():
 def test_corpus_view_counts_through_the_docstore_and_reports_read_errors(monkeypatch):
     import ir_datasets
 
-    Q = namedtuple("Q", "query_id text")
-    R = namedtuple("R", "query_id doc_id relevance")
-
     class Store:
         def count(self):
             return 2_000_000  # large: rejection sampling path
@@ -169,13 +168,7 @@ def test_corpus_view_counts_through_the_docstore_and_reports_read_errors(monkeyp
         def __getitem__(self, i):
             raise OSError("corrupt docstore")
 
-    class Fake:
-        def queries_iter(self):
-            return iter([Q("q", "query")])
-
-        def qrels_iter(self):
-            return iter([R("q", "7", 2)])
-
+    class Fake(_FakeIrDataset):
         def docs_count(self):
             return None  # like msmarco-passage before its docstore is built
 

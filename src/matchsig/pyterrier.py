@@ -26,6 +26,7 @@ both agree exactly (tested to 1e-9).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,19 @@ __all__ = [
     "to_pyterrier",
     "topics_frame",
 ]
+
+
+def _add_ranks(frame: pd.DataFrame) -> pd.DataFrame:
+    """PyTerrier's ``add_ranks`` (its rank convention), without the pandas deprecation warning it raises.
+
+    PyTerrier 1.x calls ``DataFrame.drop(..., inplace=True)``, deprecated in pandas 3.1: every re-ranking
+    printed that warning though nothing of ours uses ``inplace``. Only that warning, from that call, is
+    silenced; ``tests/test_pyterrier.py`` shows when a PyTerrier release no longer needs this.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The inplace keyword", category=DeprecationWarning,
+                                module="pyterrier")
+        return pt.model.add_ranks(frame)
 
 
 def _require(frame: Any, columns: Sequence[str], what: str) -> None:
@@ -131,7 +145,7 @@ class CrossEncoderScorer(pt.Transformer):
             progress=self.verbose,
         )
         out["score"] = np.asarray(scores, dtype=np.float64)
-        return pt.model.add_ranks(out)
+        return _add_ranks(out)
 
 
 # ---- matchsig data as PyTerrier frames --------------------------------------------------------
@@ -205,7 +219,7 @@ def run_frame(run: Any, collection: Any, top_k: int | None = None) -> pd.DataFra
         "text": [texts[e.docid] for e in entries],
         "score": np.asarray([e.score for e in entries], dtype=np.float64),
     })
-    return pt.model.add_ranks(frame)
+    return _add_ranks(frame)
 
 
 @dataclass
