@@ -200,8 +200,8 @@ KERNELS = KernelTable()
 
 
 def auto_cut_kernel(device: str | torch.device, dtype: torch.dtype, order: str = "auto") -> str:
-    """The kernel ``order`` runs for cut layers on this device and dtype in this process
-    (``"correct"`` where the private op works, else ``"math"``)."""
+    """The kernel that ``kernel=order`` runs for cut layers on this device and dtype in this process
+    (``"auto"``: the default order; there ``"correct"`` where the private op works, else ``"math"``)."""
     return KERNELS.chosen(order, frozenset({CUT}), device, dtype)
 
 
