@@ -3,8 +3,11 @@
 >>> ce = CrossEncoder.load("embedded")
 >>> ce.score(["what is a flea"], ["The cat flea is an insect."], ablation=Ablation.parse("D<-D"))
 
-Inputs are tokenised once, sorted by length, dynamically padded and run in batches; every
-intervention happens in :mod:`matchsig.attention`, inside the model's own attention call.
+Inputs are tokenised once, sorted by length, dynamically padded and run in batches
+(:meth:`CrossEncoder.batches`, :meth:`CrossEncoder.collate`, :meth:`CrossEncoder.forward`: the
+public route for code that runs its own forwards). Ablations and statistics happen inside the
+model's own attention call (:mod:`matchsig.attention`, kernels from :mod:`matchsig.kernels`),
+other interventions at named sites (:mod:`matchsig.hooks`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .kernels import KERNELS
 from .loading import EMBEDDED, load_pretrained  # noqa: F401  (EMBEDDED: kept importable from here)
 from .loading import resolve_device as _resolve_device
 from .parts import PAD, PART_NAMES, PairLayout, label_parts, probe_layout
+
 
 @dataclass
 class Encoded:
