@@ -82,7 +82,7 @@ def grid_flops(ce, lengths: np.ndarray, n_configs: int, batch_size: int) -> dict
     items = np.tile(lengths, n_configs)
     useful = float(per_seq(items).sum())
     executed = 0.0
-    for rows in ce._batches(items, batch_size):
+    for rows in ce.batches(items, batch_size):
         width = int(items[rows].max())
         executed += float(per_seq(np.full(len(rows), width)).sum())
     return {"useful": useful, "executed": executed, "padding_overhead": executed / useful - 1}
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from matchsig import Ablation
-    from matchsig import attention as A
+    from matchsig import kernels as K
     from matchsig.datasets import load_collection
     from matchsig.sampling import sample_pool
 
@@ -170,24 +170,24 @@ def main(argv=None) -> int:
     e_auto = ce32.score_many(qs[:n_ex], ds[:n_ex], specs, batch_size=args.batch_size)
     e_eager = ce32.score_many(qs[:n_ex], ds[:n_ex], specs, batch_size=args.batch_size, kernel="eager")
     res["exact_fp32_auto_vs_eager_max_abs_diff"] = float(np.abs(e_auto - e_eager).max())
-    res["cut_kernel_fp32"] = A.auto_cut_kernel(device, torch.float32)
+    res["cut_kernel_fp32"] = K.auto_cut_kernel(device, torch.float32)
     log(f"fp32 auto (cut kernel {res['cut_kernel_fp32']}) vs eager on {n_ex} pairs x {len(specs)} configs: "
         f"max |diff| {res['exact_fp32_auto_vs_eager_max_abs_diff']:.2e}")
     # the same in bf16: the one-pass cut kernel vs the explicit softmax (both bf16 weights)
     b_auto = ce16.score_many(qs[:n_ex], ds[:n_ex], specs, batch_size=args.batch_size)
-    A.CUT_KERNEL = "math"
+    K.KERNELS.default = "math"
     b_math = ce16.score_many(qs[:n_ex], ds[:n_ex], specs, batch_size=args.batch_size)
-    A.CUT_KERNEL = "auto"
-    res["cut_kernel_bf16"] = A.auto_cut_kernel(device, torch.bfloat16)
+    K.KERNELS.default = "auto"
+    res["cut_kernel_bf16"] = K.auto_cut_kernel(device, torch.bfloat16)
     res["bf16_auto_vs_math_cut"] = agreement(b_math, b_auto)
-    res["fused_kernel_broken"] = A._fused_broken
+    res["fused_kernel_broken"] = K.KERNELS.broken.get(K.PRIVATE_OP)
     if res["exact_fp32_auto_vs_eager_max_abs_diff"] > 1e-4:  # never time a wrong kernel
-        A.CUT_KERNEL = "math"
+        K.KERNELS.default = "math"
         res["cut_kernel_forced_math"] = True
         log("fast cut kernel disagrees with eager in fp32: using the explicit softmax from here on")
     log(f"bf16 cut kernel {res['cut_kernel_bf16']} vs explicit softmax: max |diff| "
         f"{res['bf16_auto_vs_math_cut']['max_abs_diff']:.2e} (score std {res['bf16_auto_vs_math_cut']['score_std_fp32']:.3f})"
-        f"; fused kernel broken: {A._fused_broken}")
+        f"; fused kernel broken: {K.KERNELS.broken.get(K.PRIVATE_OP)}")
     save()
 
     # (2) the timed Table-1 grid in bf16 (warm-up first on a few pairs: CUDA context, kernels)
@@ -224,19 +224,19 @@ def main(argv=None) -> int:
 
     # (3) plain vs ablated scoring of the pool, bf16, interleaved (D<-D with the default cut kernel
     # and with the explicit softmax)
-    variants = {"plain": (None, A.CUT_KERNEL), "D<-D": ("D<-D", A.CUT_KERNEL), "D<-D math": ("D<-D", "math")}
+    variants = {"plain": (None, K.KERNELS.default), "D<-D": ("D<-D", K.KERNELS.default), "D<-D math": ("D<-D", "math")}
     times = {name: [] for name in variants}
     for r in range(3):
         names = list(variants)
         for name in names[r % 3:] + names[: r % 3]:
             spec, cut = variants[name]
-            keep, A.CUT_KERNEL = A.CUT_KERNEL, cut
+            keep, K.KERNELS.default = K.KERNELS.default, cut
             sync(device)
             t0 = time.perf_counter()
             ce16.score_many(qs, ds, [spec], batch_size=args.batch_size, encoded=enc)
             sync(device)
             times[name].append(time.perf_counter() - t0)
-            A.CUT_KERNEL = keep
+            K.KERNELS.default = keep
     res["plain_vs_ablated_bf16"] = {
         "seconds": times, "pairs_per_s_plain": len(qs) / float(np.median(times["plain"])),
         "ratio_median": float(np.median([a / b for a, b in zip(times["D<-D"], times["plain"])])),
@@ -264,7 +264,7 @@ def main(argv=None) -> int:
         log(f"{key}: max |diff| {a['max_abs_diff']:.3e}, mean {a['mean_abs_diff']:.3e} (score std "
             f"{a['score_std_fp32']:.3f}), Spearman median {a['spearman_median_over_configs']:.4f} "
             f"min {a['spearman_min_over_configs']:.4f}")
-    res["fused_cpu_kernel_available"] = A.fused_available()
+    res["fused_cpu_kernel_available"] = K.fused_available()
     res["total_seconds"] = time.perf_counter() - t_start
     res["floor_table1_grid_under_180s"] = res["grid_bf16"]["seconds"] <= 180
     save()

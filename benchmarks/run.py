@@ -114,7 +114,7 @@ def chunked_rounds(variants: dict, chunks: list, rounds: int, baseline: str, tag
 
 def section_a(ce, qs, ds, args) -> dict:
     from matchsig import Ablation
-    from matchsig import attention as A
+    from matchsig import kernels as K
 
     ab = Ablation.parse("D<-D")
     enc = ce.encode(qs, ds)
@@ -123,12 +123,9 @@ def section_a(ce, qs, ds, args) -> dict:
     key = {id(c): i for i, c in enumerate(chunks)}
 
     def run(c, ablation, cut_kernel, kernel="auto"):
-        A.CUT_KERNEL = cut_kernel
-        try:
+        with K.KERNELS.use(cut_kernel):  # the kernel order of kernel="auto"
             e = sub[key[id(c)]]
             return ce.score_many([], [], [ablation], batch_size=args.batch_size, kernel=kernel, encoded=e)
-        finally:
-            A.CUT_KERNEL = "auto"
 
     variants = {
         "plain": lambda c: run(c, None, "auto"),
@@ -142,10 +139,10 @@ def section_a(ce, qs, ds, args) -> dict:
     two_pass = np.concatenate([run(c, ab, "fused")[0] for c in chunks])
     res = chunked_rounds(variants, chunks, args.rounds, "plain", "a")
     res.update(pairs=len(qs), batch_size=args.batch_size, ablation="D<-D (all layers, all heads)",
-               cut_kernel_auto=A.auto_cut_kernel("cpu", torch.float32),
+               cut_kernel_auto=K.auto_cut_kernel("cpu", torch.float32),
                auto_vs_eager_max_abs_diff=float(np.abs(ref - fast).max()),
                two_pass_vs_eager_max_abs_diff=float(np.abs(ref - two_pass).max()),
-               fused_kernel_available=A.fused_available(),
+               fused_kernel_available=K.fused_available(),
                mean_tokens=float(enc.lengths().mean()),
                note="tokenisation excluded from both sides (pre-encoded); score_many per length-sorted chunk")
     return res
@@ -339,7 +336,7 @@ def section_d(ce, qs, ds, args) -> dict:
 
 def section_e(qs, ds, args) -> dict:
     from matchsig import Ablation, CrossEncoder
-    from matchsig import attention as A
+    from matchsig import kernels as K
 
     folder = large_shape_folder(args.large_folder)
     ce = CrossEncoder.load(folder, device="cpu")
@@ -349,11 +346,8 @@ def section_e(qs, ds, args) -> dict:
     ab = Ablation.parse("D<-D")
 
     def run(c, ablation, cut):
-        A.CUT_KERNEL = cut
-        try:
+        with K.KERNELS.use(cut):
             return ce.score_many([], [], [ablation], batch_size=args.large_chunk, encoded=sub[id(c)])
-        finally:
-            A.CUT_KERNEL = "auto"
 
     variants = {"plain": lambda c: run(c, None, "auto"), "ablated": lambda c: run(c, ab, "auto"),
                 "ablated_two_pass": lambda c: run(c, ab, "fused"), "ablated_math": lambda c: run(c, ab, "math")}

@@ -75,3 +75,66 @@ def test_stats_unknown_names(minilm_folder):
         stats.get("Q<-Q", "max")
     with pytest.raises(ValueError, match="unknown statistic"):
         stats.get("Q<-D", "mean")
+
+
+# ---- a statistic added to the table -------------------------------------------------------------
+
+
+def _toy_reference(attn: np.ndarray, seq: list) -> dict:
+    """numpy, from full maps: "second" = mean over X_i of the second-largest p(X_i <- Y_j);
+    "collision" = sum_j (p_ij / m_i)^2 weighted by m_i = p(X_i <- Y)."""
+    q = [i for i, s in enumerate(seq) if s == 0]
+    d = [i for i, s in enumerate(seq) if s == 1]
+    out = {}
+    for name, rows, cols in (("Q<-D", q, d), ("D<-Q", d, q)):
+        block = attn[:, :, rows][..., cols]  # (L, H, |X|, |Y|)
+        mass = block.sum(-1)
+        out[(name, "second")] = np.sort(block, -1)[..., -2].mean(-1)
+        out[(name, "collision")] = ((block / mass[..., None]) ** 2).sum(-1).__mul__(mass).sum(-1) / mass.sum(-1)
+    return out
+
+
+@pytest.fixture
+def toy_statistics(monkeypatch):
+    """Two statistics registered in the table for one test: one per weighting, neither with a fused form."""
+    from matchsig import attention_stats as S
+
+    monkeypatch.setattr(S, "STATISTICS", dict(S.STATISTICS))
+    S.register_statistic(S.Statistic("second", lambda r: r.p.topk(2, -1).values[..., 1]))
+    S.register_statistic(S.Statistic("collision", lambda r: (r.normalised ** 2).sum(-1), weight="mass"))
+    return S
+
+
+def test_a_registered_statistic_is_computed_by_both_paths(minilm_folder, tokenizer, toy_statistics, monkeypatch):
+    """The eager path (full maps) computes a new statistic from its table entry; the fused path, which has
+    no fused form for it, falls back to the same eager term on its sub-blocks; both equal numpy on HF maps."""
+    from transformers import BertForSequenceClassification
+
+    from matchsig import MatchsigError
+    from matchsig import kernels as K
+
+    S = toy_statistics
+    with pytest.raises(MatchsigError, match="weight 'entropy' must name an unweighted statistic"):
+        S.register_statistic(S.Statistic("bad", lambda r: r.mass, weight="entropy"))
+    with pytest.raises(MatchsigError, match="'max' is already defined"):
+        S.register_statistic(S.Statistic("max", lambda r: r.mass))
+    calls = []
+    real = K._flash_cpu
+    monkeypatch.setattr(K, "_flash_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ce = CrossEncoder.load(minilm_folder, device="cpu")
+    eager = ce.attention_stats(QUERIES, DOCS, batch_size=2, kernel="eager")
+    assert not calls
+    fused = ce.attention_stats(QUERIES, DOCS, batch_size=2)
+    assert calls or real is None  # the fused path ran where this torch has the op
+    assert eager.names == fused.names == ("max", "entropy", "exact", "mass", "second", "collision")
+    ref_model = BertForSequenceClassification.from_pretrained(minilm_folder, attn_implementation="eager").eval()
+    for n, (q, d) in enumerate(zip(QUERIES, DOCS)):
+        enc = tokenizer(q, d, return_tensors="pt")
+        with torch.no_grad():
+            maps = ref_model(**enc, output_attentions=True).attentions
+        attn = torch.stack([m[0] for m in maps]).double().numpy()
+        for (direction, stat), want in _toy_reference(attn, enc.sequence_ids(0)).items():
+            for stats in (eager, fused):
+                np.testing.assert_allclose(stats.get(direction, stat)[n], want, atol=2e-5, rtol=1e-4,
+                                           err_msg=f"{direction} {stat} pair {n}")
+    assert np.abs(fused.get("Q<-D", "second") - fused.get("Q<-D", "max")).max() > 1e-3  # not a copy of M

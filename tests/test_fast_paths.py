@@ -19,6 +19,7 @@ from test_attention_stats import reference_stats
 
 from matchsig import Ablation, CrossEncoder
 from matchsig import attention as A
+from matchsig import kernels as K
 
 QUERIES = ["what is a flea", "how long do cats live", "cost of a new roof in florida", "x"]
 DOCS = [
@@ -37,7 +38,7 @@ SPECS = [
     Ablation.parse("CLS<-Q", up_to_layer=3),
 ]
 
-needs_op = pytest.mark.skipif(A._flash_cpu is None, reason="private fused CPU attention op not in this torch")
+needs_op = pytest.mark.skipif(K._flash_cpu is None, reason="private fused CPU attention op not in this torch")
 
 
 def _cuts(ab) -> dict:
@@ -80,8 +81,8 @@ class _Count:
 
 @pytest.fixture
 def counted(monkeypatch):
-    wrapper = _Count(A._flash_cpu)
-    monkeypatch.setattr(A, "_flash_cpu", wrapper)
+    wrapper = _Count(K._flash_cpu)
+    monkeypatch.setattr(K, "_flash_cpu", wrapper)
     return wrapper
 
 
@@ -93,7 +94,7 @@ def spec_references(hf_model, tokenizer):
 @needs_op
 @pytest.mark.parametrize("cut_kernel", ["auto", "fused", "math"])
 def test_cut_kernels_equal_reference_on_real_model(ce, counted, monkeypatch, cut_kernel, spec_references):
-    monkeypatch.setattr(A, "CUT_KERNEL", cut_kernel)
+    monkeypatch.setattr(K.KERNELS, "default", cut_kernel)
     for ab in SPECS:
         got = ce.score(QUERIES, DOCS, ablation=ab, kernel="auto", batch_size=4)
         np.testing.assert_allclose(got, spec_references[ab.name], atol=1e-5, rtol=0, err_msg=ab.name)
@@ -110,7 +111,7 @@ def test_eager_kernel_equals_reference_on_real_model(ce, spec_references):
 @needs_op
 def test_default_cut_kernel_is_one_fused_pass_per_layer(ce, counted):
     """The default ("correct") kernel runs the private op once per layer, as plain inference does."""
-    assert A.auto_cut_kernel("cpu", torch.float32) == "correct"
+    assert K.auto_cut_kernel("cpu", torch.float32) == "correct"
     ce.score(QUERIES[:2], DOCS[:2], ablation="D<-D", batch_size=2)
     assert counted.calls == ce.num_layers
 
@@ -131,9 +132,7 @@ def test_fused_per_row_mixed_configurations(ce, counted, hf_model, tokenizer):
 
 def _raw_cut(kernel, q, k, v, ctx, block, scaling):
     bias = ctx.key_bias(q.dtype)
-    if kernel == "fused":
-        return A._fused_cut(q, k, v, bias, ctx.cut_bias(block, q.dtype), scaling)
-    return A._correct_cut(q, k, v, bias, block, ctx, scaling)
+    return (K._fused if kernel == "fused" else K._correct)(K.Call(q, k, v, bias, scaling, ctx, block))[0]
 
 
 @needs_op
@@ -198,32 +197,32 @@ def test_fallback_when_the_private_op_fails(ce, monkeypatch, hf_model, tokenizer
     def broken(*a, **k):
         raise RuntimeError("private op changed")
 
-    monkeypatch.setattr(A, "_flash_cpu", broken)
-    monkeypatch.setattr(A, "_fused_broken", None)
+    monkeypatch.setattr(K, "_flash_cpu", broken)
+    monkeypatch.setattr(K.KERNELS, "broken", {})
     with pytest.warns(RuntimeWarning, match="private op changed"):
         got = ce.score(QUERIES, DOCS, ablation=ab)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)  # falls back to the explicit softmax
-    assert A._fused_broken is not None and not A.fused_available()
+    assert K.KERNELS.broken.get(K.PRIVATE_OP) is not None and not K.fused_available()
 
 
 @needs_op
 def test_self_check_refuses_a_kernel_with_wrong_conventions(ce, monkeypatch, spec_references):
     """A private op whose log-sum-exp convention changed (here: log2 instead of ln) is caught by the
     first-call check and replaced by the explicit softmax, not used to give wrong ablations."""
-    real = A._flash_cpu
+    real = K._flash_cpu
 
     def log2_lse(*a, **k):
         out, lse = real(*a, **k)
         return out, lse / np.log(2.0)
 
     ab = Ablation.parse("D<-D")
-    monkeypatch.setattr(A, "_flash_cpu", log2_lse)
-    monkeypatch.setattr(A, "_fused_broken", None)
-    monkeypatch.setattr(A, "_checked", set())
+    monkeypatch.setattr(K, "_flash_cpu", log2_lse)
+    monkeypatch.setattr(K.KERNELS, "broken", {})
+    monkeypatch.setattr(K.KERNELS, "checked", set())
     with pytest.warns(RuntimeWarning, match="disagrees with the explicit softmax"):
         got = ce.score(QUERIES, DOCS, ablation=ab)
     np.testing.assert_allclose(got, spec_references["D<-D"], atol=1e-5, rtol=0)
-    assert not A.fused_available()
+    assert not K.fused_available()
 
 
 def test_fused_on_tiny_configs_matches_reference(tmp_path, tokenizer):
@@ -260,7 +259,7 @@ def test_statistics_equal_reference_maps(ce, counted, monkeypatch, ablation, cut
     the float64 reference's attention maps (taken before each layer's cut, in the ablated forward)."""
     from matchsig.attention_stats import DIRECTIONS, STATS
 
-    monkeypatch.setattr(A, "CUT_KERNEL", cut_kernel)
+    monkeypatch.setattr(K.KERNELS, "default", cut_kernel)
     qs, ds = QUERIES + ["flea"], DOCS + ["flea flea cat"]  # padding, repeated tokens (exact matches)
     got = ce.attention_stats(qs, ds, ablation=ablation, batch_size=5).values
     assert (counted.calls > 0) == (cut_kernel == "auto")
@@ -282,7 +281,7 @@ def test_bf16_on_cpu_one_pass_kernel_and_fp32_agreement(minilm_folder):
     0.24-0.46; Spearman >= 0.993)."""
     from scipy.stats import spearmanr
 
-    assert A.auto_cut_kernel("cpu", torch.bfloat16) == "correct"
+    assert K.auto_cut_kernel("cpu", torch.bfloat16) == "correct"
     ce16 = CrossEncoder.load(minilm_folder, device="cpu", dtype="bf16")
     ce32 = CrossEncoder.load(minilm_folder, device="cpu")
     qs, ds = QUERIES * 3, DOCS[1:] + DOCS[:1] + DOCS + DOCS[2:] + DOCS[:2]  # 12 pairs, some not matching
@@ -290,7 +289,7 @@ def test_bf16_on_cpu_one_pass_kernel_and_fp32_agreement(minilm_folder):
     one_pass = ce16.score_many(qs, ds, specs, batch_size=6)
     ref32 = ce32.score_many(qs, ds, specs, batch_size=6)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(A, "CUT_KERNEL", "math")
+        mp.setattr(K.KERNELS, "default", "math")
         math16 = ce16.score_many(qs, ds, specs, batch_size=6)
     assert np.isfinite(one_pass).all()
     np.testing.assert_allclose(one_pass, math16, atol=0.03, rtol=0)
@@ -323,12 +322,12 @@ def test_cuda_glue_with_an_emulated_efficient_kernel():
                              [0] + [1] * 12 + [2, 3, 3, 4] + [5] * 4])
     ctx = A.ForwardContext(part_ids=part_ids)
     bias = ctx.key_bias(q.dtype)
-    out_full, lse = A._efficient_lse(efficient, q, k, v, bias, 0.4)
+    out_full, lse = K._efficient_lse(efficient, q, k, v, bias, 0.4)
     assert calls and lse.shape == (b, h, t) and torch.isfinite(lse).all()
     block = torch.zeros(1, h, 6, 6, dtype=torch.bool)
     block[0, :, 3, 3] = True  # D<-D
     block[0, 1, 1, :5] = True  # Q<-* in head 1
-    got = A._corrected(q, k, v, out_full, lse, block, ctx, 0.4)
+    got = K._corrected(q, k, v, out_full, lse, block, ctx, 0.4)
     scores = (q @ k.transpose(-1, -2)).double() * 0.4 + bias.double()
     want = (torch.softmax(scores, -1).masked_fill(ctx.cut_mask(block), 0.0) @ v.double()).transpose(1, 2)
     real = (part_ids != 5)[:, :, None, None]

@@ -13,7 +13,7 @@ import torch
 from _reference import bert_score, torch_reference_ids
 
 from matchsig import Ablation, CrossEncoder
-from matchsig import attention as A
+from matchsig import kernels as K
 from matchsig.ablation import AblationSet
 
 PARTS = ["CLS", "Q", "SEP1", "D", "SEP2"]
@@ -106,7 +106,7 @@ def reference(tiny, pairs, tokenizer):
 
 @pytest.mark.parametrize("cut_kernel", ["auto", "math"])
 def test_whole_grid_equals_reference(tiny, pairs, reference, monkeypatch, cut_kernel):
-    monkeypatch.setattr(A, "CUT_KERNEL", cut_kernel)
+    monkeypatch.setattr(K.KERNELS, "default", cut_kernel)
     folder, _ = tiny
     ce = CrossEncoder.load(folder, device="cpu")
     labels = [label for label, _, _ in grid()]

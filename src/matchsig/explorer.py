@@ -43,6 +43,8 @@ TABLE1_ABLATIONS: tuple[str, ...] = (
 )
 
 DEFAULT_TOP_K = 8
+#: Statistics of :data:`matchsig.attention_stats.STATISTICS` the page draws (per head, both directions).
+PAGE_STATS = ("max", "exact")
 #: Budget for the binary arrays (before base64, which adds a third): keeps a 512-token page < 2 MB.
 DEFAULT_MAX_BYTES = 1_400_000
 CONTRAST_COLUMNS = ("layer", "head", "direction", "delta_relevant", "delta_hard", "p_relevant", "p_hard", "sign", "kind")
@@ -94,7 +96,7 @@ def extract_attention(ce, query: str, document: str, top_k: int = DEFAULT_TOP_K,
     """
     import torch
 
-    from .attention import ForwardContext, use_context
+    from .attention_stats import DIRECTIONS, reduce_probs, statistic_names
 
     if top_k < 1:
         raise MatchsigError(f"top-k must be >= 1, got {top_k}")
@@ -114,36 +116,29 @@ def extract_attention(ce, query: str, document: str, top_k: int = DEFAULT_TOP_K,
     dq_w = np.zeros((nl, nh, nd, kd), np.float32)
     qd_m = np.zeros((nl, nh, nq), np.float32)
     dq_m = np.zeros((nl, nh, nd), np.float32)
-    names = ("max_qd", "max_dq", "exact_qd", "exact_dq")
-    stats = {k: np.zeros((nl, nh), np.float64) for k in names}
-    id_t = torch.tensor(ids)
-    same = (id_t[qs:qe, None] == id_t[None, ds:de])  # (nq, nd)
+    # the page draws these statistics of the table (matchsig.attention_stats), keyed "max_qd", ...
+    shown = [(f"{s}_{d[0].lower()}{d[-1].lower()}", k, j) for k, (d, _, _) in enumerate(DIRECTIONS)
+             for j, s in enumerate(statistic_names()) if s in PAGE_STATS]
+    stats = {key: np.zeros((nl, nh), np.float64) for key, _, _ in shown}
     seen: set[int] = set()
 
-    def on_layer(layer: int, probs: torch.Tensor, ctx) -> None:
-        p = probs[0].float()  # (H, T, T)
-        qd = p[:, qs:qe, ds:de]
-        dq = p[:, ds:de, qs:qe]
-        same_d = same.to(p.device)
-        for blk, k, out_i, out_w, out_m, smax, sexact, eq in (
-            (qd, kq, qd_i, qd_w, qd_m, "max_qd", "exact_qd", same_d),
-            (dq, kd, dq_i, dq_w, dq_m, "max_dq", "exact_dq", same_d.T),
-        ):
-            val, idx = torch.topk(blk, k, dim=-1)
-            out_i[layer] = idx.cpu().numpy()
-            out_w[layer] = val.cpu().numpy()
-            mass = blk.sum(-1)  # (H, rows)
-            out_m[layer] = mass.cpu().numpy()
-            stats[smax][layer] = blk.amax(-1).mean(-1).double().cpu().numpy()
-            total = mass.sum(-1)
-            hit = (blk * eq[None]).sum((-1, -2))
-            stats[sexact][layer] = (hit / total.clamp_min(1e-30)).double().cpu().numpy()
-        seen.add(layer)
+    batch = ce.collate(enc, [0])
 
-    batch = ce._collate(enc, [0])
-    ctx = ForwardContext(part_ids=batch["part_ids"], stats_fn=on_layer, kernel="eager", input_ids=batch["input_ids"])
-    with torch.inference_mode(), use_context(ctx):
-        ce.model(**batch["model_inputs"])
+    def on_layer(probs: torch.Tensor, hook) -> None:
+        p = probs[0].float()  # (H, T, T)
+        for blk, k, out_i, out_w, out_m in ((p[:, qs:qe, ds:de], kq, qd_i, qd_w, qd_m),
+                                            (p[:, ds:de, qs:qe], kd, dq_i, dq_w, dq_m)):
+            val, idx = torch.topk(blk, k, dim=-1)
+            out_i[hook.layer] = idx.cpu().numpy()
+            out_w[hook.layer] = val.cpu().numpy()
+            out_m[hook.layer] = blk.sum(-1).cpu().numpy()  # (H, rows)
+        values = reduce_probs(probs, batch.part_ids, batch.input_ids)[0]  # (H, directions, statistics)
+        for key, k, j in shown:
+            stats[key][hook.layer] = values[:, k, j].double().cpu().numpy()
+        seen.add(hook.layer)
+
+    with torch.inference_mode():
+        ce.forward(batch, hooks={f"blocks.{layer}.attn.hook_pattern": on_layer for layer in range(nl)}, kernel="eager")
     if len(seen) != nl:  # pragma: no cover - CrossEncoder checks routing at load time
         raise MatchsigError(f"model {ce.name}: attention maps of {nl - len(seen)} layers were not seen")
     return PairAttention(ids, parts, (qs, qe), (ds, de), HeadLinks(qd_i, qd_w, qd_m), HeadLinks(dq_i, dq_w, dq_m), stats)

@@ -19,14 +19,30 @@ name                            shape             what it is in a BERT-family la
 ``blocks.{l}.hook_resid_post``  (B, T, d_model)   the layer's output (after the MLP's LayerNorm)
 ==============================  ================  =============================================
 
+Two more sites belong to the attention computation itself (:data:`ATTENTION_KINDS`); they can be
+hooked and cached but not patched (they have no position axis at 1):
+
+=================================  ==========================  ==================================
+``blocks.{l}.attn.hook_pattern``   (B, H, T, T) fp32           post-softmax probabilities before
+                                                               the layer's ablation (a returned
+                                                               tensor replaces them; naming this
+                                                               site makes the layer run the
+                                                               explicit softmax)
+``blocks.{l}.attn.hook_stats``     (B, H, directions, stats)   the layer's attention statistics
+                                                               (:mod:`matchsig.attention_stats`),
+                                                               read-only; naming this site is how
+                                                               statistics are asked for
+=================================  ==========================  ==================================
+
 A hook is a function ``fn(activation, hook) -> Tensor | None`` (TransformerLens' signature):
 ``hook`` is the :class:`HookPoint` being run (``hook.name``, ``hook.layer``, ``hook.kind``); return
 a tensor of the same shape to replace the activation, or ``None`` to leave it (e.g. to record it).
 Rows are the padded batch: padding positions hold whatever the model computed there.
 
 Dispatch. Hooks travel in :class:`~matchsig.attention.ForwardContext` (``ctx.hooks``, a mapping
-name -> function), so any forward that matchsig runs can carry them. ``attn.hook_z`` is applied by
-matchsig's attention function itself (it returns exactly that tensor); the other sites are PyTorch
+name -> function), so any forward that matchsig runs can carry them
+(:meth:`~matchsig.model.CrossEncoder.forward`). The ``attn.*`` sites are applied by matchsig's
+attention function itself (``attn.hook_z`` is exactly the tensor it returns); the other sites are PyTorch
 forward hooks that :func:`install` puts once on the layer's modules and that do nothing unless the
 current context names their site. :func:`run_with_hooks` and :func:`run_with_cache` are the plain
 front ends; activation patching (:mod:`matchsig.patching`) is built on them.
@@ -36,13 +52,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from .attention import ForwardContext, current_context, use_context
+from .attention import current_context
 from .errors import MatchsigError
 
 #: Site kinds, in the order a layer computes them, with their activation shape.
@@ -55,11 +71,20 @@ SITE_KINDS: dict[str, str] = {
     "hook_resid_post": "(B, T, d_model)",
 }
 
+#: Sites of the attention computation, without a position axis at 1: hookable, not patchable.
+ATTENTION_KINDS: dict[str, str] = {
+    "attn.hook_pattern": "(B, H, T, T)",
+    "attn.hook_stats": "(B, H, directions, statistics)",
+}
+_ALL_KINDS = ("hook_resid_pre", "attn.hook_pattern", "attn.hook_stats", *list(SITE_KINDS)[1:])
+
 #: Short aliases accepted wherever a site kind is given.
 ALIASES: dict[str, str] = {
     "resid_pre": "hook_resid_pre", "z": "attn.hook_z", "head": "attn.hook_z", "hook_z": "attn.hook_z",
     "attn_out": "hook_attn_out", "resid_mid": "hook_resid_mid", "mlp_out": "hook_mlp_out", "mlp": "hook_mlp_out",
     "resid_post": "hook_resid_post", "residual": "hook_resid_post", "resid": "hook_resid_post",
+    "pattern": "attn.hook_pattern", "hook_pattern": "attn.hook_pattern", "stats": "attn.hook_stats",
+    "hook_stats": "attn.hook_stats",
 }
 
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
@@ -73,18 +98,18 @@ class HookPoint:
 
     layer: int
     kind: str
+    name: str = field(init=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return site_name(self.kind, self.layer)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", site_name(self.kind, self.layer))
 
 
 def canonical_kind(kind: str) -> str:
     """``"z"`` -> ``"attn.hook_z"``; a one-line :class:`MatchsigError` for an unknown kind."""
     k = str(kind).strip()
     k = ALIASES.get(k, k)
-    if k not in SITE_KINDS:
-        raise MatchsigError(f"unknown site {kind!r}: use one of {', '.join(SITE_KINDS)} "
+    if k not in _ALL_KINDS:
+        raise MatchsigError(f"unknown site {kind!r}: use one of {', '.join(_ALL_KINDS)} "
                             f"(or {', '.join(ALIASES)}), optionally as blocks.<layer>.<site>")
     return k
 
@@ -106,23 +131,24 @@ def parse_site(name: str, num_layers: int | None = None) -> HookPoint:
 
 
 def site_names(num_layers: int, kinds: Sequence[str] | None = None) -> list[str]:
-    """Every site name of a model with ``num_layers`` layers (of ``kinds``, default all), in compute order."""
+    """Site names of a model with ``num_layers`` layers, in compute order: of ``kinds``, default the
+    activation sites :data:`SITE_KINDS` (the attention sites only when named in ``kinds``)."""
     ks = [canonical_kind(k) for k in kinds] if kinds is not None else list(SITE_KINDS)
-    return [site_name(k, layer) for layer in range(num_layers) for k in SITE_KINDS if k in ks]
+    return [site_name(k, layer) for layer in range(num_layers) for k in _ALL_KINDS if k in ks]
 
 
 # ---- dispatch ------------------------------------------------------------------------------------
 
 
-def _apply(name: str, point: HookPoint, value: torch.Tensor) -> torch.Tensor | None:
-    """Run the current context's hook for ``name`` on ``value``; the replacement, or None."""
+def apply_hook(point: HookPoint, value: torch.Tensor) -> torch.Tensor | None:
+    """Run the current context's hook for ``point`` on ``value``; the replacement, or None."""
     ctx = current_context()
-    fn = None if ctx is None or ctx.hooks is None else ctx.hooks.get(name)
+    fn = None if ctx is None or ctx.hooks is None else ctx.hooks.get(point.name)
     if fn is None:
         return None
     out = fn(value, point)
     if out is not None and out.shape != value.shape:
-        raise MatchsigError(f"hook on {name} returned shape {tuple(out.shape)}, expected {tuple(value.shape)}")
+        raise MatchsigError(f"hook on {point.name} returned shape {tuple(out.shape)}, expected {tuple(value.shape)}")
     return out
 
 
@@ -171,6 +197,8 @@ def check_supported(ce, kinds: Sequence[str]) -> None:
     install(ce)
     for kind in kinds:
         k = canonical_kind(kind)
+        if k in ATTENTION_KINDS or k == "attn.hook_z":
+            continue  # applied by the attention function: every model matchsig loads has them
         if any(m.startswith(k + " ") for m in ce._hooks_missing):
             raise MatchsigError(f"model {ce.name} ({type(ce.model).__name__}): site {k} is not supported, its layers "
                                 f"have no module {_MODULE_SITES[k]}")
@@ -178,11 +206,10 @@ def check_supported(ce, kinds: Sequence[str]) -> None:
 
 def _pre_hook(index: int):
     point = HookPoint(index, "hook_resid_pre")
-    name = point.name
 
     def pre(module, args, kwargs):
         hidden = args[0] if args else kwargs.get("hidden_states")
-        out = _apply(name, point, hidden)
+        out = apply_hook(point, hidden)
         if out is None:
             return None
         if args:
@@ -195,11 +222,9 @@ def _pre_hook(index: int):
 
 
 def _post_hook(point: HookPoint):
-    name = point.name
-
     def post(module, args, output):
         value = output[0] if isinstance(output, tuple) else output
-        out = _apply(name, point, value)
+        out = apply_hook(point, value)
         if out is None:
             return None
         return (out,) + tuple(output[1:]) if isinstance(output, tuple) else out
@@ -225,21 +250,23 @@ def run_with_hooks(ce, queries: Sequence[str], documents: Sequence[str], hooks: 
     _check_names(ce, list(hooks))
     enc = ce.encode(queries, documents)
     out = np.zeros(len(enc), dtype=np.float64)
-    if len(enc) == 0:
-        return out
     with torch.inference_mode():
-        for rows in ce._batches(enc.lengths(), batch_size):
-            batch = ce._collate(enc, rows)
-            ctx = ForwardContext(part_ids=batch["part_ids"], input_ids=batch["input_ids"], hooks=dict(hooks))
-            with use_context(ctx):
-                logits = ce.model(**batch["model_inputs"]).logits
-            out[rows] = ce._scores_from_logits(logits).cpu().numpy()
+        for batch in ce.padded_batches(enc, batch_size) if len(enc) else []:
+            out[batch.rows] = ce.scores_from_logits(ce.forward(batch, hooks=dict(hooks)).logits)
     return out
+
+
+def _unpad(kind: str, value: torch.Tensor, length: int) -> torch.Tensor:
+    """One row's activation without its padding: (T_i, ...), (H, T_i, T_i) for the pattern."""
+    if kind == "attn.hook_pattern":
+        return value[:, :length, :length]
+    return value if kind == "attn.hook_stats" else value[:length]
 
 
 def run_with_cache(ce, queries: Sequence[str], documents: Sequence[str], names: Sequence[str],
                    batch_size: int = 32) -> tuple[np.ndarray, dict[str, list[torch.Tensor]]]:
-    """Scores and the activations at ``names``: ``cache[name][i]`` is pair i's (T_i, ...) tensor, unpadded (CPU)."""
+    """Scores and the activations at ``names``: ``cache[name][i]`` is pair i's tensor without padding
+    ((T_i, ...); (H, T_i, T_i) at ``attn.hook_pattern``), on the CPU."""
     points = _check_names(ce, names)
     enc = ce.encode(queries, documents)
     n = len(enc)
@@ -248,18 +275,12 @@ def run_with_cache(ce, queries: Sequence[str], documents: Sequence[str], names: 
     current: dict = {}
 
     def record(value: torch.Tensor, hook: HookPoint) -> None:
-        rows = current["rows"]
-        for r, i in enumerate(rows):
-            cache[hook.name][i] = value[r, : lengths[i]].detach().to("cpu", copy=True)
+        for r, i in enumerate(current["rows"]):
+            cache[hook.name][i] = _unpad(hook.kind, value[r], int(lengths[i])).detach().to("cpu", copy=True)
 
     scores = np.zeros(n, dtype=np.float64)
     with torch.inference_mode():
-        for rows in ce._batches(lengths, batch_size) if n else []:
-            current["rows"] = rows
-            batch = ce._collate(enc, rows)
-            ctx = ForwardContext(part_ids=batch["part_ids"], input_ids=batch["input_ids"],
-                                 hooks={p.name: record for p in points})
-            with use_context(ctx):
-                logits = ce.model(**batch["model_inputs"]).logits
-            scores[rows] = ce._scores_from_logits(logits).cpu().numpy()
+        for batch in ce.padded_batches(enc, batch_size) if n else []:
+            current["rows"] = batch.rows
+            scores[batch.rows] = ce.scores_from_logits(ce.forward(batch, hooks={p.name: record for p in points}).logits)
     return scores, cache

@@ -3,13 +3,18 @@
 >>> ce = CrossEncoder.load("embedded")
 >>> ce.score(["what is a flea"], ["The cat flea is an insect."], ablation=Ablation.parse("D<-D"))
 
-Inputs are tokenised once, sorted by length, dynamically padded and run in batches; every
-intervention happens in :mod:`matchsig.attention`, inside the model's own attention call.
+Inputs are tokenised once, sorted by length, dynamically padded and run in batches
+(:meth:`CrossEncoder.batches`, :meth:`CrossEncoder.collate`, :meth:`CrossEncoder.forward`: the
+public route for code that runs its own forwards). Ablations and statistics happen inside the
+model's own attention call (:mod:`matchsig.attention`, kernels from :mod:`matchsig.kernels`),
+other interventions at named sites (:mod:`matchsig.hooks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,11 +26,12 @@ from torch import nn
 from . import attention
 from .ablation import Ablation, as_ablation
 from .attention import ATTN_NAME, ForwardContext, use_context
-from .attention_stats import AttentionStats
+from .attention_stats import DIRECTIONS, AttentionStats, statistic_names
 from .errors import MatchsigError
+from .kernels import KERNELS
+from .loading import EMBEDDED, load_pretrained  # noqa: F401  (EMBEDDED: kept importable from here)
+from .loading import resolve_device as _resolve_device
 from .parts import PAD, PART_NAMES, PairLayout, label_parts, probe_layout
-
-EMBEDDED = "embedded"
 
 
 @dataclass
@@ -43,30 +49,28 @@ class Encoded:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise MatchsigError(f"unknown device {device!r}: {exc}") from None
-    if dev.type != "cpu":
-        try:  # torch only fails at the first use (e.g. "Torch not compiled with CUDA enabled"): probe it now
-            torch.empty(1, device=dev)
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise MatchsigError(f"device {str(device)!r} is not available on this machine ({first})") from None
-    return dev
+@dataclass
+class Batch:
+    """Rows of an :class:`Encoded`, padded to one width on the model's device: one forward's input.
 
+    ``rows``: the indices of the pairs in the :class:`Encoded`; ``model_inputs``: the Hugging Face
+    keyword arguments (``input_ids``, ``attention_mask``, ``token_type_ids`` where the model has
+    them); ``part_ids``: (B, T) long, ``PAD`` on padding; ``input_ids``: (B, T) long.
+    """
 
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype not in names:
-        raise MatchsigError(f"unknown dtype {dtype!r}: use one of {', '.join(names)}")
-    return names[dtype]
+    rows: np.ndarray
+    model_inputs: dict[str, torch.Tensor]
+    part_ids: torch.Tensor
+    input_ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> "Batch":
+        """The batch's rows ``index`` (positions in this batch, repeats allowed), at the same width."""
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.part_ids.device)
+        return Batch(np.asarray(self.rows)[idx.cpu().numpy()], {k: v[idx] for k, v in self.model_inputs.items()},
+                     self.part_ids[idx], self.input_ids[idx])
 
 
 class CrossEncoder:
@@ -106,51 +110,7 @@ class CrossEncoder:
     def load(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None,
              dtype: str | torch.dtype | None = None, max_length: int = 512) -> "CrossEncoder":
         """Load ``"embedded"``, a local Hugging Face folder, or a hub id (e.g. ``castorini/monobert-large-msmarco``)."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        dt = _resolve_dtype(dtype)
-        _resolve_device(device)  # an unavailable device fails before any weights are read
-        name = str(name_or_path)
-        if name == EMBEDDED:
-            from . import embedded
-
-            model, tokenizer = embedded.load_model_and_tokenizer(dtype=dt)
-            return cls(model, tokenizer, max_length=max_length, name=EMBEDDED, device=device)
-        path = Path(name).expanduser()
-        local = path.exists()
-        if local and not (path / "config.json").is_file():
-            raise MatchsigError(f"model folder {path} has no config.json: not a Hugging Face model folder")
-        if not local and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-            raise MatchsigError(f"model folder {name} does not exist")
-        try:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(name)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MatchsigError(
-                f"cannot load model {name!r}: not a local folder and the Hugging Face hub could not provide it ({first})"
-            ) from None
-        archs = getattr(config, "architectures", None) or []
-        if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise MatchsigError(
-                f"model {name} has no sequence-classification head (its config declares {', '.join(archs)}); "
-                "a cross-encoder needs *ForSequenceClassification weights"
-            )
-        try:
-            kwargs = {"dtype": dt} if dt is not None else {}
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                name, output_loading_info=True, attn_implementation="sdpa", **kwargs
-            )
-            tokenizer = AutoTokenizer.from_pretrained(name)
-        except (OSError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MatchsigError(f"cannot load model {name!r}: {first}") from None
-        missing = [k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k]
-        if missing:
-            raise MatchsigError(
-                f"model {name} has no trained sequence-classification head (missing weights: {', '.join(sorted(missing))})"
-            )
+        model, tokenizer, name = load_pretrained(name_or_path, device, dtype)
         return cls(model, tokenizer, max_length=max_length, name=name, device=device)
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -176,12 +136,10 @@ class CrossEncoder:
         This checks, rather than assumes, that the model routes attention through our function: a
         model that does not would silently ignore every ablation.
         """
-        enc = self.encode(["a"], ["b"])
+        batch = self.collate(self.encode(["a"], ["b"]), [0])
         probe: list = []
-        batch = self._collate(enc, [0])
-        ctx = ForwardContext(part_ids=batch["part_ids"], probe=probe)
-        with torch.inference_mode(), use_context(ctx):
-            self.model(**batch["model_inputs"])
+        with torch.inference_mode(), use_context(ForwardContext(part_ids=batch.part_ids, probe=probe)):
+            self.model(**batch.model_inputs)
         if not probe:
             raise MatchsigError(
                 f"model {self.name} ({type(self.model).__name__}) does not route attention through transformers' "
@@ -227,7 +185,9 @@ class CrossEncoder:
         tokens = self.tokenizer.convert_ids_to_tokens(enc.input_ids[0])
         return [(t, PART_NAMES[p]) for t, p in zip(tokens, enc.part_ids[0])]
 
-    def _collate(self, enc: Encoded, rows: Sequence[int]) -> dict:
+    # ---- batches and forwards: the public route into the model for explorer, patching, experiments
+    def collate(self, enc: Encoded, rows: Sequence[int]) -> Batch:
+        """Pairs ``rows`` of ``enc`` as one padded :class:`Batch` on the device."""
         n = len(rows)
         width = max(len(enc.input_ids[i]) for i in rows)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -246,14 +206,11 @@ class CrossEncoder:
         if types is not None:
             inputs["token_type_ids"] = types
         dev = self.device
-        return {
-            "model_inputs": {k: v.to(dev) for k, v in inputs.items()},
-            "part_ids": parts.to(dev),
-            "input_ids": ids.to(dev),
-        }
+        return Batch(np.asarray(rows), {k: v.to(dev) for k, v in inputs.items()}, parts.to(dev), ids.to(dev))
 
-    def _batches(self, lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
-        """Length-sorted batches (longest first, so memory peaks at once and early)."""
+    def batches(self, lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+        """Row indices of length-sorted batches of items with token counts ``lengths`` (longest first,
+        so memory peaks at once and early); ``max_tokens`` also bounds rows x longest length."""
         if batch_size < 1:
             raise MatchsigError(f"batch_size must be >= 1, got {batch_size}")
         order = np.argsort(-lengths, kind="stable")
@@ -266,11 +223,32 @@ class CrossEncoder:
             start += size
         return out
 
-    def _scores_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+    def padded_batches(self, enc: Encoded, batch_size: int) -> Iterator[Batch]:
+        """``enc`` as padded, length-sorted :class:`Batch` es (``batch.rows`` says which pairs)."""
+        for rows in self.batches(enc.lengths(), batch_size):
+            yield self.collate(enc, rows)
+
+    def forward(self, batch: Batch, *, blocks: list[torch.Tensor | None] | None = None, hooks=None,
+                kernel: str = "auto", start: tuple[int, torch.Tensor] | None = None,
+                output_hidden_states: bool = False):
+        """Run the model on ``batch`` under a matchsig context; the Hugging Face output (``.logits``, ...).
+
+        ``blocks[l]``: None or a (B or 1, H, 6, 6) bool tensor of the part pairs cut in layer l
+        (:meth:`Ablation.block_masks`); ``hooks``: named sites -> functions (:mod:`matchsig.hooks`);
+        ``kernel``: a kernel order (:mod:`matchsig.kernels`); ``start=(l, hidden)``: run layers l..
+        only, from ``hidden``, the (B, T, d_model) input of layer l. The grad mode is the caller's.
+        """
+        ctx = ForwardContext(part_ids=batch.part_ids, blocks=blocks, kernel=KERNELS.check(kernel),
+                             input_ids=batch.input_ids, hooks=hooks)
+        extra = {"output_hidden_states": True} if output_hidden_states else {}
+        with use_context(ctx), (self._start_at(*start) if start is not None else contextlib.nullcontext()):
+            return self.model(**batch.model_inputs, **extra)
+
+    def scores_from_logits(self, logits: torch.Tensor) -> np.ndarray:
+        """Scores (float64) from (B, num_labels) logits: the log-softmax of label 1, or the one logit."""
         logits = logits.float()
-        if self.num_labels == 2:
-            return torch.log_softmax(logits, dim=-1)[:, 1]
-        return logits[:, 0]
+        out = torch.log_softmax(logits, dim=-1)[:, 1] if self.num_labels == 2 else logits[:, 0]
+        return out.cpu().numpy().astype(np.float64)
 
     def _block_tensors(self, ablations: Sequence[Ablation]) -> list[list[torch.Tensor | None]]:
         """Per ablation, per layer: (1, H, 6, 6) bool tensors on the device or None."""
@@ -297,7 +275,8 @@ class CrossEncoder:
 
         ``ablation``: an :class:`Ablation` (or spec string) applied to every pair.
         ``kernel``: ``"auto"`` (fused SDPA in layers without intervention, one fused pass plus an exact
-        correction in cut layers; see :mod:`matchsig.attention`) or ``"eager"`` (reference math).
+        correction in cut layers), ``"eager"`` (the reference math everywhere), or another kernel
+        order of :mod:`matchsig.kernels` (``"math"``, ``"correct"``, ``"fused"``).
         """
         return self.score_many(queries, documents, [as_ablation(ablation)], batch_size=batch_size,
                                progress=progress, kernel=kernel)[0]
@@ -310,8 +289,7 @@ class CrossEncoder:
         Work items (ablation, pair) are sorted by length and batched together, so several
         configurations of the same pairs share batches; each row carries its own cut blocks.
         """
-        if kernel not in ("auto", "eager"):
-            raise MatchsigError(f"unknown kernel {kernel!r}: use 'auto' or 'eager'")
+        KERNELS.check(kernel)
         abls = [as_ablation(a) for a in ablations]
         enc = encoded if encoded is not None else self.encode(queries, documents)
         n = len(enc)
@@ -319,21 +297,15 @@ class CrossEncoder:
         if n == 0 or not abls:
             return out
         blocks = self._block_tensors(abls)
-        lengths = enc.lengths()
         items_pair = np.tile(np.arange(n), len(abls))
         items_abl = np.repeat(np.arange(len(abls)), n)
-        batches = self._batches(lengths[items_pair], batch_size)
         bar = _progress(len(items_pair), progress, "scoring")
         with torch.inference_mode():
-            for rows in batches:
+            for rows in self.batches(enc.lengths()[items_pair], batch_size):
                 pairs, kinds = items_pair[rows], items_abl[rows]
-                batch = self._collate(enc, pairs)
-                layer_blocks = self._row_blocks(blocks, kinds)
-                ctx = ForwardContext(part_ids=batch["part_ids"], blocks=layer_blocks, kernel=kernel,
-                                     input_ids=batch["input_ids"])
-                with use_context(ctx):
-                    logits = self.model(**batch["model_inputs"]).logits
-                out[kinds, pairs] = self._scores_from_logits(logits).cpu().numpy()
+                logits = self.forward(self.collate(enc, pairs), blocks=self._row_blocks(blocks, kinds),
+                                      kernel=kernel).logits
+                out[kinds, pairs] = self.scores_from_logits(logits)
                 bar.update(len(rows))
         bar.close()
         return out
@@ -365,6 +337,7 @@ class CrossEncoder:
         The ablated prefix is computed once: one forward ablated in every layer yields the hidden
         state after layers 0..l for all l, and each row then runs only the unablated suffix.
         """
+        KERNELS.check(kernel)
         ab = as_ablation(ablation)
         if ab.layers is not None:
             raise MatchsigError(f"layer curve of {ab.name}: give the directions and heads only, the layers vary")
@@ -374,23 +347,16 @@ class CrossEncoder:
         if n == 0:
             return out
         all_blocks = self._block_tensors([ab])[0]
-        batches = self._batches(enc.lengths(), batch_size)
         bar = _progress(n * nl, progress, f"layers {ab.name}")
         with torch.inference_mode():
-            for rows in batches:
-                batch = self._collate(enc, rows)
-                ctx = ForwardContext(part_ids=batch["part_ids"], blocks=all_blocks, kernel=kernel,
-                                     input_ids=batch["input_ids"])
-                with use_context(ctx):
-                    res = self.model(**batch["model_inputs"], output_hidden_states=True)
-                out[nl - 1, rows] = self._scores_from_logits(res.logits).cpu().numpy()
+            for batch in self.padded_batches(enc, batch_size):
+                res = self.forward(batch, blocks=all_blocks, kernel=kernel, output_hidden_states=True)
+                out[nl - 1, batch.rows] = self.scores_from_logits(res.logits)
                 hidden = res.hidden_states  # hidden[l + 1] = output of layer l
                 for layer in range(nl - 1):
-                    plain = ForwardContext(part_ids=batch["part_ids"], kernel=kernel, input_ids=batch["input_ids"])
-                    with use_context(plain), self._start_at(layer + 1, hidden[layer + 1]):
-                        logits = self.model(**batch["model_inputs"]).logits
-                    out[layer, rows] = self._scores_from_logits(logits).cpu().numpy()
-                bar.update(len(rows) * nl)
+                    logits = self.forward(batch, kernel=kernel, start=(layer + 1, hidden[layer + 1])).logits
+                    out[layer, batch.rows] = self.scores_from_logits(logits)
+                bar.update(len(batch) * nl)
         bar.close()
         return out
 
@@ -408,28 +374,25 @@ class CrossEncoder:
             raise MatchsigError(f"model {self.name}: cannot find its list of encoder layers for prefix sharing")
         return self._layers_cache
 
-    def _start_at(self, first_layer: int, hidden: torch.Tensor):
-        """Context manager: run only layers ``first_layer..`` starting from ``hidden``."""
+    @contextlib.contextmanager
+    def _start_at(self, first_layer: int, hidden: torch.Tensor) -> Iterator[None]:
+        """Run only layers ``first_layer..``, starting from ``hidden``, inside the block."""
         encoder, attr, layers = self._encoder_layers()
 
-        class _Suffix:
-            def __enter__(self_inner):
-                setattr(encoder, attr, nn.ModuleList(list(layers)[first_layer:]))
+        def pre(module, args, kwargs):
+            if args:
+                return (hidden,) + tuple(args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = hidden
+            return args, kwargs
 
-                def pre(module, args, kwargs):
-                    if args:
-                        return (hidden,) + tuple(args[1:]), kwargs
-                    kwargs = dict(kwargs)
-                    kwargs["hidden_states"] = hidden
-                    return args, kwargs
-
-                self_inner.handle = encoder.register_forward_pre_hook(pre, with_kwargs=True)
-
-            def __exit__(self_inner, *exc):
-                self_inner.handle.remove()
-                setattr(encoder, attr, layers)
-
-        return _Suffix()
+        setattr(encoder, attr, nn.ModuleList(list(layers)[first_layer:]))
+        handle = encoder.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            setattr(encoder, attr, layers)
 
     # ---- named sites and activation patching (see matchsig.hooks, matchsig.patching) ----------------
     def run_with_hooks(self, queries: Sequence[str], documents: Sequence[str], hooks, batch_size: int = 32) -> np.ndarray:
@@ -456,38 +419,36 @@ class CrossEncoder:
 
     # ---- attention statistics ------------------------------------------------------------------
     def attention_stats(self, queries: Sequence[str], documents: Sequence[str], ablation: Ablation | str | None = None,
-                        batch_size: int = 32, progress: bool = False) -> AttentionStats:
-        """Per pair, layer and head: M, entropy, exact-match mass and total mass for Q<-D and D<-Q.
+                        batch_size: int = 32, progress: bool = False, kernel: str = "auto") -> AttentionStats:
+        """Per pair, layer and head: the statistics of :data:`matchsig.attention_stats.STATISTICS` (M,
+        entropy, exact-match mass and total mass) for Q<-D and D<-Q.
 
-        Reduced inside each layer's attention call; no attention map is kept. With an ``ablation``,
-        each layer's statistics describe its distribution before its own ablation.
+        Reduced inside each layer's attention call (site ``attn.hook_stats``); no attention map is
+        kept. With an ``ablation``, each layer's statistics describe its distribution before its own
+        ablation. ``kernel``: as in :meth:`score` (``"eager"``: from full maps).
         """
+        KERNELS.check(kernel)
         enc = self.encode(queries, documents)
-        n = len(enc)
-        from .attention_stats import DIRECTIONS, STATS
-
-        values = np.full((n, self.num_layers, self.num_heads, len(DIRECTIONS), len(STATS)), np.nan, dtype=np.float32)
+        n, names = len(enc), statistic_names()
+        values = np.full((n, self.num_layers, self.num_heads, len(DIRECTIONS), len(names)), np.nan, dtype=np.float32)
         if n == 0:
-            return AttentionStats(values)
+            return AttentionStats(values, names)
         blocks = self._block_tensors([as_ablation(ablation)])[0]
+        per_layer: dict[int, torch.Tensor] = {}
+
+        def collect(value: torch.Tensor, hook) -> None:
+            per_layer[hook.layer] = value  # (B, H, directions, statistics), reduced inside the attention call
+
+        hooks = {f"blocks.{layer}.attn.hook_stats": collect for layer in range(self.num_layers)}
         bar = _progress(n, progress, "attention statistics")
         with torch.inference_mode():
-            for rows in self._batches(enc.lengths(), batch_size):
-                batch = self._collate(enc, rows)
-                per_layer: dict[int, torch.Tensor] = {}
-
-                def collect(layer: int, values: torch.Tensor) -> None:
-                    per_layer[layer] = values  # (B, H, 2, 4), reduced inside the attention call
-
-                ctx = ForwardContext(part_ids=batch["part_ids"], blocks=blocks if any(b is not None for b in blocks) else None,
-                                     reduced_stats_fn=collect, input_ids=batch["input_ids"])
-                with use_context(ctx):
-                    self.model(**batch["model_inputs"])
-                stacked = torch.stack([per_layer[l] for l in range(self.num_layers)], 1)  # (B, L, H, 2, 4)
-                values[rows] = stacked.cpu().numpy()
-                bar.update(len(rows))
+            for batch in self.padded_batches(enc, batch_size):
+                self.forward(batch, blocks=blocks if any(b is not None for b in blocks) else None, hooks=hooks,
+                             kernel=kernel)
+                values[batch.rows] = torch.stack([per_layer[l] for l in range(self.num_layers)], 1).cpu().numpy()
+                bar.update(len(batch))
         bar.close()
-        return AttentionStats(values)
+        return AttentionStats(values, names)
 
 
 class _NoBar:

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .attention import ForwardContext, use_context
 from .errors import MatchsigError
-from .hooks import HookPoint, canonical_kind, check_supported, parse_site, site_name
+from .hooks import ATTENTION_KINDS, HookPoint, canonical_kind, check_supported, parse_site, site_name
 from .parts import PAD
+
+if TYPE_CHECKING:
+    from .model import Batch
 
 __all__ = ["PatchResult", "patch", "check_aligned"]
 
@@ -119,6 +122,9 @@ def _resolve(ce, site: str, layers, heads, positions, max_len: int):
         layer_list = list(range(ce.num_layers)) if layers is None else _int_list("layer", _seq(layers), ce.num_layers)
     if not layer_list:
         raise MatchsigError("no layers to patch")
+    if kind in ATTENTION_KINDS:
+        raise MatchsigError(f"site {kind} cannot be patched (shape {ATTENTION_KINDS[kind]}, no position axis): "
+                            "patch attn.hook_z, the heads' outputs, instead")
     check_supported(ce, [kind])
     if kind == "attn.hook_z":
         head_list = list(range(ce.num_heads)) if heads is None else _int_list("head", _seq(heads), ce.num_heads)
@@ -181,7 +187,7 @@ def patch(ce, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_do
 
     bar = _progress(n * len(layer_list) * nh * npos, progress, f"patching {kind}")
     with torch.inference_mode():
-        for chunk in ce._batches(lengths, chunk_size):
+        for chunk in ce.batches(lengths, chunk_size):
             _patch_chunk(ce, enc_b, enc_p, chunk, lengths, kind, layer_list, head_list, pos_list, batch_size,
                          result, bar)
     bar.close()
@@ -191,12 +197,9 @@ def patch(ce, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_do
 def _patch_chunk(ce, enc_b, enc_p, chunk, lengths, kind, layer_list, head_list, pos_list, batch_size,
                  result: PatchResult, bar) -> None:
     """Baseline and perturbed runs of one chunk of pairs, then every patch of the grid for them."""
-    batch_b = ce._collate(enc_b, chunk)
-    batch_p = ce._collate(enc_p, chunk)
-    ctx = ForwardContext(part_ids=batch_b["part_ids"], input_ids=batch_b["input_ids"])
-    with use_context(ctx):
-        res = ce.model(**batch_b["model_inputs"], output_hidden_states=True)
-    result.baseline[chunk] = ce._scores_from_logits(res.logits).cpu().numpy()
+    batch_b = ce.collate(enc_b, chunk)
+    res = ce.forward(batch_b, output_hidden_states=True)
+    result.baseline[chunk] = ce.scores_from_logits(res.logits)
     starts = {layer: res.hidden_states[layer] for layer in layer_list}  # hidden_states[l] = input of layer l
     del res
 
@@ -205,11 +208,8 @@ def _patch_chunk(ce, enc_b, enc_p, chunk, lengths, kind, layer_list, head_list, 
     def record(value: torch.Tensor, hook: HookPoint) -> None:
         cached[hook.layer] = value.clone()
 
-    ctx = ForwardContext(part_ids=batch_p["part_ids"], input_ids=batch_p["input_ids"],
-                         hooks={site_name(kind, layer): record for layer in layer_list})
-    with use_context(ctx):
-        logits = ce.model(**batch_p["model_inputs"]).logits
-    result.perturbed[chunk] = ce._scores_from_logits(logits).cpu().numpy()
+    logits = ce.forward(ce.collate(enc_p, chunk), hooks={site_name(kind, layer): record for layer in layer_list}).logits
+    result.perturbed[chunk] = ce.scores_from_logits(logits)
 
     heads = head_list if head_list is not None else [None]
     positions = pos_list if pos_list is not None else [None]
@@ -228,7 +228,7 @@ def _patch_chunk(ce, enc_b, enc_p, chunk, lengths, kind, layer_list, head_list, 
             bar.update(len(part))
 
 
-def _patched_forward(ce, batch, rows: torch.Tensor, layer: int, kind: str, start: torch.Tensor,
+def _patched_forward(ce, batch: "Batch", rows: torch.Tensor, layer: int, kind: str, start: torch.Tensor,
                      pert: torch.Tensor, heads: list, positions: list) -> np.ndarray:
     """Scores of baseline rows ``rows`` of the chunk with each row's (head, position) patch at ``layer``.
 
@@ -236,7 +236,8 @@ def _patched_forward(ce, batch, rows: torch.Tensor, layer: int, kind: str, start
     is replaced, where a row's mask is set, by the cached perturbed activation of that pair.
     """
     r = len(positions)
-    part_ids = batch["part_ids"][rows]
+    sub = batch.select(rows)
+    part_ids = sub.part_ids
     width = part_ids.shape[1]
     real = part_ids != PAD  # padding is never patched (its keys are masked: it cannot matter)
     head_axis = pert.shape[2] if kind == "attn.hook_z" else 1
@@ -254,8 +255,5 @@ def _patched_forward(ce, batch, rows: torch.Tensor, layer: int, kind: str, start
     def replace(value: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         return torch.where(mask, source.to(value.dtype), value)
 
-    inputs = {k: v[rows] for k, v in batch["model_inputs"].items()}
-    ctx = ForwardContext(part_ids=part_ids, input_ids=batch["input_ids"][rows], hooks={site_name(kind, layer): replace})
-    with use_context(ctx), ce._start_at(layer, start[rows]):
-        logits = ce.model(**inputs).logits
-    return ce._scores_from_logits(logits).cpu().numpy()
+    logits = ce.forward(sub, hooks={site_name(kind, layer): replace}, start=(layer, start[rows])).logits
+    return ce.scores_from_logits(logits)
