@@ -362,7 +362,7 @@ _CORRECTION_HELP = "Multiple-comparison correction of each family of tests: holm
 _ALPHA_HELP = "Significance level of every test and mark (default 0.05)."
 
 
-def _with_options(command, options: list, before: str | None = None):
+def _with_options(command, options: list, before: str | None = None, show_defaults: bool = False):
     """Give ``command`` (whose last parameter is ``**options``) one command-line option per declared
     :class:`~matchsig.experiments.registry.Option`, inserted before parameter ``before`` (default: at the end)."""
     import inspect
@@ -371,8 +371,10 @@ def _with_options(command, options: list, before: str | None = None):
     hints = typing.get_type_hints(command)
     params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in inspect.signature(command).parameters.values()
               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    # experiment commands: None = "not given" (a preset or the configuration decides); patch: the declared default
     extra = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=o.kind,
-                               default=typer.Option(None, o.flag, *([o.short] if o.short else []), help=o.help))
+                               default=typer.Option(o.default_value() if show_defaults else None, o.flag,
+                                                    *([o.short] if o.short else []), help=o.help))
              for o in options]
     at = [p.name for p in params].index(before) if before else len(params)
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
@@ -694,4 +696,4 @@ def _patch_options() -> list:
     return list(registry.get("patch").options)
 
 
-app.command("patch")(_with_options(_patch, _patch_options()))
+app.command("patch")(_with_options(_patch, _patch_options(), show_defaults=True))

@@ -38,12 +38,25 @@ def grid_units(runner, labelled: Sequence[tuple[str, Ablation]], prefix: str = S
     units = []
     for k, rows in enumerate(runner.chunks(len(pool))):
         def work(rows=rows):
-            grid = runner.encoder.score_many([qs[i] for i in rows], [ds[i] for i in rows], ablations,
-                                             batch_size=runner.config.batch_size)
-            return list(grid)
+            return list(_score_grid(runner, [qs[i] for i in rows], [ds[i] for i in rows], ablations))
         files = [f"{prefix}/{slug(label)}/{k:05d}" for label in labels]
         units.append(Unit(f"{prefix}/chunk-{k:05d}", work, len(rows) * len(labels), files))
     return units
+
+
+def _score_grid(runner, queries: list[str], documents: list[str], ablations: list[Ablation]) -> np.ndarray:
+    """(configurations, pairs): ``score_many`` over groups of ``batch_size`` pairs of similar length (by
+    characters), each group scored for every configuration at once, so each batch holds a few pairs under
+    many configurations, and the progress bar moves after every group."""
+    size = runner.config.batch_size
+    order = np.argsort([-(len(q) + len(d)) for q, d in zip(queries, documents)], kind="stable")
+    out = np.zeros((len(ablations), len(queries)))
+    for start in range(0, len(order), size):
+        group = order[start:start + size]
+        out[:, group] = runner.encoder.score_many([queries[i] for i in group], [documents[i] for i in group],
+                                                  ablations, batch_size=size)
+        runner.tick(len(group) * len(ablations))
+    return out
 
 
 def curve_units(runner, specs: Sequence[str], prefix: str = "layers") -> list[Unit]:

@@ -40,6 +40,8 @@ class Runner:
         self.timings: dict[str, float] = {}
         #: What experiments hand to later ones (contrast -> heads: the classified heads).
         self.results: dict[str, object] = {}
+        #: Progress of the unit being computed: ``tick(n)`` after n more of its pair-configurations.
+        self.tick: Callable[[int], None] = lambda done: None
         self._encoder = None
         self.writer = RunFolderWriter(self.out)
         self._prepare_folder()
@@ -130,11 +132,23 @@ class Runner:
                        position=self.dist.rank if self.dist.world > 1 else None)
         for unit in todo:
             names = missing[unit.name]
+            share = unit.size * len(names) // len(unit.files)
+            ticked = 0
+
+            def tick(done: int) -> None:  # a unit's work may report progress in steps (of its whole size)
+                nonlocal ticked
+                step = min(share - ticked, done * share // unit.size)
+                if bar is not None and step > 0:
+                    bar.update(step)
+                ticked += max(step, 0)
+
+            self.tick = tick
             arrays = dict(zip(unit.files, unit.work(), strict=True))
             for name in names:
                 self.store.save(name, np.asarray(arrays[name]))
-            if bar is not None:
-                bar.update(unit.size * len(names) // len(unit.files))
+            if bar is not None and share > ticked:
+                bar.update(share - ticked)
+        self.tick = lambda done: None
         if bar is not None:
             bar.close()
         self.dist.barrier()
