@@ -54,8 +54,8 @@ class Heads(Experiment):
         return out
 
     def units(self, runner) -> list:
-        self._selections = self.selections(runner)
-        labelled = [(s["label"], AblationSet.heads(MATCH_SPEC, s["heads"], label=s["label"])) for s in self._selections]
+        chosen = runner.results["heads"] = self.selections(runner)
+        labelled = [(s["label"], AblationSet.heads(MATCH_SPEC, s["heads"], label=s["label"])) for s in chosen]
         driver.baseline_scores(runner)
         return driver.grid_units(runner, labelled)
 
@@ -66,13 +66,14 @@ class Heads(Experiment):
 
         c = runner.config
         classified = classify(runner.results["contrast"], c.alpha, c.correction)
-        chosen = classified[classified[CONTRAST.matching]]
-        matching = {(int(l), int(h)) for l, h in zip(chosen[CONTRAST.layer], chosen[CONTRAST.head])}
-        scores = driver.gather(runner, [s["label"] for s in self._selections])
+        hits = classified[classified[CONTRAST.matching]]
+        matching = {(int(l), int(h)) for l, h in zip(hits[CONTRAST.layer], hits[CONTRAST.head])}
+        chosen = runner.results["heads"]
+        scores = driver.gather(runner, [s["label"] for s in chosen])
         rows = [{HEADS.selection: s[HEADS.selection], HEADS.k: s[HEADS.k], HEADS.seed: s[HEADS.seed],
                  HEADS.heads: ";".join(f"{l}/{h}" for l, h in s["heads"]),
                  HEADS.matching_in_selection: sum(1 for h in s["heads"] if tuple(h) in matching)}
-                for s in self._selections]
+                for s in chosen]
         # one family: every head selection of the run
         frame = driver.ablation_rows(runner, rows, [driver.evaluate(runner, sc) for sc in scores])
         runner.writer.csv(FILES.heads, frame)
