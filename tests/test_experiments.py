@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from matchsig import Ablation, CrossEncoder, MatchsigError
-from matchsig.experiments import FIGURE1_DIRECTIONS, TABLE1_CELLS, Run, RunConfig
+from matchsig.experiments import FIGURE1_DIRECTIONS, TABLE1_CELLS, RunConfig, Runner
 
 SETTINGS = dict(datasets=["demo"], per_grade=2, max_queries=3, contrast_per_grade=2, contrast_easy=2,
                 heads_k=[1, 3], heads_random_seeds=2, chunk_size=10, batch_size=4, rankings=50)
@@ -23,7 +23,7 @@ SETTINGS = dict(datasets=["demo"], per_grade=2, max_queries=3, contrast_per_grad
 @pytest.fixture(scope="module")
 def full_run(tiny_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "r"
-    Run(out, RunConfig(model=tiny_model, **SETTINGS), progress=False).run()
+    Runner(out, RunConfig(model=tiny_model, **SETTINGS), progress=False).run()
     return out
 
 
@@ -69,22 +69,27 @@ TABLES = ("pools.tsv", "table1.csv", "table1_per_query.csv", "table1_scores.csv"
           "contrast/heads.csv", "contrast/per_query.csv")
 
 # Run in a subprocess: every work unit announces itself, then takes a measurable time, so the test can
-# kill the process with SIGKILL while a unit is being computed.
+# kill the process with SIGKILL while a unit is being computed; every stored file is logged too.
 _SLOW_RUN = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from matchsig.experiments import Run, RunConfig
+from matchsig.experiments import Runner, RunConfig, Store
 from matchsig.model import CrossEncoder
 
 log = open(sys.argv[3], "a", buffering=1)
-for name in ("score", "score_layer_curve", "attention_stats"):
+for name in ("score_many", "score_layer_curve", "attention_stats"):
     def slow(self, *a, _real=getattr(CrossEncoder, name), _name=name, **k):
         log.write(f"start {_name}\n")
         time.sleep(0.1)
         return _real(self, *a, **k)
     setattr(CrossEncoder, name, slow)
-Run(sys.argv[2], RunConfig.from_dict(json.loads(open(sys.argv[1]).read())), progress=False).run()
+_save = Store.save
+def save(self, unit, array):
+    _save(self, unit, array)
+    log.write(f"saved {unit}\n")
+Store.save = save
+Runner(sys.argv[2], RunConfig.from_dict(json.loads(open(sys.argv[1]).read())), progress=False).run()
 """
 
 
@@ -140,10 +145,10 @@ def test_sigkill_in_the_middle_of_a_unit_then_resume(full_run, tiny_model, tmp_p
         while True:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the run did not get far enough in time"
-            started = progress.read_text().count("start") if progress.is_file() else 0
+            lines = progress.read_text().splitlines() if progress.is_file() else []
             stored = len(_stored(out))
-            # some units done, most not, and one announced that has not been stored yet: inside a unit
-            if total // 4 <= stored and started > stored:
+            # some units done, most not, and one announced that has stored nothing yet: inside a unit
+            if total // 4 <= stored and lines and lines[-1].startswith("start"):
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.02)
@@ -156,7 +161,7 @@ def test_sigkill_in_the_middle_of_a_unit_then_resume(full_run, tiny_model, tmp_p
 
     saved = _recording_saves(monkeypatch)
     logs: list[str] = []
-    Run(out, RunConfig(model=tiny_model, **SETTINGS), progress=False, log=logs.append).run()
+    Runner(out, RunConfig(model=tiny_model, **SETTINGS), progress=False, log=logs.append).run()
     # only the missing units were computed, each once
     assert sorted(saved) == sorted(_stored(full_run) - present)
     assert any("already done, resuming" in line for line in logs)
@@ -184,7 +189,7 @@ def test_damaged_store_files_are_found_recomputed_and_reported(full_run, tiny_mo
 
     saved = _recording_saves(monkeypatch)
     logs: list[str] = []
-    Run(out, RunConfig(model=tiny_model, **SETTINGS), progress=False, log=logs.append).run()
+    Runner(out, RunConfig(model=tiny_model, **SETTINGS), progress=False, log=logs.append).run()
     assert sorted(saved) == sorted([truncated, flipped, garbage])  # those three, nothing else
     damaged = [line for line in logs if "damaged" in line]
     assert len(damaged) == 3 and all("\n" not in line for line in damaged), logs
@@ -234,7 +239,7 @@ def test_config_round_trip_and_mismatch(full_run, tiny_model, tmp_path):
     cfg = RunConfig.read(full_run / "config.json")
     assert cfg == RunConfig(model=tiny_model, **SETTINGS)
     with pytest.raises(MatchsigError, match="another configuration \\(seed"):
-        Run(full_run, RunConfig(model=tiny_model, **{**SETTINGS, "seed": 1}), progress=False)
+        Runner(full_run, RunConfig(model=tiny_model, **{**SETTINGS, "seed": 1}), progress=False)
     bad = tmp_path / "cfg.json"
     bad.write_text(json.dumps({"model": "x", "colour": 1}))
     with pytest.raises(MatchsigError, match="unknown configuration key 'colour'"):
@@ -247,7 +252,7 @@ def test_unwritable_output_folder(tmp_path, tiny_model):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(MatchsigError, match="cannot write to output folder"):
-        Run(blocker / "sub", RunConfig(model=tiny_model, **SETTINGS), progress=False)
+        Runner(blocker / "sub", RunConfig(model=tiny_model, **SETTINGS), progress=False)
 
 
 def _cli(*args, cwd=None, env_extra=None, timeout=300):
@@ -359,7 +364,7 @@ def test_analysis_datasets_feed_only_the_contrast(tmp_path, tiny_model):
         fh.writelines(f"{d}\t{t}\n" for d, t in demo.docs(docs).items())
     out = tmp_path / "scoped"
     cfg = RunConfig(model=tiny_model, **{**SETTINGS, "analysis_datasets": [str(folder)], "experiments": ["contrast", "heads"]})
-    Run(out, cfg, progress=False).run()
+    Runner(out, cfg, progress=False).run()
     pools = pd.read_csv(out / "pools.tsv", sep="\t", dtype={"qid": str, "docid": str})
     contrast, main = pools[pools["pool"].str.contains("contrast")], pools[pools["pool"].str.contains("main")]
     assert set(contrast["qid"]) == {f"x{q}" for q in qids} and not main["qid"].str.startswith("x").any()

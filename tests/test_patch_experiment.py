@@ -12,7 +12,7 @@ from conftest import make_tiny_model
 
 from matchsig import CrossEncoder, MatchsigError
 from matchsig.diagnostics import read_pairs
-from matchsig.patching_experiment import PatchConfig, run_patch
+from matchsig.experiments.patching import PatchConfig, run_patch
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_head_table_matches_per_pair_patches_and_resumes(tiny, tmp_path):
     again = pd.read_csv(run_patch(out, config, progress=False))
     pd.testing.assert_frame_equal(again, table)
     assert stored[0].stat().st_mtime_ns == kept and stored[1].is_file()
-    with pytest.raises(MatchsigError, match="site='head', not 'mlp'"):
+    with pytest.raises(MatchsigError, match="site: 'head' there, 'mlp' now"):
         run_patch(out, PatchConfig(**{**config.__dict__, "site": "mlp"}), progress=False)
 
 

@@ -79,9 +79,7 @@ for _command in (baseline, evaluate, rerank):
 
 def _run_experiments(experiments: list[str], out: str, force: bool, preset: str | None = None, **settings) -> "object":
     """Build a RunConfig (a preset, else the defaults, overridden by the options given), run it, report."""
-    import dataclasses
-
-    from .experiments import PRESETS, Run, RunConfig
+    from .experiments import PRESETS, Runner, RunConfig
 
     if preset is not None and preset not in PRESETS:
         raise MatchsigError(f"unknown preset {preset!r}: choose from {', '.join(sorted(PRESETS))}")
@@ -91,12 +89,9 @@ def _run_experiments(experiments: list[str], out: str, force: bool, preset: str 
         given["per_grade"] = _parse_cap(given["per_grade"])
     if "dataset" in given:
         given["datasets"] = list(given.pop("dataset"))
-    if "analysis_dataset" in given:
-        given["analysis_datasets"] = list(given.pop("analysis_dataset"))
-    if "heads_k" in given:
-        given["heads_k"] = list(given["heads_k"])
-    config = dataclasses.replace(base, experiments=experiments, **given)
-    run = Run(out, config, force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
+    given = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items()}
+    config = base.replace(experiments=experiments, **given)
+    run = Runner(out, config, force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
     folder = run.run()
     if run.dist.rank == 0:
         _report(folder)
@@ -108,13 +103,39 @@ _CORRECTION_HELP = "Multiple-comparison correction of each family of tests: holm
 _ALPHA_HELP = "Significance level of every test and mark (default 0.05)."
 
 
+def _with_options(command, options: list, before: str | None = None, show_defaults: bool = False):
+    """Give ``command`` (whose last parameter is ``**options``) one command-line option per declared
+    :class:`~matchsig.experiments.registry.Option`, inserted before parameter ``before`` (default: at the end)."""
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(command)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in inspect.signature(command).parameters.values()
+              if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    # experiment commands: None = "not given" (a preset or the configuration decides); patch: the declared default
+    extra = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=o.kind,
+                               default=typer.Option(o.default_value() if show_defaults else None, o.flag,
+                                                    *([o.short] if o.short else []), help=o.help))
+             for o in options]
+    at = [p.name for p in params].index(before) if before else len(params)
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
+    command.__signature__ = inspect.Signature(params[:at] + extra + params[at:])
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+    return command
+
+
+def _paper_options() -> list:
+    """The options every experiment command takes: those the default experiments declare."""
+    from .experiments import registered
+
+    return [o for e in registered() if e.default for o in e.options]
+
+
 def _experiment_command(name: str, experiments: list[str], doc: str):
     def command(
         model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP + " Default: embedded."),
         dataset: list[str] = typer.Option(None, "--dataset", "-d", help=_DATASET_HELP + " Repeatable (pools are "
                                           "merged). Feeds Table 1, Figure 1 and the head ablations. Default: demo."),
-        analysis_dataset: list[str] = typer.Option(None, "--analysis-dataset", "-a", help="Dataset(s) of the contrastive "
-                                                   "analysis (Figures 2-4), repeatable. Default: the --dataset ones."),
         preset: str = typer.Option(None, "--preset", help="Start from a named configuration: 'paper' (ablations on DL19 "
                                    "judged, analysis on DL19-22 judged, caps 20) or 'demo'; options given override it."),
         per_grade: str = typer.Option(None, "--per-grade", "-n", help=_CAP_HELP + " Default: 20."),
@@ -129,20 +150,15 @@ def _experiment_command(name: str, experiments: list[str], doc: str):
         alpha: float = typer.Option(None, "--alpha", help=_ALPHA_HELP),
         correction: str = typer.Option(None, "--correction", help=_CORRECTION_HELP),
         rankings: int = typer.Option(None, "--rankings", "-r", help="Sampled random rankings for the spread (sd) of the random baseline (default 1000)."),
-        contrast_per_grade: int = typer.Option(None, "--contrast-per-grade", help="Contrast: relevant (3) and hard (0) passages per query (default 10)."),
-        contrast_easy: int = typer.Option(None, "--contrast-easy", help="Contrast: easy negatives (-1) per query (default 10)."),
-        heads_k: list[int] = typer.Option(None, "--k", help="Heads: numbers of heads to ablate (repeatable)."),
-        heads_random_seeds: int = typer.Option(None, "--random-seeds", help="Heads: random head sets per k (default 5)."),
         run: str = typer.Option(None, "--run", help="Re-ranking protocol: the main pool is the top-k of this TREC run "
                                 "(judged and unjudged candidates) instead of a sample; --per-grade is then unused."),
         top_k: str = typer.Option(None, "--top-k", help=_TOP_K_HELP + " Default with --run: 100."),
         passages: list[str] = typer.Option(None, "--passages", help=_PASSAGES_HELP),
+        **options,
     ) -> None:
-        settings = dict(model=model, dataset=dataset, analysis_dataset=analysis_dataset, per_grade=per_grade, seed=seed,
-                        max_queries=max_queries, batch_size=batch_size, device=device, dtype=dtype,
-                        max_length=max_length, alpha=alpha, correction=correction, rankings=rankings,
-                        contrast_per_grade=contrast_per_grade, contrast_easy=contrast_easy, heads_k=heads_k,
-                        heads_random_seeds=heads_random_seeds)
+        settings = dict(model=model, dataset=dataset, per_grade=per_grade, seed=seed, max_queries=max_queries,
+                        batch_size=batch_size, device=device, dtype=dtype, max_length=max_length, alpha=alpha,
+                        correction=correction, rankings=rankings, **options)
         if run is None and (top_k is not None or passages):
             raise MatchsigError("--top-k and --passages go with --run FILE (the re-ranking protocol)")
         if run is not None:
@@ -158,7 +174,7 @@ def _experiment_command(name: str, experiments: list[str], doc: str):
         _run_experiments(experiments, out, force, preset=preset, **settings)
 
     command.__doc__ = doc
-    app.command(name)(command)
+    app.command(name)(_with_options(command, _paper_options(), before="run"))
 
 
 _experiment_command("ablate", ["table1"], "Table 1: nDCG@10 with each direction X<-Y (and X<-*) masked in all layers.")
@@ -180,7 +196,7 @@ def run_config(
     """Re-run (or resume) a run from its configuration file."""
     from pathlib import Path
 
-    from .experiments import Run, RunConfig
+    from .experiments import Runner, RunConfig
 
     cfg = RunConfig.read(config)
     if alpha is not None:
@@ -188,7 +204,7 @@ def run_config(
     if correction is not None:
         cfg.correction = correction
     target = Path(out) if out else (Path(config) if Path(config).is_dir() else Path(config).parent)
-    run = Run(target, cfg, force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
+    run = Runner(target, cfg, force=force, log=lambda m: typer.secho(m, err=True, fg="yellow"))
     folder = run.run()
     if run.dist.rank == 0:
         if report_too:
@@ -208,8 +224,10 @@ def report(run_dir: str = typer.Argument(..., help="A run folder.")) -> None:
     """Write RUN_DIR/report.html: one self-contained page with tables, figures and findings."""
     from pathlib import Path
 
+    from .runfolder import FILES
+
     folder = Path(run_dir)
-    if not (folder / "config.json").is_file():
+    if not (folder / FILES.config).is_file():
         raise MatchsigError(f"{folder} is not a matchsig run folder (no config.json)")
     _report(folder)
 
@@ -222,12 +240,10 @@ def demo(
     correction: str = typer.Option(None, "--correction", help=_CORRECTION_HELP),
 ) -> None:
     """Everything on the embedded model and the bundled DL19 sample, offline: tables, figures, report."""
-    import dataclasses
-
-    from .experiments import DEMO_CONFIG, Run
+    from .experiments import DEMO_CONFIG, Runner
 
     given = {k: v for k, v in (("alpha", alpha), ("correction", correction)) if v is not None}
-    run = Run(out, dataclasses.replace(DEMO_CONFIG(), **given), force=force,
+    run = Runner(out, DEMO_CONFIG().replace(**given), force=force,
               log=lambda m: typer.secho(m, err=True, fg="yellow"))
     typer.secho(
         f"matchsig demo: embedded model, bundled DL19 sample, up to {run.config.per_grade} passage(s) per grade "
@@ -243,31 +259,36 @@ for _command in (view, train, parts):
     app.command()(_command)
 
 
-# ---- patch: activation patching on diagnostic pairs (patching_experiment.py) ----------------------
+# ---- patch: activation patching on diagnostic pairs (experiments/patching.py) ---------------------
 
 
-@app.command()
-def patch(
+def _patch(
     out: str = typer.Option(..., "--out", "-o", help="Run folder (resumed if it holds the same settings)."),
     model: str = typer.Option("embedded", "--model", "-m", help=_MODEL_HELP),
     dataset: str = typer.Option("demo", "--dataset", help="'demo', a folder, or an ir_datasets id."),
-    diagnostic: str = typer.Option("tfc1", "--diagnostic", help="tfc1, tdc, lnc1 or stmc1 (see docs/patching.md)."),
-    site: str = typer.Option("head", "--site", help="head, head-position, residual or mlp."),
-    pairs: int = typer.Option(50, "--pairs", help="Passages drawn from the pool; each gives an appended and a prepended pair."),
     per_grade: str = typer.Option("3", "--per-grade", help="Pool cap per relevance grade ('all' for no cap)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pool and of the pairs."),
-    min_delta: float = typer.Option(0.01, "--min-delta", help="Pairs whose score the perturbation moves less are left out of the means."),
     device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
     dtype: str = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
     batch_size: int = typer.Option(64, "--batch-size", help="Patched rows per forward."),
     force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
+    **options,
 ) -> None:
     """Activation patching: which layers, heads and positions carry a diagnostic's effect (patching.csv + heatmaps)."""
-    from .patching_experiment import PatchConfig, run_patch
+    from .experiments.patching import PatchConfig, run_patch
 
-    config = PatchConfig(model=model, dataset=dataset, diagnostic=diagnostic, site=site, pairs=pairs,
-                         per_grade=_parse_cap(per_grade), seed=seed, min_delta=min_delta, device=device, dtype=dtype,
-                         batch_size=batch_size)
+    given = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in options.items() if v is not None and v != []}
+    config = PatchConfig(model=model, dataset=dataset, per_grade=_parse_cap(per_grade), seed=seed, device=device,
+                         dtype=dtype, batch_size=batch_size, **given)
     path = run_patch(out, config, force=force, progress=sys.stderr.isatty(),
                      log=lambda msg: typer.echo(f"matchsig patch: {msg}", err=True))
     typer.echo(f"wrote {path} and {path.with_name('patching.png')}")
+
+
+def _patch_options() -> list:
+    from .experiments import registry
+
+    return list(registry.get("patch").options)
+
+
+app.command("patch")(_with_options(_patch, _patch_options(), show_defaults=True))

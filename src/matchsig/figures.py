@@ -27,10 +27,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
-from .findings import Run, direction_label  # noqa: E402
+from .findings import direction_label  # noqa: E402
+from .runfolder import COMPARE, CONTRAST, HEADS, FILES  # noqa: E402
+from .runfolder import RunFolder as Run  # noqa: E402
 
 __all__ = [
-    "FIGURES",
+    "figure_captions",
     "make_figures",
     "plot_contrast",
     "plot_entropy_exact",
@@ -39,15 +41,18 @@ __all__ = [
     "plot_layers",
 ]
 
-#: File name -> caption, in the order the report shows them.
-FIGURES = {
-    "layers.png": "Figure 1 — nDCG@10 when a direction is ablated in every head of layers 0..l.",
-    "fig2_relevant_vs_easy.png": "Figure 2 — M(.|3) − M(.|−1): max attention on relevant minus easy-negative passages.",
-    "fig3_hard_vs_easy.png": "Figure 3 — M(.|0) − M(.|−1): max attention on hard-negative minus easy-negative passages.",
-    "fig4_entropy_exact.png": "Figure 4 — attention entropy and exact-match mass, relevant vs easy negatives, per layer.",
-    "fig4_heads.png": "Figure 4 (per head) — relevant minus easy negatives, for entropy and exact-match mass.",
-    "heads.png": "Beyond the paper — nDCG@10 with the top-k matching heads ablated vs k random heads.",
-}
+def figure_captions() -> dict[str, str]:
+    """File name -> caption of every registered experiment's figures, in the order the report shows them."""
+    from .experiments import registered
+
+    return {name: caption for e in registered() for name, caption in e.figures.items()}
+
+
+def __getattr__(name: str):
+    if name == "FIGURES":  # computed: experiments registered after import add theirs
+        return figure_captions()
+    raise AttributeError(name)
+
 
 DIRECTIONS = ("Q<-D", "D<-Q")
 ARROW = "\u2190"
@@ -134,10 +139,10 @@ def plot_layers(run: Run, path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     extra = iter(plt.get_cmap("Dark2").colors)
-    for direction, group in frame.groupby("direction", sort=False):
-        group = group.sort_values("layer")
+    for direction, group in frame.groupby(CONTRAST.direction, sort=False):
+        group = group.sort_values(CONTRAST.layer)
         color, style, marker, width = _line_style(str(direction), extra)
-        ax.plot(group["layer"], group["ndcg@10"], color=color, linestyle=style, marker=marker, markersize=3.5,
+        ax.plot(group[CONTRAST.layer], group[COMPARE.ndcg], color=color, linestyle=style, marker=marker, markersize=3.5,
                 linewidth=width, label=_arrow(direction_label(direction)))
     levels = []
     if run.unablated is not None:
@@ -149,7 +154,7 @@ def plot_layers(run: Run, path: Path) -> Path | None:
     for text, y in levels:
         ax.annotate(f"{text} {y:.3f}", xy=(1, y), xycoords=("axes fraction", "data"), xytext=(-2, 2),
                     textcoords="offset points", fontsize=8, color="dimgray", ha="right")
-    layers = sorted(frame["layer"].unique())
+    layers = sorted(frame[CONTRAST.layer].unique())
     ax.set_xticks(layers)
     ax.set_xlabel("last ablated layer l (layers 0..l ablated, every head)")
     ax.set_ylabel("nDCG@10")
@@ -164,8 +169,8 @@ def plot_layers(run: Run, path: Path) -> Path | None:
 
 def _grid(frame: pd.DataFrame, value: str, L: int, H: int) -> np.ndarray:
     grid = np.full((L, H), np.nan)
-    layers = frame["layer"].to_numpy(int)
-    heads = frame["head"].to_numpy(int)
+    layers = frame[CONTRAST.layer].to_numpy(int)
+    heads = frame[CONTRAST.head].to_numpy(int)
     values = frame[value].to_numpy(float)
     ok = (layers >= 0) & (layers < L) & (heads >= 0) & (heads < H)
     grid[layers[ok], heads[ok]] = values[ok]
@@ -209,12 +214,12 @@ def per_query_differences(run: Run, level: int, statistic: str = "max", baseline
     frame = run.contrast_per_query
     if frame is None or statistic not in frame:
         return None
-    sub = frame[frame["level"].isin([level, baseline])]
-    wide = sub.pivot_table(index=["qid", "layer", "head", "direction"], columns="level", values=statistic, aggfunc="mean")
+    sub = frame[frame[CONTRAST.level].isin([level, baseline])]
+    wide = sub.pivot_table(index=[CONTRAST.qid, CONTRAST.layer, CONTRAST.head, CONTRAST.direction], columns=CONTRAST.level, values=statistic, aggfunc="mean")
     if level not in wide or baseline not in wide:
         return None
     out = (wide[level] - wide[baseline]).dropna().rename("diff").reset_index()
-    out["direction"] = out["direction"].astype(str).str.replace(" ", "")
+    out[CONTRAST.direction] = out[CONTRAST.direction].astype(str).str.replace(" ", "")
     return out
 
 
@@ -239,8 +244,8 @@ def plot_contrast(run: Run, path: Path, level: int) -> Path | None:
     diffs = per_query_differences(run, level)
     if heads is None and diffs is None:
         return None
-    L = run.num_layers or int((heads if heads is not None else diffs)["layer"].max()) + 1
-    H = run.num_heads or int((heads if heads is not None else diffs)["head"].max()) + 1
+    L = run.num_layers or int((heads if heads is not None else diffs)[CONTRAST.layer].max()) + 1
+    H = run.num_heads or int((heads if heads is not None else diffs)[CONTRAST.head].max()) + 1
     value, pcol = ("delta_relevant", run.p_column("relevant")) if level == 3 else ("delta_hard", run.p_column("hard"))
     what = "relevant (3)" if level == 3 else "hard negative (0)"
     number = 2 if level == 3 else 3
@@ -249,7 +254,7 @@ def plot_contrast(run: Run, path: Path, level: int) -> Path | None:
     for row, direction in enumerate(DIRECTIONS):
         ax_a, ax_b = axes[row]
         if heads is not None:
-            sub = heads[heads["direction"].astype(str).str.replace(" ", "") == direction]
+            sub = heads[heads[CONTRAST.direction].astype(str).str.replace(" ", "") == direction]
             grid = _grid(sub, value, L, H)
             p = sub[pcol] if pcol in sub else sub[pcol.rsplit("_", 1)[0]]  # a table written without a correction
             marks = _grid(sub.assign(_sig=(p <= run.alpha).astype(float)), "_sig", L, H) == 1
@@ -259,8 +264,8 @@ def plot_contrast(run: Run, path: Path, level: int) -> Path | None:
             ax_a.set_axis_off()
             ax_a.text(0.5, 0.5, "contrast/heads.csv missing", ha="center", va="center")
         if diffs is not None:
-            sub = diffs[diffs["direction"] == direction]
-            groups = [sub.loc[sub["layer"] == l, "diff"].to_numpy(float) for l in range(L)]
+            sub = diffs[diffs[CONTRAST.direction] == direction]
+            groups = [sub.loc[sub[CONTRAST.layer] == l, "diff"].to_numpy(float) for l in range(L)]
             _boxes(ax_b, groups, list(range(L)), REL_COLOR if level == 3 else HARD_COLOR)
             ax_b.axhline(0, color="grey", linewidth=0.8, linestyle="--")
             ax_b.set_xticks(range(L))
@@ -290,18 +295,18 @@ def _level_values(run: Run, statistic: str) -> pd.DataFrame | None:
     """Rows (direction, layer, level, value) for levels 3 and -1: per query and head if possible, else per head."""
     frame = run.contrast_per_query
     if frame is not None and statistic in frame:
-        sub = frame[frame["level"].isin([3, -1])][["direction", "layer", "level", statistic]].rename(columns={statistic: "value"})
-        sub = sub.assign(direction=sub["direction"].astype(str).str.replace(" ", ""))
+        sub = frame[frame[CONTRAST.level].isin([3, -1])][[CONTRAST.direction, CONTRAST.layer, CONTRAST.level, statistic]].rename(columns={statistic: "value"})
+        sub = sub.assign(direction=sub[CONTRAST.direction].astype(str).str.replace(" ", ""))
         return sub.dropna()
     heads = run.contrast_heads
     if heads is None or f"{statistic}_relevant" not in heads:
         return None
     rows = []
     for level, suffix in ((3, "relevant"), (-1, "easy")):
-        part = heads[["direction", "layer", f"{statistic}_{suffix}"]].rename(columns={f"{statistic}_{suffix}": "value"})
+        part = heads[[CONTRAST.direction, CONTRAST.layer, f"{statistic}_{suffix}"]].rename(columns={f"{statistic}_{suffix}": "value"})
         rows.append(part.assign(level=level))
     out = pd.concat(rows, ignore_index=True)
-    return out.assign(direction=out["direction"].astype(str).str.replace(" ", "")).dropna()
+    return out.assign(direction=out[CONTRAST.direction].astype(str).str.replace(" ", "")).dropna()
 
 
 STAT_LABELS = {"entropy": "attention entropy (nats)", "exact": "exact-match mass"}
@@ -312,7 +317,7 @@ def plot_entropy_exact(run: Run, path: Path) -> Path | None:
     if all(v is None for v in values.values()):
         return None
     per_query = run.contrast_per_query is not None
-    L = run.num_layers or int(next(v for v in values.values() if v is not None)["layer"].max()) + 1
+    L = run.num_layers or int(next(v for v in values.values() if v is not None)[CONTRAST.layer].max()) + 1
     fig, axes = plt.subplots(2, 2, figsize=(13, 7.5), squeeze=False)
     for row, statistic in enumerate(("entropy", "exact")):
         for col, direction in enumerate(DIRECTIONS):
@@ -322,9 +327,9 @@ def plot_entropy_exact(run: Run, path: Path) -> Path | None:
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, f"no {statistic} statistics", ha="center", va="center")
                 continue
-            sub = frame[frame["direction"] == direction]
+            sub = frame[frame[CONTRAST.direction] == direction]
             for level, color, offset, label in ((3, REL_COLOR, -0.2, "relevant (3)"), (-1, EASY_COLOR, 0.2, "easy negative (−1)")):
-                groups = [sub.loc[(sub["layer"] == l) & (sub["level"] == level), "value"].to_numpy(float) for l in range(L)]
+                groups = [sub.loc[(sub[CONTRAST.layer] == l) & (sub[CONTRAST.level] == level), "value"].to_numpy(float) for l in range(L)]
                 _boxes(ax, groups, [l + offset for l in range(L)], color, width=0.36, label=label)
             ax.set_xticks(range(L))
             ax.set_xlim(-0.7, L - 0.3)
@@ -350,13 +355,13 @@ def plot_entropy_exact_heads(run: Run, path: Path) -> Path | None:
     needed = {"entropy_relevant", "entropy_easy", "exact_relevant", "exact_easy"}
     if heads is None or not needed <= set(heads.columns):
         return None
-    L = run.num_layers or int(heads["layer"].max()) + 1
-    H = run.num_heads or int(heads["head"].max()) + 1
+    L = run.num_layers or int(heads[CONTRAST.layer].max()) + 1
+    H = run.num_heads or int(heads[CONTRAST.head].max()) + 1
     tall = max(3.5, 0.2 * L + 1.2)
     fig, axes = plt.subplots(2, 2, figsize=(11, 2 * tall), squeeze=False)
     for row, statistic in enumerate(("entropy", "exact")):
         for col, direction in enumerate(DIRECTIONS):
-            sub = heads[heads["direction"].astype(str).str.replace(" ", "") == direction]
+            sub = heads[heads[CONTRAST.direction].astype(str).str.replace(" ", "") == direction]
             sub = sub.assign(_d=sub[f"{statistic}_relevant"] - sub[f"{statistic}_easy"])
             _heatmap(axes[row][col], _grid(sub, "_d", L, H), f"{_arrow(direction)}: {STAT_LABELS[statistic]}",
                      "relevant − easy", annotate_top=0)
@@ -375,12 +380,12 @@ def plot_heads(run: Run, path: Path) -> Path | None:
     frame = run.heads
     if frame is None:
         return None
-    frame = frame.assign(selection=frame["selection"].astype(str).str.lower())
+    frame = frame.assign(selection=frame[HEADS.selection].astype(str).str.lower())
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    top = frame[frame["selection"] == "top"].groupby("k")["ndcg@10"].mean()
+    top = frame[frame[HEADS.selection] == "top"].groupby("k")[COMPARE.ndcg].mean()
     if len(top):
         ax.plot(top.index, top.values, marker="o", color=REL_COLOR, linewidth=2, label="top-k matching heads")
-    rnd = frame[frame["selection"] == "random"].groupby("k")["ndcg@10"].agg(["mean", "std", "count"])
+    rnd = frame[frame[HEADS.selection] == "random"].groupby("k")[COMPARE.ndcg].agg(["mean", "std", "count"])
     if len(rnd):
         sd = rnd["std"].fillna(0.0)
         seeds = int(rnd["count"].max())
@@ -408,16 +413,11 @@ def make_figures(run_dir: str | Path | Run, errors: dict[str, str] | None = None
     too, and the reason is put in ``errors`` ({file name: message}) when given, so that one bad file
     does not cost the whole report.
     """
+    from .experiments import registered
+
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
-    out = run.path / "figures"
-    makers = {
-        "layers.png": lambda p: plot_layers(run, p),
-        "fig2_relevant_vs_easy.png": lambda p: plot_contrast(run, p, 3),
-        "fig3_hard_vs_easy.png": lambda p: plot_contrast(run, p, 0),
-        "fig4_entropy_exact.png": lambda p: plot_entropy_exact(run, p),
-        "fig4_heads.png": lambda p: plot_entropy_exact_heads(run, p),
-        "heads.png": lambda p: plot_heads(run, p),
-    }
+    out = run.path / FILES.figures
+    makers = {name: (lambda p, e=e, name=name: e.make_figure(name, run, p)) for e in registered() for name in e.figures}
     made = {}
     for name, maker in makers.items():
         target = out / name

@@ -38,6 +38,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .runfolder import CONTRAST
 from .statistics import correct, decision_column
 
 __all__ = [
@@ -117,9 +118,9 @@ def classify(frame: pd.DataFrame, alpha: float, correction: str | None) -> pd.Da
         semantic = matching & ~syntactic & (p_rh <= alpha) & (np.sign(d_rh) == sign) & (p_hard > alpha)
     else:  # a table without the direct test cannot show semantic matching
         semantic = np.zeros(len(out), bool)
-    out["matching"] = matching
-    out["sign"] = sign
-    out["kind"] = np.select([syntactic, semantic, matching], ["syntactic", "semantic", "unclassified"], "none")
+    out[CONTRAST.matching] = matching
+    out[CONTRAST.sign] = sign
+    out[CONTRAST.kind] = np.select([syntactic, semantic, matching], ["syntactic", "semantic", "unclassified"], "none")
     return out
 
 
