@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from matchsig import paper
-from matchsig.findings import judge, normalize_direction, top_matching_heads
+from matchsig.ablation import direction_cells as normalize_direction
+from matchsig.findings import judge, top_matching_heads
 
 PARTS = paper.PARTS
 L, H, NQ = 6, 4, 60

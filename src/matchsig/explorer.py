@@ -32,15 +32,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .ablation import TABLE1_ABLATIONS
 from .errors import MatchsigError
 from .parts import PART_NAMES, Part
 
-#: The 31 configurations of Table 1: the unablated model, 25 ``X<-Y`` and 5 ``X<-*``.
-TABLE1_ABLATIONS: tuple[str, ...] = (
-    ("none",)
-    + tuple(f"{x}<-{y}" for x in PART_NAMES for y in PART_NAMES)
-    + tuple(f"{x}<-*" for x in PART_NAMES)
-)
 
 DEFAULT_TOP_K = 8
 #: Statistics of :data:`matchsig.attention_stats.STATISTICS` the page draws (per head, both directions).

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
-from .findings import direction_label  # noqa: E402
+from .ablation import direction_cells, direction_label  # noqa: E402
 from .runfolder import COMPARE, CONTRAST, HEADS, FILES  # noqa: E402
 from .runfolder import RunFolder as Run  # noqa: E402
 
@@ -118,9 +118,8 @@ SOURCE_STYLES = {"CLS": (":", "^"), "Q": ("--", "s"), "D": ("-", "o"), "SEP1": (
 
 
 def _line_style(direction: str, extra) -> tuple:
-    from .findings import normalize_direction
 
-    pairs = normalize_direction(direction)
+    pairs = direction_cells(direction)
     if len(pairs) == 1:
         target, source = next(iter(pairs))
         if source == "*":

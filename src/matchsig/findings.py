@@ -24,7 +24,6 @@ l >= floor(20 L / 24).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -43,7 +42,6 @@ __all__ = [
     "directional",
     "judge",
     "judges",
-    "normalize_direction",
     "top_matching_heads",
     "write_findings",
 ]
@@ -62,46 +60,6 @@ MIN_QUERIES = 5
 
 
 # ---- directions ---------------------------------------------------------------------------------
-
-
-def _expand(token: str) -> list[tuple[str, str]]:
-    token = token.strip().replace(" ", "")
-    if "<-" not in token:
-        return []
-    target, source = token.split("<-", 1)
-    sources = source.split("|")
-    return [(target.upper(), s.upper() if s != "*" else "*") for s in sources if s]
-
-
-def normalize_direction(text: str) -> frozenset[tuple[str, str]]:
-    """``"CLS<-Q,CLS<-D"``, ``"CLS<-{Q,D}"`` -> {("CLS","Q"), ("CLS","D")}; ``X<-*`` is kept as ``*``."""
-    text = str(text).strip()
-    # "CLS<-{Q,D}": the comma inside braces separates sources, not directions.
-    text = re.sub(r"\{([^}]*)\}", lambda m: m.group(1).replace(",", "|"), text)
-    out: list[tuple[str, str]] = []
-    last_target = None
-    for token in text.split(","):
-        token = token.strip()
-        if not token:
-            continue
-        if "<-" not in token and last_target:  # "CLS<-Q,D": a bare source continues the last target
-            token = f"{last_target}<-{token}"
-        pairs = _expand(token)
-        if pairs:
-            last_target = pairs[0][0]
-        out.extend(pairs)
-    return frozenset(out)
-
-
-def direction_label(text: str) -> str:
-    """A compact label: ``CLS<-{Q,D}`` for a union of sources into one target."""
-    pairs = normalize_direction(text)
-    targets = {t for t, _ in pairs}
-    if len(pairs) > 1 and len(targets) == 1:
-        order = {p: i for i, p in enumerate(paper.TABLE1_COLUMNS)}
-        sources = sorted((s for _, s in pairs), key=lambda s: order.get(s, 99))
-        return f"{next(iter(targets))}<-{{{','.join(sources)}}}"
-    return str(text)
 
 
 #: The CLS ablations of Figure 1 that finding 5 concerns.

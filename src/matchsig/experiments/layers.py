@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..findings import direction_label
+from ..ablation import FIGURE1_DIRECTIONS, direction_label
 from ..report_html import arrow, esc, figure, missing, num, table
 from ..runfolder import COMPARE, CONTRAST, FILES, LAYERS, RunFolder
 from . import driver
@@ -16,11 +16,6 @@ from .registry import Experiment
 
 __all__ = ["FIGURE1_DIRECTIONS", "Layers"]
 
-#: Figure 1: X<-Y for X, Y in {CLS, Q, D}, CLS<-{Q, D} and CLS<-*.
-FIGURE1_DIRECTIONS: tuple[str, ...] = tuple(f"{x}<-{y}" for x in ("CLS", "Q", "D") for y in ("CLS", "Q", "D")) + (
-    "CLS<-Q,CLS<-D",
-    "CLS<-*",
-)
 FIGURES = {"layers.png": "Figure 1 — nDCG@10 when a direction is ablated in every head of layers 0..l."}
 
 

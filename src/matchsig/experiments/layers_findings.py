@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import pandas as pd
 
-from ..findings import (DROP, FAILS, HOLDS, INCONCLUSIVE, MIN_QUERIES, Finding, Judge, _combine, direction_label, finding, missing, normalize_direction, queries_of)
+from ..findings import (DROP, FAILS, HOLDS, INCONCLUSIVE, MIN_QUERIES, Finding, Judge, _combine, finding, missing, queries_of)
+from ..ablation import direction_cells, direction_label
 from ..runfolder import COMPARE, CONTRAST, RunFolder, as_float
 
 CLS_DIRECTIONS = (frozenset({("CLS", "*")}), frozenset({("CLS", "Q"), ("CLS", "D")}))
@@ -27,7 +28,7 @@ def _layer_curves(run: RunFolder) -> dict[frozenset, pd.DataFrame]:
             continue
         group["label"] = str(direction)
         group["state"] = [_layer_state(run, row) for _, row in group.iterrows()]
-        out[normalize_direction(direction)] = group
+        out[direction_cells(direction)] = group
     return out
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..findings import (FAILS, HOLDS, INCONCLUSIVE, MARGIN, MIN_QUERIES, SEP_NOOP, Finding, Judge, _combine, _fmt, directional, finding, missing, normalize_direction, queries_of)
+from ..findings import (FAILS, HOLDS, INCONCLUSIVE, MARGIN, MIN_QUERIES, SEP_NOOP, Finding, Judge, _combine, _fmt, directional, finding, missing, queries_of)
+from ..ablation import direction_cells
 from ..runfolder import COMPARE, RunFolder, as_float
 
 SEP_PARTS = ("SEP1", "SEP2")
@@ -37,7 +38,7 @@ def _per_query_columns(run: RunFolder) -> dict[frozenset, str]:
     frame = run.table1_per_query
     if frame is None:
         return {}
-    return {normalize_direction(c): c for c in frame.columns if "<-" in str(c)}
+    return {direction_cells(c): c for c in frame.columns if "<-" in str(c)}
 
 
 def _dd_hurts_most(run: RunFolder) -> Finding:

@@ -7,16 +7,12 @@ from typing import Callable
 
 import pandas as pd
 
+from ..ablation import ALL, TABLE1_CELLS
 from ..parts import PART_NAMES
 from ..runfolder import COMPARE, TABLE1
 
 __all__ = ["ALL", "TABLE1_CELLS", "table1_latex", "table1_markdown"]
 
-ALL = "*"
-#: Table 1: the 25 directions X<-Y, then the 5 X<-* ("All"), as (target, source).
-TABLE1_CELLS: tuple[tuple[str, str], ...] = tuple((x, y) for x in PART_NAMES for y in PART_NAMES) + tuple(
-    (x, ALL) for x in PART_NAMES
-)
 
 
 def _cell_label(x: str, y: str) -> str:
