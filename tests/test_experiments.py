@@ -240,6 +240,9 @@ def test_config_round_trip_and_mismatch(full_run, tiny_model, tmp_path):
     assert cfg == RunConfig(model=tiny_model, **SETTINGS)
     with pytest.raises(MatchsigError, match="another configuration \\(seed"):
         Runner(full_run, RunConfig(model=tiny_model, **{**SETTINGS, "seed": 1}), progress=False)
+    # the chunk size decides which rows each stored unit holds: resuming with another one is refused
+    with pytest.raises(MatchsigError, match="another configuration \\(chunk_size"):
+        Runner(full_run, RunConfig(model=tiny_model, **{**SETTINGS, "chunk_size": cfg.chunk_size + 1}), progress=False)
     bad = tmp_path / "cfg.json"
     bad.write_text(json.dumps({"model": "x", "colour": 1}))
     with pytest.raises(MatchsigError, match="unknown configuration key 'colour'"):

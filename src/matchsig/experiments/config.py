@@ -33,8 +33,9 @@ _CORE_HEAD: tuple[tuple[str, Any], ...] = (
 #: main pool is the top ``top_k`` of this TREC run instead of a sample; ``passages`` are extra texts.
 _CORE_TAIL: tuple[tuple[str, Any], ...] = (("chunk_size", 256), ("run", None), ("top_k", None), ("passages", None))
 #: Fields that do not change stored results (where and how fast a run executes; the statistics only
-#: change tables, which every run rewrites).
-_NOT_RESULTS = ("device", "batch_size", "chunk_size", "experiments", "alpha", "correction", "rankings")
+#: change tables, which every run rewrites). ``chunk_size`` is not one: it decides which rows each
+#: stored unit holds, so a resume with another chunk size would read mismatched chunks.
+_NOT_RESULTS = ("device", "batch_size", "experiments", "alpha", "correction", "rankings")
 
 
 def _fields() -> list[tuple[str, Any]]:
