@@ -79,3 +79,97 @@ def test_cli_error_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "matchsig", "patch", "--out", str(tmp_path / "y"), "--site", "nope"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "unknown --site 'nope'" in done.stderr
+
+
+# ---- patching heads vs contrast heads in one run folder --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overlap_run(tiny, tmp_path_factory):
+    """``matchsig experiments --experiments contrast,patch`` on the tiny model, with its report (uncorrected at
+    alpha 0.3, so that 3 queries give the tiny model some matching heads)."""
+    from matchsig.experiments import RunConfig, Runner
+    from matchsig.report import build_report
+
+    out = tmp_path_factory.mktemp("overlap") / "run"
+    config = RunConfig(model=tiny, datasets=["demo"], experiments=["contrast", "patch"], per_grade=1, max_queries=3,
+                       contrast_per_grade=2, contrast_easy=2, pairs=3, min_delta=0.0, chunk_size=10, batch_size=4,
+                       device="cpu", overlap_k=[2, 4, 99], overlap_permutations=2000, correction="none", alpha=0.3)
+    Runner(out, config, progress=False).run()
+    build_report(out)
+    return out
+
+
+def test_overlap_table_is_compare_heads_of_the_folders_own_tables(overlap_run):
+    from scipy.stats import hypergeom
+
+    from matchsig.head_overlap import compare_heads
+
+    got = pd.read_csv(overlap_run / "patching_overlap.csv", keep_default_na=False, na_values=[""])
+    want = compare_heads(overlap_run / "patching.csv", overlap_run / "contrast" / "heads.csv", [2, 4], alpha=0.3,
+                         correction="none", n_permutations=2000, seed=0)
+    pd.testing.assert_frame_equal(got.fillna({"shared": ""}), want, check_dtype=False)  # "" (nothing shared) reads as NaN
+    assert sorted(set(got["k"])) == [2, 4]  # k = 99 exceeds the 12 heads: left out
+    assert set(got["reference"]) == {"matching", "syntactic", "semantic", "top-contrast"}
+    # the selection and the reference sets, re-derived from the CSVs by hand
+    patch = pd.read_csv(overlap_run / "patching.csv")
+    contrast = pd.read_csv(overlap_run / "contrast" / "heads.csv")
+    matching = {(int(l), int(h)) for l, h, m in zip(contrast["layer"], contrast["head"], contrast["matching"]) if m}
+    order = patch.assign(a=patch["effect_mean"].abs()).sort_values(["a", "layer", "head"], ascending=[False, True, True])
+    for k in (2, 4):
+        row = got[(got["k"] == k) & (got["reference"] == "matching")].iloc[0]
+        top = {(int(l), int(h)) for l, h in zip(order["layer"][:k], order["head"][:k])}
+        shared = len(top & matching)
+        assert row["overlap"] == shared and row["m"] == len(matching) and row["n_heads"] == 12
+        assert row["p_hypergeom"] == pytest.approx(float(hypergeom(12, len(matching), k).sf(shared - 1)), abs=1e-12)
+    assert 0 < len(matching) < 12  # the test above is not the trivial p = 1 of an empty set
+    for row in got.itertuples():  # every reference set: the tail of its own counts
+        assert row.p_hypergeom == pytest.approx(float(hypergeom(12, row.m, row.k).sf(row.overlap - 1)), abs=1e-12)
+
+
+def test_overlap_in_report_and_findings(overlap_run):
+    from scipy.stats import hypergeom
+
+    page = (overlap_run / "report.html").read_text(encoding="utf-8")
+    assert "Do the top patching heads coincide with the contrast heads?" in page and "patching_overlap.csv" in page
+    found = json.loads((overlap_run / "findings.json").read_text())["findings"]
+    claim = [f for f in found if f["key"] == "patching_heads_match_contrast"]
+    assert len(claim) == 1 and claim[0]["verdict"] in ("holds", "does not hold", "inconclusive")
+    rows = pd.read_csv(overlap_run / "patching_overlap.csv").query("reference == 'matching'").sort_values("k")
+    n, m = 12, int(rows["m"].iloc[0])
+    assert 0 < m < n
+    lower = [float(hypergeom(n, m, int(k)).cdf(o)) for k, o in zip(rows["k"], rows["overlap"])]  # uncorrected run
+    assert [d["p_lower"] for d in claim[0]["data"]["per_k"]] == pytest.approx(lower)
+    states = ["holds" if up <= 0.3 and lay <= 0.3 else "does not hold" if low <= 0.3 else "inconclusive"
+              for up, lay, low in zip(rows["p_hypergeom"], rows["p_layer_exact"], lower)]
+    want = ("does not hold" if "does not hold" in states else "holds" if set(states) == {"holds"} else "inconclusive")
+    assert claim[0]["verdict"] == want
+
+
+def test_overlap_claim_follows_its_rule(tmp_path):
+    """Synthetic folders where the top patching heads are the matching heads (holds) or avoid them (does not hold)."""
+    from test_head_overlap import SYN, _contrast, _patching
+
+    from matchsig.findings import judge
+    from matchsig.head_overlap import compare_heads
+
+    shape = (12, 12)
+    flat = [(l, h) for l in range(12) for h in range(12)]
+    cases = {"holds": flat[::9][:16], "does not hold": [x for x in flat if x[1] >= 2]}  # 16 spread / 120 matching
+    for verdict, matching in cases.items():
+        run = tmp_path / verdict.replace(" ", "_")
+        (run / "contrast").mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"alpha": 0.05, "correction": "holm"}))
+        effects = np.zeros(shape)
+        top = matching[:8] if verdict == "holds" else [x for x in flat if x[1] < 2][:8]
+        for rank, (l, h) in enumerate(top):
+            effects[l, h] = 1.0 - 0.01 * rank
+        _patching(effects).to_csv(run / "patching.csv", index=False)
+        _contrast(shape, {(l, h, "Q<-D"): SYN for l, h in matching}).to_csv(run / "contrast" / "heads.csv", index=False)
+        compare_heads(run / "patching.csv", run / "contrast" / "heads.csv", [4, 8], n_permutations=500).to_csv(
+            run / "patching_overlap.csv", index=False)
+        claim = [f for f in judge(run, write=False) if f.key == "patching_heads_match_contrast"]
+        assert [f.verdict for f in claim] == [verdict], claim
+    # a folder without patching results does not list the claim at all (the demo's checklist is unchanged)
+    (run / "patching.csv").unlink()
+    assert not [f for f in judge(run, write=False) if f.key == "patching_heads_match_contrast"]

@@ -163,12 +163,17 @@ class Finding:
 @dataclass(frozen=True)
 class Judge:
     """One claim an experiment declares: its key, its name in the checklist, its position in the
-    checklist (the paper's order: SPEC §5's eight findings first) and the function that judges it."""
+    checklist (the paper's order: SPEC §5's eight findings first) and the function that judges it.
+
+    ``applies``: for claims beyond the paper, whether the run folder is one the claim belongs to
+    (e.g. it holds the experiment's files); where it returns False the claim is left out of the
+    checklist instead of listed as "not measured". None: always listed (the paper's claims)."""
 
     key: str
     name: str
     position: int
     judge: Callable[[RunFolder], Finding]
+    applies: Callable[[RunFolder], bool] | None = None
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -237,6 +242,8 @@ def judge(run_dir: str | Path, write: bool = True) -> list[Finding]:
     run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     findings = []
     for claim in judges():
+        if claim.applies is not None and not claim.applies(run):
+            continue
         try:
             result = claim.judge(run)
         except (KeyError, ValueError, TypeError, IndexError) as exc:  # malformed file: say so, don't crash

@@ -2,7 +2,7 @@
 
 Two head tables of the same model meet here:
 
-* a **patching table** (``patching.csv`` of ``matchsig patch --site head``, :mod:`matchsig.patching_experiment`):
+* a **patching table** (``patching.csv`` of ``matchsig patch --site head``, :mod:`matchsig.experiments.patching`):
   one row per (layer, head) with the mean normalised effect ``effect_mean`` of patching that head's
   output from the perturbed into the baseline run of a diagnostic (``tfc1``, ``stmc1``, ...);
 * a **contrast table** (``contrast/heads.csv`` of a run): one row per (layer, head, direction) with
@@ -413,7 +413,7 @@ def ndcg_cost(ce, pool, selections: Mapping[str, Sequence[Head]], comparisons: S
     per-query nDCG@10. ``texts``: the pool's (queries, documents) when already loaded."""
     from .ablation import AblationSet
     from .evaluation import expected_ndcg
-    from .experiments import MATCH_SPEC
+    from .experiments.heads import MATCH_SPEC
     from .statistics import paired_ttest
 
     shape = (ce.num_layers, ce.num_heads)

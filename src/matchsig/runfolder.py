@@ -16,6 +16,7 @@
     RUN_DIR/contrast/stats.parquet      per (pair, layer, head, direction): the statistics
     RUN_DIR/heads.csv                   top-k matching heads ablated vs k random heads (HEADS + COMPARE)
     RUN_DIR/patching.csv, patching.png  activation patching (PATCHING); pairs.tsv: its diagnostic pairs
+    RUN_DIR/patching_overlap.csv        top-k patching heads vs the contrast heads (head_overlap.compare_heads)
     RUN_DIR/findings.json               the findings checklist
     RUN_DIR/figures/*.png, report.html  the report
 """
@@ -53,6 +54,7 @@ class _Files:
     heads: str = "heads.csv"
     patching: str = "patching.csv"
     patching_png: str = "patching.png"
+    patching_overlap: str = "patching_overlap.csv"
     pairs: str = "pairs.tsv"
     findings: str = "findings.json"
     figures: str = "figures"
@@ -291,6 +293,10 @@ class RunFolder:
     @property
     def patching(self) -> pd.DataFrame | None:
         return self.csv(FILES.patching)
+
+    @property
+    def patching_overlap(self) -> pd.DataFrame | None:
+        return self.csv(FILES.patching_overlap)
 
     # ---- derived values --------------------------------------------------------------------
 

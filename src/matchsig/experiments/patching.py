@@ -10,7 +10,11 @@ A run folder (``--out``) holds
 * ``patching.csv``: one row per (layer, head, position) site: ``diagnostic, site, layer, head,
   position, effect_mean, effect_sd, n_pairs`` over the pairs whose perturbation moves the score by
   at least ``min_delta`` (effects of pairs it barely moves are ratios of rounding noise);
-* ``patching.png``: layer x head heatmaps of the mean effect (per token role for per-position sites).
+* ``patching.png``: layer x head heatmaps of the mean effect (per token role for per-position sites);
+* ``patching_overlap.csv`` (``--site head`` in a folder that also holds ``contrast/heads.csv``, e.g.
+  ``matchsig experiments --experiments contrast,patch``): the top-k patching heads (``overlap_k``)
+  against the contrast heads, by :func:`matchsig.head_overlap.compare_heads` at the run's alpha and
+  correction; its claim is judged in :mod:`.patching_findings`.
 
 Sites (``--site``): ``head`` (each head's output ``attn.hook_z`` at all positions), ``head-position``
 (each head at each position), ``residual`` (``hook_resid_post`` at each position: patching a whole
@@ -32,6 +36,7 @@ import numpy as np
 from ..errors import MatchsigError
 from ..runfolder import FILES, RunFolder
 from ..runfolder import PATCHING as P
+from .patching_findings import JUDGES
 from .registry import Experiment, Option
 from .store import single
 
@@ -60,6 +65,8 @@ class PatchConfig:
     device: str | None = None
     dtype: str | None = None
     max_length: int = 512
+    overlap_k: list[int] = field(default_factory=lambda: [4, 8])
+    overlap_permutations: int = 10_000
 
     def run_config(self):
         from .config import RunConfig
@@ -82,7 +89,12 @@ class Patching(Experiment):
                kind=list[str]),
         Option("min_delta", 0.01, "--min-delta", "Pairs whose score the perturbation moves less are left out of the "
                "means.", kind=float, results=False),
+        Option("overlap_k", lambda: [4, 8], "--overlap-k", "Top-k patching heads compared with the contrast heads, "
+               "when the folder has a contrast run (repeatable).", kind=list[int], minimum=1, results=False),
+        Option("overlap_permutations", 10_000, "--overlap-permutations", "Random head sets of the overlap's "
+               "permutation tests.", minimum=1, results=False),
     )
+    judges = JUDGES
 
     def validate(self, config) -> None:
         from ..diagnostics import DIAGNOSTICS
@@ -133,6 +145,7 @@ class Patching(Experiment):
         kind, per_position = SITES[runner.config.site]
         _write_table(runner.writer, runner.config, kind, effects[moved], per_position)
         _heatmaps(runner.writer.path(FILES.patching_png), runner.config, effects[moved], per_position)
+        _write_overlap(runner)
 
     def summary(self, runner) -> dict:
         values, _, moved = self._effects(runner)
@@ -155,7 +168,60 @@ class Patching(Experiment):
         return (f'<section id="{self.name}"><h2>{esc(self.title)}</h2><p class="muted">Normalised effect (patched '
                 "- baseline) / (perturbed - baseline) of each site, averaged over the diagnostic pairs "
                 f"(<code>{FILES.patching}</code>; docs/patching.md).</p>{image}"
-                f"<p>The ten sites with the largest mean effect:</p>{table(top)}</section>")
+                f"<p>The ten sites with the largest mean effect:</p>{table(top)}{overlap_section(folder)}</section>")
+
+
+def _write_overlap(runner) -> Path | None:
+    """``patching_overlap.csv`` when the folder holds head patching and a contrast run (else none, and no stale one)."""
+    c = runner.config
+    folder = RunFolder(runner.out)
+    path = runner.out / FILES.patching_overlap
+    if c.site != "head" or folder.contrast_heads is None:
+        path.unlink(missing_ok=True)
+        return None
+    from ..head_overlap import compare_heads
+
+    n = runner.encoder.num_layers * runner.encoder.num_heads
+    ks = sorted({k for k in c.overlap_k if k <= n})
+    if not ks:
+        raise MatchsigError(f"overlap_k {c.overlap_k}: every k exceeds the model's {n} heads")
+    frame = compare_heads(folder.path / FILES.patching, folder.path / FILES.contrast_heads, ks,
+                          diagnostic=c.diagnostic, alpha=c.alpha, correction=c.correction,
+                          n_permutations=c.overlap_permutations, seed=c.seed)
+    runner.log(f"overlap of the top-k patching heads with the contrast heads: k = {ks}")
+    return runner.writer.csv(FILES.patching_overlap, frame)
+
+
+#: Columns of ``patching_overlap.csv`` the report shows.
+OVERLAP_SHOWN = ("k", "reference", "m", "overlap", "expected", "jaccard", "p_hypergeom", "p_layer_exact",
+                 "p_permutation", "p_layer_permutation", "shared")
+
+
+def overlap_section(folder: RunFolder) -> str:
+    """The overlap table of ``patching_overlap.csv`` ("" when the folder has none)."""
+    from ..report_html import esc, num, pval, table
+
+    frame = folder.patching_overlap
+    if frame is None:
+        if folder.contrast_heads is None:
+            return ('<p class="muted">No contrast run in this folder: run <code>matchsig experiments --experiments '
+                    "contrast,patch</code> to compare the top patching heads with the contrast heads.</p>")
+        return ""
+    first = frame.iloc[0]
+    shown = frame[[c for c in OVERLAP_SHOWN if c in frame]].copy()
+    shown["shared"] = shown["shared"].fillna("").astype(str).str.replace(";", " ")
+    formats = {c: pval for c in ("p_hypergeom", "p_layer_exact", "p_permutation", "p_layer_permutation")}
+    formats.update(expected=num, jaccard=num, shared=lambda v: f'<span class="small">{esc(v)}</span>')
+    return (f"<h3>Do the top patching heads coincide with the contrast heads?</h3><p class=\"muted\">The k heads of "
+            f"largest |effect_mean| ({esc(first['diagnostic'])}) against each contrast head set (matching heads, "
+            "syntactic, semantic, and the top-k of the contrast ranking), classified at the run's alpha "
+            f"({folder.alpha:g}, {esc(folder.corrected)}). m = heads in the set, overlap = shared heads, expected = "
+            "k m / N. One-sided p of an overlap at least as large: hypergeometric (uniform random k heads) and "
+            "layer-stratified exact (random heads keeping each layer's count), with their permutation estimates "
+            f"({int(first['n_permutations'])} draws). Spearman rho between |effect_mean| and the contrast effect "
+            f"size over all heads: {num(first['spearman_rho'])} (p {pval(first['spearman_p'])}, "
+            f"{int(first['spearman_n'])} heads). <code>{FILES.patching_overlap}</code>; docs/patching.md.</p>"
+            f"<div class=\"scroll\">{table(shown, formats)}</div>")
 
 
 def run_patch(out: str | Path, config: PatchConfig, force: bool = False, progress: bool = True,
