@@ -264,10 +264,55 @@ def test_cli_view_run_dir_and_model(tmp_path, minilm_folder, ce, monkeypatch):
         (["view", "--query", "x", "--document", "y", "--qid", "1"], "need a RUN_DIR"),
         (["view", str(run), "--qid", "1", "--docid", "2", "--query", "x"], "not both"),
         (["view", "--query", "x", "--document", "y", "--heads", str(tmp_path / "none.csv")], "no such file"),
+        (["view", "--query", "x", "--document", "y", "--patching", str(tmp_path / "none.csv")], "--patching"),
         (["view", "--query", "x", "--document", "y", "--top-k", "0"], "--top-k"),
     ):
         res = runner.invoke(app, args)
         assert isinstance(res.exception, MatchsigError) and msg in str(res.exception), (args, res.exception)
+
+
+def _patching_csv(path: Path, site: str = "head") -> "pd.DataFrame":
+    """A patching.csv of the MiniLM grid (6 x 12), with one head whose mean is missing (no pair moved)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    rows = [{"diagnostic": "tfc1", "site": site, "layer": l, "head": h, "position": "all",
+             "effect_mean": float(rng.normal(scale=0.2)), "effect_sd": 0.05, "n_pairs": 7}
+            for l in range(6) for h in range(12)]
+    rows[5]["effect_mean"], rows[5]["n_pairs"] = float("nan"), 0
+    frame = pd.DataFrame(rows)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def test_cli_view_overlays_the_runs_patching_effects(tmp_path, minilm_folder, ce, monkeypatch):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from matchsig.cli import app
+
+    monkeypatch.setattr(CrossEncoder, "load", classmethod(lambda cls, name, **kwargs: ce))
+    run = _fake_run(tmp_path, str(minilm_folder))
+    _patching_csv(run / "patching.csv")
+    res = CliRunner().invoke(app, ["view", str(run), "--qid", "19335", "--docid", "1017759", "--top-k", "2"])
+    assert res.exit_code == 0, res.output
+    page = (run / "view-19335-1017759.html").read_text(encoding="utf-8")
+    payload = json.loads(re.search(r'id="matchsig-data">(.*?)</script>', page, re.S).group(1))
+    # the overlay is the per-head mean of the CSV's rows, read back by pandas
+    want = pd.read_csv(run / "patching.csv").groupby(["layer", "head"])["effect_mean"].mean()
+    got = {(r["layer"], r["head"]): r["effect_mean"] for r in payload["patching"]}
+    assert set(got) == set(want.index) and len(got) == 72 and got[(0, 5)] is None and np.isnan(want[(0, 5)])
+    assert all(got[key] == pytest.approx(value, abs=1e-12) for key, value in want.items() if np.isfinite(value))
+    assert {r["diagnostic"] for r in payload["patching"]} == {"tfc1"} and payload["meta"]["patching"].endswith("patching.csv")
+    # a run folder whose patching.csv is of another site: a note, no overlay; the same file named explicitly: an error
+    _patching_csv(run / "patching.csv", site="mlp")
+    res = CliRunner().invoke(app, ["view", str(run), "--qid", "19335", "--docid", "1017759", "--top-k", "2"])
+    payload = json.loads(re.search(r'id="matchsig-data">(.*?)</script>',
+                                   (run / "view-19335-1017759.html").read_text(encoding="utf-8"), re.S).group(1))
+    assert res.exit_code == 0 and payload["patching"] == [] and any("no patching overlay" in n for n in payload["notes"])
+    res = CliRunner().invoke(app, ["view", str(run), "--qid", "19335", "--docid", "1017759", "--patching",
+                                   str(run / "patching.csv")])
+    assert isinstance(res.exception, MatchsigError) and "no head rows" in str(res.exception)
 
 
 # ---- in a real browser ----------------------------------------------------------------------
@@ -438,3 +483,32 @@ def test_cli_view_embedded_model_in_chromium(browser, tmp_path):
     assert browser.find_element(By.ID, "head-label").text != label
     assert len(browser.find_elements(By.CSS_SELECTOR, "#ablations td[data-ablation]")) == 30
     browser.save_screenshot(str(tmp_path / "embedded.png"))
+
+
+@pytest.mark.browser
+def test_patching_overlay_in_chromium(browser, data, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from matchsig.head_overlap import patching_overlay
+
+    overlay = patching_overlay(_patching_csv(tmp_path / "patching.csv"), 6, 12)
+    path = write_view(tmp_path / "patch.html", render_html(dict(data, patching=overlay)))
+    _open(browser, path)
+    finite = [r for r in overlay if r["effect_mean"] is not None]
+    ranked = sorted(finite, key=lambda r: (-abs(r["effect_mean"]), r["layer"], r["head"]))[:5]
+    marked = browser.find_elements(By.CSS_SELECTOR, "#grid .cell.pt")
+    assert sorted((int(c.get_attribute("data-layer")), int(c.get_attribute("data-head"))) for c in marked) == \
+        sorted((r["layer"], r["head"]) for r in ranked)
+    links = browser.find_elements(By.CSS_SELECTOR, "#grid-legend a.patch-head")
+    assert [a.text.split(" ")[0] for a in links] == [f"{r['layer']}/{r['head']}" for r in ranked]  # sorted by |effect|
+    links[1].click()
+    assert browser.find_element(By.ID, "head-label").text == f"Layer {ranked[1]['layer']} · Head {ranked[1]['head']}"
+    assert f"{ranked[1]['effect_mean']:.3f}" in browser.find_element(By.ID, "head-info").text
+    assert "rank 2 of 71 by |effect|" in browser.find_element(By.ID, "head-info").text
+    Select(browser.find_element(By.ID, "metric")).select_by_value("patching")
+    top = browser.find_element(By.CSS_SELECTOR, f'#grid .cell[data-layer="{ranked[0]["layer"]}"][data-head="{ranked[0]["head"]}"]')
+    missing = browser.find_element(By.CSS_SELECTOR, '#grid .cell[data-layer="0"][data-head="5"]')
+    full = "rgba(220, 38, 38, 1)" if ranked[0]["effect_mean"] > 0 else "rgba(37, 99, 235, 1)"  # largest |effect|: full colour
+    assert top.value_of_css_property("background-color") == full and "patching effect" in top.get_attribute("title")
+    assert missing.value_of_css_property("background-color") == "rgba(243, 244, 246, 1)"  # no mean: grey

@@ -12,7 +12,11 @@ What is sent to the page is only what it draws, so a 512-token pair stays small 
   against the head's largest weight (one float scale per head and direction);
 * per head and token, the total mass the token puts on the other side (``p(Q_i <- D)``), uint8;
 * per head, exact summary statistics of this pair computed from the full maps (SPEC §4): the mean
-  over query tokens of the max attention to the document (M) both ways, and the exact-match mass.
+  over query tokens of the max attention to the document (M) both ways, and the exact-match mass;
+* optionally, per head, the contrast run's tests (``contrast/heads.csv``) and the mean normalised
+  effect of patching the head (``patching.csv`` of ``matchsig patch --site head``, through
+  :func:`matchsig.head_overlap.patching_overlay`): a grid colouring, a mark on the heads of largest
+  |effect| and a row of the chosen head's panel.
 
 Binary arrays are little-endian and base64-encoded. ``k`` shrinks (never below 2) when the arrays
 would exceed ``max_bytes``; the page says so.
@@ -279,6 +283,7 @@ class RunPair:
     grade: str | None
     heads_csv: Path | None
     note: str | None
+    patching_csv: Path | None = None
 
 
 def load_run_pair(run_dir: str | Path, qid: str, docid: str) -> RunPair:
@@ -316,8 +321,18 @@ def load_run_pair(run_dir: str | Path, qid: str, docid: str) -> RunPair:
     found = hit.iloc[0].to_dict()
     heads = run / "contrast" / "heads.csv"
     note = None if heads.is_file() else f"no contrast run in {run} (contrast/heads.csv missing): no heads are highlighted"
+    patching = run / "patching.csv"
     return RunPair(model or "", found["query"], found["document"], str(qid), str(docid), found.get("grade"),
-                   heads if heads.is_file() else None, note)
+                   heads if heads.is_file() else None, note, patching if patching.is_file() else None)
+
+
+def read_patching_heads(path: str | Path, num_layers: int, num_heads: int) -> list[dict]:
+    """Per-head rows of a ``patching.csv`` for the page's overlay (:func:`matchsig.head_overlap.patching_overlay`:
+    ``layer, head, diagnostic, effect_mean, effect_sd, n_pairs``); a one-line error when it is not a head
+    table of a model with ``num_layers`` x ``num_heads`` heads."""
+    from .head_overlap import patching_overlay
+
+    return patching_overlay(path, num_layers, num_heads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,9 +378,11 @@ def _display_tokens(ce, query: str, document: str, input_ids: list[int]) -> tupl
 
 def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K, max_bytes: int = DEFAULT_MAX_BYTES,
                     ablations: Sequence[str] = TABLE1_ABLATIONS, contrast: list[dict] | None = None,
-                    meta: dict | None = None, notes: Sequence[str] = (), batch_size: int = 16,
+                    patching: list[dict] | None = None, meta: dict | None = None, notes: Sequence[str] = (), batch_size: int = 16,
                     progress: bool = False) -> dict:
-    """Everything the page shows, as a JSON-serialisable dict (binary arrays base64-encoded)."""
+    """Everything the page shows, as a JSON-serialisable dict (binary arrays base64-encoded).
+
+    ``contrast``: rows of :func:`read_contrast_heads`; ``patching``: rows of :func:`read_patching_heads`."""
     from .ablation import Ablation
 
     if not isinstance(query, str) or not query.strip():
@@ -422,6 +439,7 @@ def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K
         "stats": stats,
         "scores": [{"name": a.name, "score": _finite(s)} for a, s in zip(abls, scores)],
         "contrast": contrast or [],
+        "patching": patching or [],
         "notes": notes,
     }
 

@@ -19,6 +19,7 @@ def view(
     docid: str = typer.Option(None, "--docid", help="Document id of a pair of RUN_DIR/pools.tsv."),
     out: str = typer.Option(None, "--out", "-o", help="HTML file to write (default: view.html, or RUN_DIR/view-QID-DOCID.html)."),
     heads: str = typer.Option(None, "--heads", help="A contrast heads.csv whose matching heads are highlighted (default: RUN_DIR/contrast/heads.csv)."),
+    patching: str = typer.Option(None, "--patching", help="A patching.csv of `matchsig patch --site head` whose per-head effects are overlaid (default: RUN_DIR/patching.csv)."),
     top_k: int = typer.Option(8, "--top-k", "-k", help="Links kept per token and head in each direction (Q<-D, D<-Q)."),
     device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
     dtype: str = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
@@ -29,7 +30,7 @@ def view(
     import time
     from pathlib import Path
 
-    from ..explorer import build_view_data, load_run_pair, read_contrast_heads, render_html, write_view
+    from ..explorer import build_view_data, load_run_pair, read_contrast_heads, read_patching_heads, render_html, write_view
 
     if top_k < 1:
         raise MatchsigError(f"bad --top-k {top_k}: must be >= 1")
@@ -38,6 +39,9 @@ def view(
     heads_path = Path(heads) if heads else None
     if heads_path is not None and not heads_path.is_file():
         raise MatchsigError(f"--heads {heads}: no such file")
+    patching_path, patching_given = (Path(patching) if patching else None), patching is not None
+    if patching_path is not None and not patching_path.is_file():
+        raise MatchsigError(f"--patching {patching}: no such file")
     if run_dir is not None:
         if query is not None or document is not None:
             raise MatchsigError("give either RUN_DIR with --qid/--docid, or --query and --document, not both")
@@ -53,6 +57,7 @@ def view(
             if pair.note:
                 notes.append(pair.note)
                 typer.secho(f"matchsig view: {pair.note}", err=True, fg="yellow")
+        patching_path = patching_path or pair.patching_csv
         meta = {"qid": pair.qid, "docid": pair.docid, "grade": pair.grade, "run": str(run_dir)}
         if out is None:
             safe = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "_", s)[:80]  # noqa: E731
@@ -74,8 +79,18 @@ def view(
     contrast = read_contrast_heads(heads_path, encoder.num_layers, encoder.num_heads) if heads_path else []
     if heads_path:
         meta["heads"] = str(heads_path)
-    data = build_view_data(encoder, query, document, top_k=top_k, contrast=contrast, meta=meta, notes=notes,
-                           progress=sys.stderr.isatty())
+    overlay: list[dict] = []
+    if patching_path is not None:
+        try:
+            overlay = read_patching_heads(patching_path, encoder.num_layers, encoder.num_heads)
+            meta["patching"] = str(patching_path)
+        except MatchsigError as err:
+            if patching_given:
+                raise
+            # the run's patching.csv of another site (residual, mlp): the page is still useful without it
+            notes.append(f"{patching_path}: {err}; no patching overlay")
+    data = build_view_data(encoder, query, document, top_k=top_k, contrast=contrast, patching=overlay, meta=meta,
+                           notes=notes, progress=sys.stderr.isatty())
     path = write_view(out, render_html(data))
     size = path.stat().st_size
     typer.echo(

@@ -269,6 +269,23 @@
       (contrast[hi] = contrast[hi] || []).push(r);
     });
   }
+  // patching overlay (matchsig patch --site head): hi -> row; the heads of largest |effect| are marked
+  var patching = {}, PATCH_TOP = [], PATCH_MARKED = 5;
+  function setupPatching() {
+    (D.patching || []).forEach(function (r) {
+      if (r.layer < 0 || r.layer >= L || r.head < 0 || r.head >= H) return;
+      patching[r.layer * H + r.head] = r;
+    });
+    PATCH_TOP = Object.keys(patching).map(Number).filter(function (hi) {
+      var v = patching[hi].effect_mean; return v !== null && v !== undefined && isFinite(v);
+    }).sort(function (a, b) {
+      return Math.abs(patching[b].effect_mean) - Math.abs(patching[a].effect_mean) || a - b;
+    });
+  }
+  function patchText(r) {
+    return fmt(r.effect_mean, 3) + (r.effect_sd !== null && r.effect_sd !== undefined ? ' \u00b1 ' + fmt(r.effect_sd, 3) : '') +
+      (r.n_pairs !== null && r.n_pairs !== undefined ? ' (' + r.n_pairs + ' pairs)' : '');
+  }
   function kindsOf(hi) {
     var k = {};
     (contrast[hi] || []).forEach(function (r) { if (r.kind && r.kind !== 'none') k[r.kind] = true; });
@@ -294,6 +311,11 @@
         if (any) add('c:' + f[0] + ':' + d, f[1] + (d ? ' ' + d.replace('<-', '\u2190') : ''), v, true);
       });
     });
+    if (PATCH_TOP.length || (D.patching || []).length) {
+      var pv = new Array(L * H), diag = '';
+      for (var y = 0; y < pv.length; y++) { pv[y] = patching[y] ? patching[y].effect_mean : null; if (patching[y]) diag = patching[y].diagnostic || ''; }
+      add('patching', 'patching effect' + (diag ? ' (' + diag + ')' : ''), pv, true);
+    }
     var sel = $('metric');
     METRICS.forEach(function (m) { var o = el('option', null, m.label); o.value = m.id; sel.appendChild(o); });
     sel.addEventListener('change', function () { S.metric = sel.value; paintGrid(); });
@@ -311,6 +333,7 @@
         var hi = l * H + h, k = kindsOf(hi);
         var c = el('div', 'cell' + (k.syntactic && k.semantic ? ' both' : k.syntactic ? ' syn' : k.semantic ? ' sem' : (Object.keys(k).length ? ' unc' : '')));
         c.setAttribute('data-layer', l); c.setAttribute('data-head', h); c.setAttribute('role', 'gridcell');
+        if (PATCH_TOP.indexOf(hi) >= 0 && PATCH_TOP.indexOf(hi) < PATCH_MARKED) { c.classList.add('pt'); c.setAttribute('data-patch-rank', PATCH_TOP.indexOf(hi) + 1); }
         cells[hi] = c; f.appendChild(c);
       }
     }
@@ -337,6 +360,7 @@
       c.style.background = bg;
       var l = Math.floor(i / H), h = i % H;
       var tt = 'layer ' + l + ', head ' + h + ': ' + m.label + ' = ' + fmt(v, 4);
+      if (patching[i]) tt += '\npatching effect ' + patchText(patching[i]);
       (contrast[i] || []).forEach(function (r) { tt += '\n' + (r.direction || '') + ' ' + r.kind + (r.sign ? (r.sign > 0 ? ' (+)' : ' (\u2212)') : '') + ' (\u0394rel ' + fmt(r.delta_relevant, 4) + ', \u0394hard ' + fmt(r.delta_hard, 4) + ')'; });
       c.title = tt;
     }
@@ -353,6 +377,17 @@
       var u = el('span'); var s3 = el('span', 'sw'); s3.style.boxShadow = 'inset 0 0 0 2px var(--unc)'; u.appendChild(s3); u.appendChild(document.createTextNode('matching, unclassified')); leg.appendChild(u);
     } else {
       leg.appendChild(el('span', null, '\u00b7 no contrast run: no highlighted heads'));
+    }
+    if (PATCH_TOP.length) {
+      var p = el('span', 'patch-top'); var s4 = el('span', 'sw pt-sw'); p.appendChild(s4);
+      p.appendChild(document.createTextNode('top patching heads:'));
+      PATCH_TOP.slice(0, PATCH_MARKED).forEach(function (hi) {
+        var a2 = el('a', 'patch-head', Math.floor(hi / H) + '/' + (hi % H) + ' (' + fmt(patching[hi].effect_mean, 2) + ')');
+        a2.href = '#'; a2.setAttribute('data-hi', hi);
+        a2.addEventListener('click', function (ev) { ev.preventDefault(); select(Math.floor(hi / H), hi % H); });
+        p.appendChild(document.createTextNode(' ')); p.appendChild(a2);
+      });
+      leg.appendChild(p);
     }
   }
 
@@ -374,6 +409,8 @@
     var row = function (k, v) { var tr = el('tr'); tr.appendChild(el('td', null, k)); tr.appendChild(el('td', null, v)); tb.appendChild(tr); };
     row('M(Q\u2190D) / M(D\u2190Q)', fmt(st.max_qd[l][h]) + ' / ' + fmt(st.max_dq[l][h]));
     row('exact-match share Q\u2190D / D\u2190Q', fmt(st.exact_qd[l][h]) + ' / ' + fmt(st.exact_dq[l][h]));
+    if (patching[hi]) row('patching effect' + (patching[hi].diagnostic ? ' (' + patching[hi].diagnostic + ')' : ''), patchText(patching[hi]) +
+      (PATCH_TOP.indexOf(hi) >= 0 ? ', rank ' + (PATCH_TOP.indexOf(hi) + 1) + ' of ' + PATCH_TOP.length + ' by |effect|' : ''));
     (contrast[hi] || []).forEach(function (r) {
       row('contrast ' + (r.direction || '').replace('<-', '\u2190'), r.kind + (r.sign ? (r.sign > 0 ? ' (+)' : ' (\u2212)') : '') + ': \u0394rel ' + fmt(r.delta_relevant, 4) + ' (p ' + fmt(r.p_relevant, 3) +
         '), \u0394hard ' + fmt(r.delta_hard, 4) + ' (p ' + fmt(r.p_hard, 3) + ')');
@@ -558,6 +595,7 @@
   (D.scores || []).forEach(function (s) { SCORES[s.name] = s.score; });
   renderMeta();
   setupContrast();
+  setupPatching();
   setupMetrics();
   renderTokens();
   renderGrid();
