@@ -30,7 +30,7 @@ def view(
     import time
     from pathlib import Path
 
-    from ..explorer import build_view_data, load_run_pair, read_contrast_heads, read_patching_heads, render_html, write_view
+    from ..explorer import build_view_data, load_run_pair, read_contrast_heads, render_html, write_view
 
     if top_k < 1:
         raise MatchsigError(f"bad --top-k {top_k}: must be >= 1")
@@ -79,16 +79,7 @@ def view(
     contrast = read_contrast_heads(heads_path, encoder.num_layers, encoder.num_heads) if heads_path else []
     if heads_path:
         meta["heads"] = str(heads_path)
-    overlay: list[dict] = []
-    if patching_path is not None:
-        try:
-            overlay = read_patching_heads(patching_path, encoder.num_layers, encoder.num_heads)
-            meta["patching"] = str(patching_path)
-        except MatchsigError as err:
-            if patching_given:
-                raise
-            # the run's patching.csv of another site (residual, mlp): the page is still useful without it
-            notes.append(f"{patching_path}: {err}; no patching overlay")
+    overlay = _patching_overlay(patching_path, patching_given, encoder, notes, meta)
     data = build_view_data(encoder, query, document, top_k=top_k, contrast=contrast, patching=overlay, meta=meta,
                            notes=notes, progress=sys.stderr.isatty())
     path = write_view(out, render_html(data))
@@ -99,6 +90,25 @@ def view(
         f"{len(data['scores'])} scores, {sum(1 for r in contrast if r['kind'] != 'none')} flagged head rows, "
         f"{time.perf_counter() - started:.1f} s"
     )
+
+
+def _patching_overlay(path, given: bool, encoder, notes: list[str], meta: dict) -> list[dict]:
+    """The page's per-head patching rows from ``path`` (none without it); a table that is not a head table
+    is an error when given with --patching, a note when it is merely the run folder's."""
+    from ..explorer import read_patching_heads
+
+    if path is None:
+        return []
+    try:
+        overlay = read_patching_heads(path, encoder.num_layers, encoder.num_heads)
+    except MatchsigError as err:
+        if given:
+            raise
+        # the run's patching.csv of another site (residual, mlp): the page is still useful without it
+        notes.append(f"{path}: {err}; no patching overlay")
+        return []
+    meta["patching"] = str(path)
+    return overlay
 
 
 def parts(
