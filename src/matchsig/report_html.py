@@ -18,26 +18,21 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def num(value: Any, digits: int = 3) -> str:
+def _number(value: Any, fmt) -> str:
+    """``fmt(x)`` for a number, "–" for NaN, the escaped text for anything else."""
     try:
         x = float(value)
     except (TypeError, ValueError):
         return esc(value)
-    if math.isnan(x):
-        return "–"
-    return f"{x:.{digits}f}"
+    return "–" if math.isnan(x) else fmt(x)
+
+
+def num(value: Any, digits: int = 3) -> str:
+    return _number(value, lambda x: f"{x:.{digits}f}")
 
 
 def pval(value: Any) -> str:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return esc(value)
-    if math.isnan(x):
-        return "–"
-    if x == 0:
-        return "0"
-    return f"{x:.3f}" if x >= 0.001 else f"{x:.1e}"
+    return _number(value, lambda x: "0" if x == 0 else f"{x:.3f}" if x >= 0.001 else f"{x:.1e}")
 
 
 def arrow(text: str) -> str:
