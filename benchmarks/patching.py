@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--mechir-batch-size", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64, help="matchsig rows (patches) per forward")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--work", default=None, help="folder where MechIR keeps finished batches (per pairs fingerprint), "
+                    "so a killed run resumes; default: a temporary folder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -94,12 +96,13 @@ def main() -> None:
 
     if args.mechir_python and Path(args.mechir_python).exists():
         with tempfile.TemporaryDirectory() as tmp:
+            work = Path(args.work) / pairs.fingerprint if args.work else Path(tmp) / "batches"
             folder = ce.save(Path(tmp) / "embedded-hf")
             tsv = pairs.write_tsv(Path(tmp) / "pairs.tsv")
             out = Path(tmp) / "mechir.npz"
             cmd = [args.mechir_python, str(REPO / "benchmarks" / "patching_mechir.py"), "--model", str(folder),
                    "--pairs", str(tsv), "--out", str(out), "--threads", str(args.threads),
-                   "--batch-size", str(args.mechir_batch_size)]
+                   "--batch-size", str(args.mechir_batch_size), "--work", str(work)]
             subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": ""})
             m = dict(np.load(out))
         load1 = os.getloadavg()
@@ -107,7 +110,7 @@ def main() -> None:
         plain_2 = plain()
         report["ours"].update({"grid_s_after": ours_2, "plain_s_after": plain_2, "loadavg_after": load1})
         print(f"MechIR grid: {float(m['grid_s']):.1f} s (batch {args.mechir_batch_size}, padded to "
-              f"{sorted(set(m['width'].tolist()))} tokens; load {float(m['loadavg'][0]):.1f}); "
+              f"{sorted(set(m['width'].tolist()))} tokens; load up to {float(m['loadavg'][0]):.1f}); "
               f"matchsig again: {ours_2:.1f} s", flush=True)
 
         s_b, s_p, s_x = res.baseline, res.perturbed, res.patched[..., 0]
@@ -130,7 +133,8 @@ def main() -> None:
                                                                        np.nanmean(theirs[moved], 0).ravel())[0, 1]),
         }
         report["mechir"] = {"grid_s": float(m["grid_s"]), "load_s": float(m["load_s"]), "widths": m["width"].tolist(),
-                            "batch_size": args.mechir_batch_size, "loadavg": m["loadavg"].tolist()}
+                            "batch_size": args.mechir_batch_size, "batch_seconds": m["batch_seconds"].tolist(),
+                            "loadavg_max_min_mean": m["loadavg"].tolist()}
         report["agreement"] = agree
         best_ours = min(ours_1, ours_2)
         report["speedup"] = {"mechir_over_ours_first": float(m["grid_s"]) / ours_1,

@@ -18,6 +18,7 @@ import csv
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--work", default=None, help="folder keeping each finished batch, so a killed run resumes")
     args = ap.parse_args()
 
     import torch
@@ -37,7 +39,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from mechir import Cat
     from mechir.data import CatDataCollator
-    from mechir.util import linear_rank_function
 
     csv.field_size_limit(sys.maxsize)
     with open(args.pairs, encoding="utf-8") as fh:
@@ -54,28 +55,53 @@ def main() -> None:
     n = len(triples)
     baseline, perturbed = np.zeros(n), np.zeros(n)
     patched = np.zeros((n, n_layers, n_heads))
-    widths = []
-    start = time.perf_counter()
+    widths, seconds, loads = [], [], []
+    work = Path(args.work) if args.work else None
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
     for lo in range(0, n, args.batch_size):
-        batch = collate(triples[lo: lo + args.batch_size])
-        widths.append(int(batch["sequences"]["input_ids"].shape[1]))
-        seen: list[np.ndarray] = []
-
-        def record(score, scores, scores_p):
-            seen.append(score.detach().cpu().double().numpy().copy())
-            return linear_rank_function(score, scores, scores_p)
-
-        model.patch(batch["sequences"], batch["perturbed_sequences"], patch_type="head_all", patching_metric=record)
-        hi = lo + len(seen[0])
-        patched[lo:hi] = np.stack(seen, 1).reshape(hi - lo, n_layers, n_heads)
-        with torch.no_grad():
-            baseline[lo:hi] = model.score(batch["sequences"])[0].double().numpy()
-            perturbed[lo:hi] = model.score(batch["perturbed_sequences"])[0].double().numpy()
-        print(f"mechir: {hi}/{n} pairs, {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    grid_s = time.perf_counter() - start
+        hi = min(n, lo + args.batch_size)
+        done = work / f"batch-{lo:05d}-{hi:05d}-b{args.batch_size}-t{args.threads}.npz" if work else None
+        if done is not None and done.exists():
+            part = dict(np.load(done))
+            print(f"mechir: {hi}/{n} pairs, resumed from {done.name}", file=sys.stderr, flush=True)
+        else:
+            t = time.perf_counter()
+            part = _batch(model, collate, triples[lo:hi], n_layers, n_heads)
+            part["seconds"] = np.array(time.perf_counter() - t)
+            part["loadavg"] = np.array(os.getloadavg())
+            if done is not None:
+                np.savez(done, **part)
+            print(f"mechir: {hi}/{n} pairs, {float(part['seconds']):.1f} s for this batch (load "
+                  f"{float(part['loadavg'][0]):.1f})", file=sys.stderr, flush=True)
+        patched[lo:hi], baseline[lo:hi], perturbed[lo:hi] = part["patched"], part["baseline"], part["perturbed"]
+        widths.append(int(part["width"]))
+        seconds.append(float(part["seconds"]))
+        loads.append(float(part["loadavg"][0]))
+    grid_s = float(sum(seconds))  # the grid's own time, summed over batches (resumed ones keep their timing)
     np.savez(args.out, baseline=baseline, perturbed=perturbed, patched=patched, grid_s=grid_s, load_s=load_s,
              width=np.array(widths), batch_size=args.batch_size, threads=args.threads,
-             loadavg=np.array(os.getloadavg()))
+             loadavg=np.array([max(loads), min(loads), float(np.mean(loads))]), batch_seconds=np.array(seconds))
+
+
+def _batch(model, collate, triples, n_layers, n_heads) -> dict:
+    """One batch of MechIR's head_all patching: each pair's patched score per (layer, head), and its two scores."""
+    import torch
+    from mechir.util import linear_rank_function
+
+    batch = collate(triples)
+    seen: list[np.ndarray] = []
+
+    def record(score, scores, scores_p):
+        seen.append(score.detach().cpu().double().numpy().copy())
+        return linear_rank_function(score, scores, scores_p)
+
+    model.patch(batch["sequences"], batch["perturbed_sequences"], patch_type="head_all", patching_metric=record)
+    with torch.no_grad():
+        base = model.score(batch["sequences"])[0].double().numpy()
+        pert = model.score(batch["perturbed_sequences"])[0].double().numpy()
+    return {"patched": np.stack(seen, 1).reshape(len(triples), n_layers, n_heads), "baseline": base,
+            "perturbed": pert, "width": np.array(int(batch["sequences"]["input_ids"].shape[1]))}
 
 
 if __name__ == "__main__":

@@ -251,6 +251,27 @@ def test_config_round_trip_and_mismatch(full_run, tiny_model, tmp_path):
         RunConfig(experiments=["tables"]).validate()
 
 
+def test_resuming_with_more_or_fewer_experiments(tmp_path, tiny_model):
+    """Options of an experiment the folder has not run are free; those of one it has run are kept or refused."""
+    def folder(name, **values):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps(RunConfig(model=tiny_model, **values).to_dict()))
+        return out
+
+    both = folder("both", experiments=["contrast", "patch"], pairs=3)
+    runner = Runner(both, RunConfig(model=tiny_model, experiments=["contrast"]), progress=False)
+    assert runner.config.pairs == 3 and runner.config.experiments == ["contrast", "patch"]  # patch resumes as it was
+    assert json.loads((both / "config.json").read_text())["pairs"] == 3
+    contrast = folder("contrast", experiments=["contrast"])  # its stored "pairs" (50) is an unused default
+    runner = Runner(contrast, RunConfig(model=tiny_model, experiments=["patch"], pairs=3), progress=False)
+    assert runner.config.pairs == 3 and runner.config.experiments == ["contrast", "patch"]
+    with pytest.raises(MatchsigError, match="another configuration \\(pairs: 3 there, 4 now\\)"):
+        Runner(contrast, RunConfig(model=tiny_model, experiments=["patch"], pairs=4), progress=False)
+    with pytest.raises(MatchsigError, match="another configuration \\(per_grade: 20 there, 3 now\\)"):
+        Runner(contrast, RunConfig(model=tiny_model, experiments=["patch"], per_grade=3), progress=False)
+
+
 def test_unwritable_output_folder(tmp_path, tiny_model):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -173,3 +173,74 @@ def test_overlap_claim_follows_its_rule(tmp_path):
     # a folder without patching results does not list the claim at all (the demo's checklist is unchanged)
     (run / "patching.csv").unlink()
     assert not [f for f in judge(run, write=False) if f.key == "patching_heads_match_contrast"]
+
+
+# ---- the command-line routes to a patching + contrast folder, and sharding --------------------
+
+
+def _cli(*args, timeout=600):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "matchsig", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.mark.slow
+def test_patch_into_a_contrast_folder_equals_one_run_of_both(tiny, tmp_path):
+    """`matchsig contrast` then `matchsig patch --out` the same folder (which keeps the folder's pool settings and
+    does not redo contrast) gives the tables of `matchsig experiments --experiments contrast,patch`."""
+    common = ["--model", tiny, "--dataset", "demo", "-n", "1", "--max-queries", "3", "--contrast-per-grade", "2",
+              "--contrast-easy", "2", "--correction", "none", "--alpha", "0.3", "-b", "4", "--device", "cpu"]
+    patch_opts = ["--pairs", "3", "--min-delta", "0", "--overlap-k", "2", "--overlap-k", "4",
+                  "--overlap-permutations", "500"]
+    two, one = tmp_path / "two-steps", tmp_path / "one-run"
+    done = _cli("contrast", *common, "--out", str(two))
+    assert done.returncode == 0, done.stderr[-2000:]
+    contrast_units = {p: p.stat().st_mtime_ns for p in (two / "store").rglob("*.npy")}
+    assert contrast_units and not (two / "patching.csv").exists()
+    done = _cli("patch", "--out", str(two), *patch_opts)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "adding the patch experiment to the run in" in done.stderr
+    cfg = json.loads((two / "config.json").read_text())
+    assert cfg["experiments"] == ["contrast", "patch"] and cfg["per_grade"] == 1 and cfg["max_queries"] == 3
+    assert cfg["pairs"] == 3 and cfg["overlap_k"] == [2, 4] and cfg["model"] == tiny
+    assert all(p.stat().st_mtime_ns == t for p, t in contrast_units.items())  # contrast was read back, not redone
+    done = _cli("experiments", "--experiments", "contrast,patch", *common, *patch_opts, "--out", str(one))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((one / "config.json").read_text()) == cfg
+    for name in ("patching.csv", "patching_overlap.csv", "contrast/heads.csv", "pairs.tsv"):
+        pd.testing.assert_frame_equal(pd.read_csv(two / name, sep="\t" if name.endswith("tsv") else ","),
+                                      pd.read_csv(one / name, sep="\t" if name.endswith("tsv") else ","))
+    # an option given that contradicts the folder's stored results is refused in one line, naming the field
+    done = _cli("patch", "--out", str(two), "--per-grade", "2")
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert "another configuration (per_grade: 1 there, 2 now)" in done.stderr
+    done = _cli("experiments", "--experiments", "contrast,pach", "--out", str(tmp_path / "bad"))
+    assert done.returncode == 2 and "unknown experiment 'pach'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_share_the_patch_chunks(tiny, tmp_path):
+    """2 CPU processes (gloo) split the patch chunks; the merged table equals the single-process run."""
+    import os
+    import subprocess
+    import sys
+
+    config = PatchConfig(model=tiny, dataset="demo", diagnostic="tfc1", site="head", pairs=3, per_grade=1, chunk=2,
+                         min_delta=0.0, device="cpu")
+    single = pd.read_csv(run_patch(tmp_path / "one", config, progress=False))
+    out = tmp_path / "two"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(config.run_config().to_dict()))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29534", "-m", "matchsig", "run", str(out / "config.json"), "--no-report"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "patching.csv"), single)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "pairs.tsv", sep="\t"), pd.read_csv(tmp_path / "one" / "pairs.tsv", sep="\t"))
+    stored = sorted(p.name for p in (out / "store" / "patch").glob("*.npy"))
+    assert stored == ["00000.npy", "00001.npy", "00002.npy"]  # 6 pairs in chunks of 2: every chunk once, none lost

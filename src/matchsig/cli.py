@@ -131,7 +131,28 @@ def _paper_options() -> list:
     return [o for e in registered() if e.default for o in e.options]
 
 
-def _experiment_command(name: str, experiments: list[str], doc: str):
+def _all_options() -> list:
+    """Every registered experiment's options (``matchsig experiments --experiments`` may select any of them)."""
+    from .experiments import registry
+
+    return [o for _, o in registry.options()]
+
+
+def _chosen(experiments: list[str], chosen: list[str] | None) -> list[str]:
+    """``--experiments`` (repeatable and/or comma-separated) replacing the command's own list."""
+    if not chosen:
+        return experiments
+    from .experiments import registry
+
+    names = [n.strip() for item in chosen for n in item.split(",") if n.strip()]
+    if not names:
+        raise MatchsigError("--experiments is empty: name one or more of " + ", ".join(registry.names()))
+    for n in names:
+        registry.get(n)  # an unknown name is a one-line error naming the valid ones
+    return names
+
+
+def _experiment_command(name: str, experiments: list[str], doc: str, choosable: bool = False):
     def command(
         model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP + " Default: embedded."),
         dataset: list[str] = typer.Option(None, "--dataset", "-d", help=_DATASET_HELP + " Repeatable (pools are "
@@ -154,6 +175,9 @@ def _experiment_command(name: str, experiments: list[str], doc: str):
                                 "(judged and unjudged candidates) instead of a sample; --per-grade is then unused."),
         top_k: str = typer.Option(None, "--top-k", help=_TOP_K_HELP + " Default with --run: 100."),
         passages: list[str] = typer.Option(None, "--passages", help=_PASSAGES_HELP),
+        chosen: list[str] = typer.Option(None, "--experiments", "-e", help="Run these registered experiments "
+                                         "instead (comma-separated or repeated), e.g. contrast,patch; those they "
+                                         "need are added. Default: " + ",".join(experiments) + "."),
         **options,
     ) -> None:
         settings = dict(model=model, dataset=dataset, per_grade=per_grade, seed=seed, max_queries=max_queries,
@@ -171,17 +195,25 @@ def _experiment_command(name: str, experiments: list[str], doc: str):
             settings["run"] = str(Path(run).resolve())
             settings["top_k"] = _parse_top_k(top_k if top_k is not None else "100")
             settings["passages"] = [str(Path(p).resolve()) for p in passages or []] or None
-        _run_experiments(experiments, out, force, preset=preset, **settings)
+        _run_experiments(_chosen(experiments, chosen if choosable else None), out, force, preset=preset, **settings)
 
     command.__doc__ = doc
-    app.command(name)(_with_options(command, _paper_options(), before="run"))
+    if not choosable:  # only `matchsig experiments` chooses its experiments (and takes all their options)
+        import inspect
+
+        sig = inspect.signature(command)
+        command.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values() if p.name != "chosen"])
+    options = _all_options() if choosable else _paper_options()
+    app.command(name)(_with_options(command, options, before="run"))
 
 
 _experiment_command("ablate", ["table1"], "Table 1: nDCG@10 with each direction X<-Y (and X<-*) masked in all layers.")
 _experiment_command("layers", ["layers"], "Figure 1: nDCG@10 when masking a direction in layers 0..l, for every l.")
 _experiment_command("contrast", ["contrast"], "Figures 2-4: per-head attention on relevant vs hard vs easy negatives.")
 _experiment_command("heads", ["contrast", "heads"], "Ablate the top-k matching heads found by contrast vs k random heads.")
-_experiment_command("experiments", ["table1", "layers", "contrast", "heads"], "All of the paper's experiments.")
+_experiment_command("experiments", ["table1", "layers", "contrast", "heads"],
+                    "All of the paper's experiments, or those named by --experiments (e.g. contrast,patch).",
+                    choosable=True)
 
 
 @app.command("run")
@@ -263,6 +295,7 @@ for _command in (view, train, parts):
 
 
 def _patch(
+    ctx: typer.Context,
     out: str = typer.Option(..., "--out", "-o", help="Run folder (resumed if it holds the same settings)."),
     model: str = typer.Option("embedded", "--model", "-m", help=_MODEL_HELP),
     dataset: str = typer.Option("demo", "--dataset", help="'demo', a folder, or an ir_datasets id."),
@@ -274,15 +307,46 @@ def _patch(
     force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
     **options,
 ) -> None:
-    """Activation patching: which layers, heads and positions carry a diagnostic's effect (patching.csv + heatmaps)."""
+    """Activation patching: which layers, heads and positions carry a diagnostic's effect (patching.csv + heatmaps).
+
+    Into a folder that already holds a run (e.g. ``matchsig contrast``), the patch experiment is added to
+    that run: its model, dataset, pool and chunking are kept, and only the options given here change.
+    """
+    from pathlib import Path
+
     from .experiments.patching import PatchConfig, run_patch
+    from .runfolder import FILES
 
     given = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in options.items() if v is not None and v != []}
     config = PatchConfig(model=model, dataset=dataset, per_grade=_parse_cap(per_grade), seed=seed, device=device,
                          dtype=dtype, batch_size=batch_size, **given)
-    path = run_patch(out, config, force=force, progress=sys.stderr.isatty(),
-                     log=lambda msg: typer.echo(f"matchsig patch: {msg}", err=True))
+    say = lambda msg: typer.echo(f"matchsig patch: {msg}", err=True)  # noqa: E731
+    if (Path(out) / FILES.config).is_file() and not force:
+        path = _patch_into(ctx, Path(out), config, say)
+    else:
+        path = run_patch(out, config, force=force, progress=sys.stderr.isatty(), log=say)
     typer.echo(f"wrote {path} and {path.with_name('patching.png')}")
+
+
+def _patch_into(ctx, out, config, say):
+    """Add (or resume) the patch experiment in the run of ``out``: the options given on the command line
+    override the folder's configuration; those left at their defaults keep the folder's values."""
+    from .experiments import Runner, RunConfig, registry
+    from .runfolder import FILES
+
+    flags = {"dataset": "datasets", "chunk": "chunk_size"}
+    fresh = config.run_config().to_dict()
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    explicit = {flags.get(name, name) for name, source in sources.items()
+                if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")}
+    base = RunConfig.read(out / FILES.config)
+    changes = {k: fresh[k] for k in explicit if k in fresh}
+    if "patch" not in base.experiments:
+        say(f"adding the patch experiment to the run in {out} (its model {base.model!r}, datasets "
+            f"{', '.join(base.datasets)}, pool cap {base.per_grade}, seed {base.seed})")
+    cfg = base.replace(experiments=[n for n in registry.names() if n in base.experiments or n == "patch"], **changes)
+    Runner(out, cfg, progress=sys.stderr.isatty(), log=say).run()
+    return out / FILES.patching
 
 
 def _patch_options() -> list:

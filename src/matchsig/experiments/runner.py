@@ -8,6 +8,7 @@ job, then lets the experiment collect the stored arrays and write its files (ran
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from pathlib import Path
@@ -74,8 +75,15 @@ class Runner:
             self.writer.json(FILES.config, self.config.to_dict())
 
     def _check_same_results(self, old: RunConfig) -> None:
+        before, now = set(old.experiments), set(self.config.experiments)
+        for experiment, option in registry.options():
+            if experiment.name in before and experiment.name not in now:
+                # resumed alongside the chosen ones: with the settings its stored results were made with
+                setattr(self.config, option.name, copy.deepcopy(getattr(old, option.name)))
+        # options of an experiment the folder has not run yet change none of its stored results
+        new_only = {o.name for e, o in registry.options() if e.name not in before}
         old_key, new_key = old.results_key(), self.config.results_key()
-        diff = [k for k in new_key if old_key.get(k) != new_key[k]]
+        diff = [k for k in new_key if k not in new_only and old_key.get(k) != new_key[k]]
         if diff:
             k = diff[0]
             raise MatchsigError(
