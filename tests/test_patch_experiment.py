@@ -208,6 +208,7 @@ def test_patch_into_a_contrast_folder_equals_one_run_of_both(tiny, tmp_path):
     assert cfg["experiments"] == ["contrast", "patch"] and cfg["per_grade"] == 1 and cfg["max_queries"] == 3
     assert cfg["pairs"] == 3 and cfg["overlap_k"] == [2, 4] and cfg["model"] == tiny
     assert all(p.stat().st_mtime_ns == t for p, t in contrast_units.items())  # contrast was read back, not redone
+    assert "Do the top patching heads coincide with the contrast heads?" in (two / "report.html").read_text()
     done = _cli("experiments", "--experiments", "contrast,patch", *common, *patch_opts, "--out", str(one))
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((one / "config.json").read_text()) == cfg

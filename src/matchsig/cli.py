@@ -346,6 +346,7 @@ def _patch_into(ctx, out, config, say):
             f"{', '.join(base.datasets)}, pool cap {base.per_grade}, seed {base.seed})")
     cfg = base.replace(experiments=[n for n in registry.names() if n in base.experiments or n == "patch"], **changes)
     Runner(out, cfg, progress=sys.stderr.isatty(), log=say).run()
+    _report(out)  # the folder's page gains the patching section (and the overlap, with a contrast run)
     return out / FILES.patching
 
 
