@@ -121,6 +121,51 @@ def test_last_layer_acts_only_through_cls(ce):
     assert np.abs(res.patched[..., 0] - res.baseline[:, None, None]).max() > 1e-3
 
 
+def test_patched_forwards_run_the_last_layer_for_cls_only(ce):
+    """The grid's patched forwards compute the last layer's output for the [CLS] row alone (checked once per
+    model) and give the grid of full forwards."""
+    _, _, layers = ce._encoder_layers()
+    rows = []
+    handle = layers[-1].intermediate.register_forward_hook(lambda m, a, out: rows.append(a[0].shape[1]))
+    try:
+        fast = ce.patch(QUERIES, BASE, PERT, site="z")
+        resid = ce.patch(QUERIES, BASE, PERT, site="resid_post", layers=[1, ce.num_layers - 1], positions=[0, 4])
+        assert ce._patch_cls_only is True
+        assert rows.count(1) >= ce.num_layers * 12 * len(QUERIES) // 64  # the patched forwards, batched
+        ce._patch_cls_only = False  # as for a model that failed the check
+        full = ce.patch(QUERIES, BASE, PERT, site="z")
+        resid_full = ce.patch(QUERIES, BASE, PERT, site="resid_post", layers=[1, ce.num_layers - 1], positions=[0, 4])
+    finally:
+        handle.remove()
+        ce._patch_cls_only = None
+    np.testing.assert_allclose(fast.patched, full.patched, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(resid.patched, resid_full.patched, atol=2e-6, rtol=0)
+    assert np.abs(fast.patched - fast.baseline[:, None, None, None]).max() > 1e-3
+
+
+def test_a_head_reading_other_rows_is_patched_with_full_forwards(tmp_path, tokenizer):
+    """A model whose score reads another row of the last layer (here a pooler on row 1, the first query token)
+    fails the check: a warning, then full forwards, which an independent route (a hooked full forward per pair)
+    confirms."""
+    folder, _ = _tiny(tmp_path, "bert", tokenizer)
+    ce = CrossEncoder.load(folder, device="cpu")
+    pooler = ce.model.bert.pooler
+    pooler.forward = lambda hidden: torch.tanh(pooler.dense(hidden[:, 1]))
+    with pytest.warns(UserWarning, match="reads more than the last layer's \\[CLS\\] row"):
+        res = ce.patch(QUERIES, BASE, PERT, site="z", layers=[2], heads=[1], positions=[1])
+    assert ce._patch_cls_only is False
+    _, cache = ce.run_with_cache(QUERIES, PERT, ["blocks.2.attn.hook_z"])
+    for i in range(len(QUERIES)):
+        def swap(value, hook, i=i):
+            value = value.clone()
+            value[0, 1, 1] = cache["blocks.2.attn.hook_z"][i][1, 1]
+            return value
+
+        want = ce.run_with_hooks([QUERIES[i]], [BASE[i]], {"blocks.2.attn.hook_z": swap})[0]
+        assert abs(res.patched[i, 0, 0, 0] - want) <= 1e-5
+    assert np.abs(res.patched[:, 0, 0, 0] - res.baseline).max() > 1e-4  # a non-[CLS] row matters to this head
+
+
 def test_head_grid_equals_reference_and_is_not_trivial(ce, hf_model, tokenizer):
     res = ce.patch(QUERIES[2:], BASE[2:], PERT[2:], site="z", layers=[1, 4])
     assert res.patched.shape == (1, 2, 12, 1)
@@ -171,14 +216,17 @@ def test_padding_and_batch_composition_do_not_change_patched_scores(ce):
 
 def test_grid_reuses_the_baseline_and_perturbed_runs(ce):
     """A (layer x head) grid runs each chunk's baseline and perturbed input once, then batches of patches."""
+    ce._patch_cls_only = None  # as for a freshly loaded model: the first grid also runs the [CLS]-only check
     calls = []
     handle = ce.model.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:
         ce.patch(QUERIES, BASE, PERT, site="z", batch_size=36, chunk_size=16)
+        first = len(calls)
+        ce.patch(QUERIES, BASE, PERT, site="z", batch_size=36, chunk_size=16)
     finally:
         handle.remove()
-    # one chunk: 2 runs, then per layer 12 heads x 3 pairs = 36 rows = one forward
-    assert len(calls) == 2 + ce.num_layers
+    # one chunk: 2 runs, then per layer 12 heads x 3 pairs = 36 rows = one forward (+ the check, once per model)
+    assert first == 3 + ce.num_layers and len(calls) - first == 2 + ce.num_layers
 
 
 def test_bad_input_is_one_line(ce):

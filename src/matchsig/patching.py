@@ -18,11 +18,16 @@ perturbed input once (keeping the site's activation in each needed layer). Every
 then starts from the cached baseline input of layer l (layers before l are not recomputed: they
 are unchanged by a patch in layer l) and replaces the site's activation with the cached perturbed
 one under a per-row mask; many patches (heads, positions) share one forward as rows of a batch.
+The score reads the last layer at [CLS] only, so patched forwards compute the last layer's
+attention output projection and MLP for the [CLS] row alone (:func:`_last_layer_cls_only`; checked
+once per model against its full forward, else not used).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -211,6 +216,8 @@ def _patch_chunk(ce, enc_b, enc_p, chunk, lengths, kind, layer_list, head_list, 
     logits = ce.forward(ce.collate(enc_p, chunk), hooks={site_name(kind, layer): record for layer in layer_list}).logits
     result.perturbed[chunk] = ce.scores_from_logits(logits)
 
+    if getattr(ce, "_patch_cls_only", None) is None:
+        ce._patch_cls_only = _check_cls_only(ce, batch_b, result.baseline[chunk])
     heads = head_list if head_list is not None else [None]
     positions = pos_list if pos_list is not None else [None]
     # Work items of one layer: (head index, position index, row of the chunk); rows past a pair's length skipped.
@@ -255,5 +262,55 @@ def _patched_forward(ce, batch: "Batch", rows: torch.Tensor, layer: int, kind: s
     def replace(value: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         return torch.where(mask, source.to(value.dtype), value)
 
-    logits = ce.forward(sub, hooks={site_name(kind, layer): replace}, start=(layer, start[rows])).logits
+    # sites of the last layer other than z and its input would see the [CLS] row only: run those in full
+    fast = ce._patch_cls_only and (layer < ce.num_layers - 1 or kind in ("attn.hook_z", "hook_resid_pre"))
+    with _last_layer_cls_only(ce) if fast else contextlib.nullcontext():
+        logits = ce.forward(sub, hooks={site_name(kind, layer): replace}, start=(layer, start[rows])).logits
     return ce.scores_from_logits(logits)
+
+
+@contextlib.contextmanager
+def _last_layer_cls_only(ce) -> Iterator[bool]:
+    """Inside the block, the last layer's attention output projection and MLP run on row 0 ([CLS]) only.
+
+    A sequence-classification head of the BERT family reads the last layer at [CLS] alone (the pooler
+    or head takes ``hidden[:, 0]``), so every other row of that layer's output is work thrown away: this
+    saves about three quarters of the last layer in every patched forward. Yields False (and changes
+    nothing) for layers without an ``attention.output`` module.
+    """
+    _, _, layers = ce._encoder_layers()
+    target = getattr(getattr(layers[-1], "attention", None), "output", None)
+    if not isinstance(target, torch.nn.Module):
+        yield False
+        return
+
+    def cut(value):
+        return value[:, :1] if torch.is_tensor(value) and value.dim() == 3 else value
+
+    def pre(module, args, kwargs):
+        return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+    handle = target.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+def _check_cls_only(ce, batch: "Batch", full: np.ndarray) -> bool:
+    """Whether this model's scores with :func:`_last_layer_cls_only` equal its full forward's (fp32/fp64 only;
+    a model whose head reads other rows, or another layer structure, is patched with full forwards)."""
+    if ce.model.dtype not in (torch.float32, torch.float64):
+        return False
+    with _last_layer_cls_only(ce) as active:
+        if not active:
+            return False
+        try:
+            scores = ce.scores_from_logits(ce.forward(batch).logits)
+        except (RuntimeError, ValueError, IndexError):
+            scores = None
+    if scores is not None and np.abs(scores - full).max() <= 1e-4:
+        return True
+    warnings.warn(f"model {ce.name}: its score reads more than the last layer's [CLS] row; patching runs every "
+                  "patched forward in full", stacklevel=3)
+    return False
