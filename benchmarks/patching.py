@@ -60,14 +60,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from matchsig import CrossEncoder
-    from matchsig.datasets import load_collection
-    from matchsig.diagnostics import make_pairs
-    from matchsig.sampling import sample_pool
+    from common import tfc1_pairs
 
-    ce = CrossEncoder.load("embedded", device="cpu")
-    pool = sample_pool(load_collection("demo"), per_grade=3, seed=0)
-    pairs = make_pairs(ce, pool, "tfc1", n=args.pairs // 2, seed=0)
+    ce, pairs = tfc1_pairs(args.pairs)
     q, b, p = pairs.queries(), pairs.baselines(), pairs.perturbeds()
     lengths = ce.encode(q, b).lengths()
     report: dict = {"pairs": pairs.describe(), "tokens_mean": float(lengths.mean()), "tokens_max": int(lengths.max()),
