@@ -331,21 +331,20 @@ def _patch(
 def _patch_into(ctx, out, config, say):
     """Add (or resume) the patch experiment in the run of ``out``: the options given on the command line
     override the folder's configuration; those left at their defaults keep the folder's values."""
-    from .experiments import Runner, RunConfig, registry
+    from .experiments import Runner, RunConfig
     from .runfolder import FILES
 
-    flags = {"dataset": "datasets", "chunk": "chunk_size"}
     fresh = config.run_config().to_dict()
     sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
-    explicit = {flags.get(name, name) for name, source in sources.items()
+    explicit = {config.RUN_CONFIG_NAMES.get(name, name) for name, source in sources.items()
                 if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")}
     base = RunConfig.read(out / FILES.config)
     changes = {k: fresh[k] for k in explicit if k in fresh}
     if "patch" not in base.experiments:
         say(f"adding the patch experiment to the run in {out} (its model {base.model!r}, datasets "
             f"{', '.join(base.datasets)}, pool cap {base.per_grade}, seed {base.seed})")
-    cfg = base.replace(experiments=[n for n in registry.names() if n in base.experiments or n == "patch"], **changes)
-    Runner(out, cfg, progress=sys.stderr.isatty(), log=say).run()
+    # the runner adds the folder's experiments back, resumed with their stored settings
+    Runner(out, base.replace(experiments=["patch"], **changes), progress=sys.stderr.isatty(), log=say).run()
     _report(out)  # the folder's page gains the patching section (and the overlap, with a contrast run)
     return out / FILES.patching
 

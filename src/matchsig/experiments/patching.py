@@ -68,11 +68,14 @@ class PatchConfig:
     overlap_k: list[int] = field(default_factory=lambda: [4, 8])
     overlap_permutations: int = 10_000
 
+    #: Fields named otherwise in :class:`RunConfig` (``dataset`` becomes a one-item ``datasets``).
+    RUN_CONFIG_NAMES = {"dataset": "datasets", "chunk": "chunk_size"}
+
     def run_config(self):
         from .config import RunConfig
 
-        c = asdict(self)
-        return RunConfig(experiments=["patch"], datasets=[c.pop("dataset")], chunk_size=c.pop("chunk"), **c)
+        c = {self.RUN_CONFIG_NAMES.get(k, k): v for k, v in asdict(self).items()}
+        return RunConfig(experiments=["patch"], **{**c, "datasets": [c["datasets"]]})
 
 
 class Patching(Experiment):
