@@ -36,6 +36,27 @@ def _one_torch_thread():
         torch.set_num_threads(1)
 
 
+def matchsig_cli(*args: str, cwd=None, env_extra: dict | None = None, timeout: int = 300):
+    """``python -m matchsig ARGS`` in a subprocess (offline), its output captured."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "matchsig", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)
+
+
+def torchrun_config(config: Path, port: int, processes: int = 2):
+    """``matchsig run CONFIG --no-report`` as a ``torchrun`` job of CPU processes (gloo), one thread each."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                           "--master_port", str(port), "-m", "matchsig", "run", str(config), "--no-report"],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ENV = "MATCHSIG_SHARED_DATA"
 SHARED_DATA = Path(os.environ.get(SHARED_ENV) or REPO.parent / "shared" / "data")

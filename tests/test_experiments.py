@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import matchsig_cli, torchrun_config
 
 from matchsig import Ablation, CrossEncoder, MatchsigError
 from matchsig.experiments import FIGURE1_DIRECTIONS, TABLE1_CELLS, RunConfig, Runner
@@ -279,10 +280,7 @@ def test_unwritable_output_folder(tmp_path, tiny_model):
         Runner(blocker / "sub", RunConfig(model=tiny_model, **SETTINGS), progress=False)
 
 
-def _cli(*args, cwd=None, env_extra=None, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "matchsig", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=timeout)
+_cli = matchsig_cli
 
 
 def test_cli_errors_are_one_line(tmp_path, tiny_model):
@@ -302,10 +300,7 @@ def test_torchrun_two_processes_shard_and_merge(tmp_path, tiny_model, full_run):
     cfg = RunConfig(model=tiny_model, **{**SETTINGS, "experiments": ["table1"]})
     out.mkdir()
     (out / "config.json").write_text(json.dumps(cfg.to_dict()))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                          "-m", "matchsig", "run", str(out / "config.json"), "--no-report"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = torchrun_config(out / "config.json", port=29533)
     assert res.returncode == 0, res.stderr[-3000:]
     pd.testing.assert_frame_equal(pd.read_csv(out / "table1.csv"), pd.read_csv(full_run / "table1.csv"))
     pairs = json.loads((full_run / "summary.json").read_text())["pools"]["main"]["pairs"]

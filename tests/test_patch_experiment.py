@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, matchsig_cli, torchrun_config
 
 from matchsig import CrossEncoder, MatchsigError
 from matchsig.diagnostics import read_pairs
@@ -73,11 +73,7 @@ def test_bad_settings(tiny, tmp_path):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "matchsig", "patch", "--out", str(tmp_path / "y"), "--site", "nope"],
-                          capture_output=True, text=True)
+    done = matchsig_cli("patch", "--out", str(tmp_path / "y"), "--site", "nope")
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "unknown --site 'nope'" in done.stderr
 
 
@@ -178,14 +174,8 @@ def test_overlap_claim_follows_its_rule(tmp_path):
 # ---- the command-line routes to a patching + contrast folder, and sharding --------------------
 
 
-def _cli(*args, timeout=600):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "matchsig", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+def _cli(*args):
+    return matchsig_cli(*args, env_extra={"OMP_NUM_THREADS": "1"}, timeout=600)
 
 
 @pytest.mark.slow
@@ -226,20 +216,13 @@ def test_patch_into_a_contrast_folder_equals_one_run_of_both(tiny, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_share_the_patch_chunks(tiny, tmp_path):
     """2 CPU processes (gloo) split the patch chunks; the merged table equals the single-process run."""
-    import os
-    import subprocess
-    import sys
-
     config = PatchConfig(model=tiny, dataset="demo", diagnostic="tfc1", site="head", pairs=3, per_grade=1, chunk=2,
                          min_delta=0.0, device="cpu")
     single = pd.read_csv(run_patch(tmp_path / "one", config, progress=False))
     out = tmp_path / "two"
     out.mkdir()
     (out / "config.json").write_text(json.dumps(config.run_config().to_dict()))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29534", "-m", "matchsig", "run", str(out / "config.json"), "--no-report"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = torchrun_config(out / "config.json", port=29534)
     assert res.returncode == 0, res.stderr[-3000:]
     pd.testing.assert_frame_equal(pd.read_csv(out / "patching.csv"), single)
     pd.testing.assert_frame_equal(pd.read_csv(out / "pairs.tsv", sep="\t"), pd.read_csv(tmp_path / "one" / "pairs.tsv", sep="\t"))

@@ -7,9 +7,6 @@ scipy, never with the code that produced it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import ir_measures
@@ -18,7 +15,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, matchsig_cli
 
 from matchsig.datasets import load_collection, read_folder
 from matchsig.errors import MatchsigError
@@ -230,10 +227,7 @@ def tiny_model(tmp_path_factory, tokenizer) -> str:
     return str(folder)
 
 
-def _cli(*args, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "matchsig", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+_cli = matchsig_cli
 
 
 def test_cli_rerank_json_and_written_run(folder, run_file, tmp_path, tiny_model):
