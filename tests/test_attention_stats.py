@@ -17,6 +17,18 @@ DOCS = [
 ]
 
 
+def hf_attention_maps(minilm_folder, tokenizer):
+    """Per pair of QUERIES/DOCS: (index, its unpadded encoding, its HF eager attention maps (L, H, T, T) in float64)."""
+    from transformers import BertForSequenceClassification
+
+    ref_model = BertForSequenceClassification.from_pretrained(minilm_folder, attn_implementation="eager").eval()
+    for n, (q, d) in enumerate(zip(QUERIES, DOCS)):
+        enc = tokenizer(q, d, return_tensors="pt")
+        with torch.no_grad():
+            maps = ref_model(**enc, output_attentions=True).attentions
+        yield n, enc, torch.stack([m[0] for m in maps]).double().numpy()
+
+
 def reference_stats(attn: np.ndarray, ids: list[int], seq: list) -> dict:
     """attn: (L, H, T, T) for one unpadded pair; returns {(dir, stat): (L, H)}."""
     q = [i for i, s in enumerate(seq) if s == 0]
@@ -47,17 +59,10 @@ def reference_stats(attn: np.ndarray, ids: list[int], seq: list) -> dict:
 
 
 def test_stats_match_full_attention_maps(minilm_folder, tokenizer):
-    from transformers import BertForSequenceClassification
-
     ce = CrossEncoder.load(minilm_folder, device="cpu")
     stats = ce.attention_stats(QUERIES, DOCS, batch_size=2)
     assert stats.values.shape == (3, 6, 12, 2, 4)
-    ref_model = BertForSequenceClassification.from_pretrained(minilm_folder, attn_implementation="eager").eval()
-    for n, (q, d) in enumerate(zip(QUERIES, DOCS)):
-        enc = tokenizer(q, d, return_tensors="pt")
-        with torch.no_grad():
-            maps = ref_model(**enc, output_attentions=True).attentions
-        attn = torch.stack([m[0] for m in maps]).double().numpy()
+    for n, enc, attn in hf_attention_maps(minilm_folder, tokenizer):
         ref = reference_stats(attn, enc["input_ids"][0].tolist(), enc.sequence_ids(0))
         for (direction, stat), want in ref.items():
             np.testing.assert_allclose(stats.get(direction, stat)[n], want, atol=2e-5, rtol=1e-4,
@@ -108,8 +113,6 @@ def toy_statistics(monkeypatch):
 def test_a_registered_statistic_is_computed_by_both_paths(minilm_folder, tokenizer, toy_statistics, monkeypatch):
     """The eager path (full maps) computes a new statistic from its table entry; the fused path, which has
     no fused form for it, falls back to the same eager term on its sub-blocks; both equal numpy on HF maps."""
-    from transformers import BertForSequenceClassification
-
     from matchsig import MatchsigError
     from matchsig import kernels as K
 
@@ -127,12 +130,7 @@ def test_a_registered_statistic_is_computed_by_both_paths(minilm_folder, tokeniz
     fused = ce.attention_stats(QUERIES, DOCS, batch_size=2)
     assert calls or real is None  # the fused path ran where this torch has the op
     assert eager.names == fused.names == ("max", "entropy", "exact", "mass", "second", "collision")
-    ref_model = BertForSequenceClassification.from_pretrained(minilm_folder, attn_implementation="eager").eval()
-    for n, (q, d) in enumerate(zip(QUERIES, DOCS)):
-        enc = tokenizer(q, d, return_tensors="pt")
-        with torch.no_grad():
-            maps = ref_model(**enc, output_attentions=True).attentions
-        attn = torch.stack([m[0] for m in maps]).double().numpy()
+    for n, enc, attn in hf_attention_maps(minilm_folder, tokenizer):
         for (direction, stat), want in _toy_reference(attn, enc.sequence_ids(0)).items():
             for stats in (eager, fused):
                 np.testing.assert_allclose(stats.get(direction, stat)[n], want, atol=2e-5, rtol=1e-4,
