@@ -28,6 +28,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from .errors import MatchsigError
 from .kernels import KERNELS, Call
 from .parts import PAD
 
@@ -68,6 +69,23 @@ class ForwardContext:
             pad = (self.part_ids == PAD)[:, None, None, :]
             self._key_bias = torch.zeros(pad.shape, dtype=dtype, device=pad.device).masked_fill(pad, float("-inf"))
         return self._key_bias
+
+    def model_bias(self, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1, T, T) additive mask from the model's own 4-D mask (bool: True = attend; or additive),
+        for layers whose mask is more than padding (sliding window, causal): -inf where the model
+        masks or the key is padding. Padding query rows attend to every real key instead, so no row
+        is fully masked (a NaN there would reach real rows through the next layer's values)."""
+        key = ("model", id(mask), dtype)
+        hit = self._cut_cache.get(key)
+        if hit is not None and hit[0] is mask:
+            return hit[1]
+        allowed = mask[:, :1] if mask.dtype == torch.bool else mask[:, :1] == 0
+        real = self.part_ids != PAD
+        keys_ok = real[:, None, None, :]
+        allowed = torch.where(real[:, None, :, None], allowed & keys_ok, keys_ok)
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+        self._cut_cache[key] = (mask, bias)
+        return bias
 
     def cut_mask(self, block: torch.Tensor) -> torch.Tensor:
         """(B, H, T, T) bool: True where block[b, h, part[b, i], part[b, j]] is cut."""
@@ -145,7 +163,7 @@ def matchsig_attention(
         ctx.probe.append((module, query.shape[1]))
     layer = getattr(module, "_matchsig_layer", None)
     block = ctx.blocks[layer] if (ctx.blocks is not None and layer is not None) else None
-    call = Call(query, key, value, ctx.key_bias(query.dtype), scaling, ctx, block)
+    call = Call(query, key, value, _bias(module, attention_mask, query, ctx), scaling, ctx, block)
     hooks = ctx.hooks if layer is not None else None
     if not hooks:
         return KERNELS.run(ctx.kernel, call)[0], None
@@ -162,6 +180,19 @@ def matchsig_attention(
     if replaced is not None:
         out = replaced.to(out.dtype).contiguous()
     return out, None
+
+
+def _bias(module: torch.nn.Module, attention_mask: torch.Tensor | None, query: torch.Tensor,
+          ctx: ForwardContext) -> torch.Tensor:
+    """The additive mask of this call: padding from the part ids, or, in a layer whose family marks
+    its mask as the model's own (``module._matchsig_model_mask``: sliding window, causal), the
+    model's mask. A causal layer always gets one (the mask function never skips causal masks)."""
+    if getattr(module, "_matchsig_model_mask", False) and attention_mask is not None:
+        if attention_mask.dim() != 4:
+            raise MatchsigError(f"layer {getattr(module, '_matchsig_layer', '?')}: expected a 4-D attention mask from "
+                                f"the model, got shape {tuple(attention_mask.shape)}")
+        return ctx.model_bias(attention_mask, query.dtype)
+    return ctx.key_bias(query.dtype)
 
 
 def _replaced(new: torch.Tensor | None, old: torch.Tensor) -> torch.Tensor:
@@ -187,6 +218,14 @@ def register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
 
+    base = ALL_MASK_ATTENTION_FUNCTIONS.get("sdpa", sdpa_mask)
+
+    def matchsig_mask(*args, **kwargs):
+        # transformers may return None for a causal mask and rely on SDPA's is_causal flag, which an
+        # attention function that builds its own call never sees: causal masks are always materialised.
+        kwargs["allow_is_causal_skip"] = False
+        return base(*args, **kwargs)
+
     AttentionInterface.register(ATTN_NAME, matchsig_attention)
-    AttentionMaskInterface.register(ATTN_NAME, ALL_MASK_ATTENTION_FUNCTIONS.get("sdpa", sdpa_mask))
+    AttentionMaskInterface.register(ATTN_NAME, matchsig_mask)
     _registered = True

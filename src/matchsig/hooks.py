@@ -161,13 +161,8 @@ def _submodule(root: nn.Module, path: str) -> nn.Module | None:
     return mod
 
 
-#: Where the module-based sites live inside one encoder layer (BERT, ELECTRA, RoBERTa naming).
-_MODULE_SITES = {
-    "hook_attn_out": "attention.output.dense",
-    "hook_resid_mid": "attention",
-    "hook_mlp_out": "output.dense",
-    "hook_resid_post": "",
-}
+#: The module-based sites (their paths inside a layer come from the model's family).
+_MODULE_SITES = ("hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 
 
 def install(ce) -> None:
@@ -182,10 +177,11 @@ def install(ce) -> None:
     handles = []
     for index, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(_pre_hook(index), with_kwargs=True))
-        for kind, path in _MODULE_SITES.items():
-            mod = _submodule(layer, path) if path else layer
+        for kind in _MODULE_SITES:
+            path = ce.family.sites.get(kind)
+            mod = None if path is None else _submodule(layer, path) if path else layer
             if mod is None:
-                missing.append(f"{kind} ({path})")
+                missing.append(f"{kind} ({path or 'none in ' + ce.family.name + ' layers'})")
                 continue
             handles.append(mod.register_forward_hook(_post_hook(HookPoint(index, kind))))
     ce._hooks_installed = handles
@@ -200,8 +196,10 @@ def check_supported(ce, kinds: Sequence[str]) -> None:
         if k in ATTENTION_KINDS or k == "attn.hook_z":
             continue  # applied by the attention function: every model matchsig loads has them
         if any(m.startswith(k + " ") for m in ce._hooks_missing):
+            path = ce.family.sites.get(k)
+            where = f"no module {path}" if path is not None else f"no module for it ({ce.family.name} family)"
             raise MatchsigError(f"model {ce.name} ({type(ce.model).__name__}): site {k} is not supported, its layers "
-                                f"have no module {_MODULE_SITES[k]}")
+                                f"have {where}")
 
 
 def _pre_hook(index: int):

@@ -60,6 +60,8 @@ _efficient_cuda = getattr(_aten, "_scaled_dot_product_efficient_attention", None
 
 #: What a call may need beyond plain attention; a kernel lists what it handles.
 CUT, STATS, PATTERN = "cut", "stats", "pattern"
+#: A call whose mask is per query row (sliding window, causal), not padding keys only.
+MASK = "mask"
 PRIVATE_OP = "private-op"
 _ERRORS = (RuntimeError, TypeError, NotImplementedError)
 
@@ -67,7 +69,8 @@ _ERRORS = (RuntimeError, TypeError, NotImplementedError)
 @dataclass
 class Call:
     """One attention call as a kernel sees it: (B, H, T, D) ``query``/``key``/``value``, the
-    (B, 1, 1, T) padding ``bias``, the layer's cut ``block`` (or None), whether to return
+    additive ``bias`` ((B, 1, 1, T) padding keys, or (B, 1, T, T) where the model's own mask is per
+    row: sliding window, causal), the layer's cut ``block`` (or None), whether to return
     statistics, and ``pattern``: None or a function applied to the (B, H, T, T) fp32 post-softmax
     probabilities before the cut (it may return a replacement)."""
 
@@ -84,7 +87,8 @@ class Call:
     @property
     def needs(self) -> frozenset:
         return frozenset(n for n, on in ((CUT, self.block is not None), (STATS, self.stats),
-                                         (PATTERN, self.pattern is not None)) if on)
+                                         (PATTERN, self.pattern is not None), (MASK, self.bias.shape[-2] > 1))
+                         if on)
 
 
 #: A kernel returns the (B, T, H, D) output and, when the call asks for them, the (B, H,
@@ -111,10 +115,16 @@ class Kernel:
     supports: Callable[[torch.device, torch.dtype], bool] = _anywhere
     family: str | None = None
     errors: tuple = _ERRORS
+    never: tuple = ()
 
     @property
     def group(self) -> str:
         return self.family or self.name
+
+    def accepts(self, needs: frozenset) -> bool:
+        """Whether it handles a call needing ``needs``: all of them, and none of its ``never``
+        combinations (sets of needs it handles one at a time only)."""
+        return needs <= self.handles and not any(c <= needs for c in self.never)
 
 
 @dataclass
@@ -171,7 +181,7 @@ class KernelTable:
     def chosen(self, order: str, needs: frozenset, device: str | torch.device, dtype: torch.dtype) -> str:
         """The kernel that order ``order`` runs for a call needing ``needs`` on ``device``/``dtype`` now."""
         for name in self.order(order):
-            if needs <= self.kernels[name].handles and self.usable(name, device, dtype):
+            if self.kernels[name].accepts(needs) and self.usable(name, device, dtype):
                 return name
         raise MatchsigError(f"kernel order {order!r} has no kernel for {', '.join(sorted(needs)) or 'plain'} "
                             f"attention on {torch.device(device).type} {dtype}")
@@ -181,7 +191,7 @@ class KernelTable:
         needs, device, dtype = call.needs, call.query.device, call.query.dtype
         for name in self.order(order):
             k = self.kernels[name]
-            if not needs <= k.handles or k.group in self.broken or not k.supports(device, dtype):
+            if not k.accepts(needs) or k.group in self.broken or not k.supports(device, dtype):
                 continue
             try:
                 return k.run(call)
@@ -236,7 +246,7 @@ def _correct(call: Call):
     q, k, v, ctx = call.query, call.key, call.value, call.ctx
     out_full, lse = _sdpa_lse(q, k, v, call.bias, call.scaling)
     if call.block is not None:
-        out = _corrected(q, k, v, out_full, lse, call.block, ctx, call.scaling)
+        out = _corrected(q, k, v, out_full, lse, call.block, ctx, call.scaling, call.bias)
     else:
         out = out_full.transpose(1, 2).contiguous()
     if not call.stats:
@@ -267,10 +277,11 @@ def _fused_supports(device: torch.device, dtype: torch.dtype) -> bool:
     return _flash_cpu is not None and device.type == "cpu" and dtype == torch.float32
 
 
-for _k in (Kernel("sdpa", _sdpa),
-           Kernel("correct", _correct, frozenset({CUT, STATS}), _correct_supports, PRIVATE_OP),
+for _k in (Kernel("sdpa", _sdpa, frozenset({MASK})),
+           Kernel("correct", _correct, frozenset({CUT, STATS, MASK}), _correct_supports, PRIVATE_OP,
+                  never=(frozenset({STATS, MASK}),)),
            Kernel("fused", _fused, frozenset({CUT}), _fused_supports, PRIVATE_OP),
-           Kernel("math", _math, frozenset({CUT, STATS, PATTERN}))):
+           Kernel("math", _math, frozenset({CUT, STATS, PATTERN, MASK}))):
     KERNELS.register(_k)
 for _name, _order in (("auto", ("sdpa", "correct", "math")), ("correct", ("sdpa", "correct", "math")),
                       ("fused", ("sdpa", "fused", "correct", "math")), ("math", ("sdpa", "math")),
@@ -368,8 +379,10 @@ def _correction(ctx: "ForwardContext", block: torch.Tensor) -> tuple[torch.Tenso
     return value
 
 
-def _corrected(query, key, value, out_full, lse, block, ctx: "ForwardContext", scaling) -> torch.Tensor:
-    """Post-softmax zeroing of ``block`` from one fused pass (``out_full``, ``lse``); (B, T, H, D)."""
+def _corrected(query, key, value, out_full, lse, block, ctx: "ForwardContext", scaling,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Post-softmax zeroing of ``block`` from one fused pass (``out_full``, ``lse``); (B, T, H, D).
+    ``bias``: the pass's additive mask, needed only when it is per row ((B, 1, T, T))."""
     coef, keep = _correction(ctx, block)
     pos, _ = _small_columns(ctx)
     b, h, _, d = query.shape
@@ -377,7 +390,11 @@ def _corrected(query, key, value, out_full, lse, block, ctx: "ForwardContext", s
     ks = key.gather(2, g).float()
     vs = value.gather(2, g).float()
     p = torch.matmul(query.float(), ks.transpose(-1, -2))  # (B, H, T, n) scores of the small columns
-    p.mul_(scaling).sub_(lse[..., None]).exp_().mul_(coef)
+    p.mul_(scaling).sub_(lse[..., None])
+    t = 1 if bias is None else bias.shape[-2]
+    if t > 1:  # a per-row mask (sliding window, causal): the small columns' own entries of it
+        p.add_(bias.gather(3, pos[:, None, None, :].expand(b, 1, t, -1)).float())
+    p.exp_().mul_(coef)
     out = torch.matmul(p, vs).addcmul_(out_full.float(), keep)
     return out.transpose(1, 2).contiguous().to(query.dtype)
 

@@ -75,6 +75,9 @@ def load_pretrained(name_or_path: str | os.PathLike, device: str | torch.device 
             f"cannot load model {name!r}: not a local folder and the Hugging Face hub could not provide it ({first})"
         ) from None
     archs = getattr(config, "architectures", None) or []
+    from .families import family_for
+
+    family_for(config)  # an architecture matchsig has not verified is refused before any weights are read
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
         raise MatchsigError(
             f"model {name} has no sequence-classification head (its config declares {', '.join(archs)}); "

@@ -28,6 +28,8 @@ from .ablation import Ablation, as_ablation
 from .attention import ATTN_NAME, ForwardContext, use_context
 from .attention_stats import DIRECTIONS, AttentionStats, statistic_names
 from .errors import MatchsigError
+from .families import Family, family_for
+from .selfcheck import SelfCheck, self_check
 from .kernels import KERNELS
 from .loading import EMBEDDED, load_pretrained  # noqa: F401  (EMBEDDED: kept importable from here)
 from .loading import resolve_device as _resolve_device
@@ -92,18 +94,25 @@ class CrossEncoder:
                 "or 2 (score = log-softmax of label 1)"
             )
         self.num_labels = int(num_labels)
+        self.family: Family = family_for(cfg)
+        self.readout = self.family.readout(cfg)
         limit = getattr(cfg, "max_position_embeddings", None) or max_length
         self.max_length = int(min(max_length, limit))
         self.layout: PairLayout = probe_layout(tokenizer)
+        self._own_attention = getattr(cfg, "_attn_implementation", None) or "sdpa"
+        if self._own_attention == ATTN_NAME:
+            self._own_attention = "sdpa"
         attention.register()
         try:
             model.set_attn_implementation(ATTN_NAME)
         except Exception as exc:  # transformers raises ValueError/NotImplementedError variants
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise MatchsigError(
-                f"model {self.name} ({type(model).__name__}) cannot use a custom attention function: {exc}"
+                f"model {self.name} ({type(model).__name__}) cannot use a custom attention function: {first}"
             ) from None
         self.model = model.to(self.device).eval()
         self._find_attention_modules()
+        self.check: SelfCheck = self_check(self)
 
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
@@ -150,6 +159,7 @@ class CrossEncoder:
             raise MatchsigError(f"model {self.name}: an attention module is called twice per forward; unsupported")
         for i, m in enumerate(self.attention_modules):
             m._matchsig_layer = i
+            m._matchsig_model_mask = bool(self.family.model_mask(m))
         self.num_layers = len(probe)
         self.num_heads = int(probe[0][1])
 
@@ -387,7 +397,10 @@ class CrossEncoder:
             return args, kwargs
 
         setattr(encoder, attr, nn.ModuleList(list(layers)[first_layer:]))
-        handle = encoder.register_forward_pre_hook(pre, with_kwargs=True)
+        # on the first layer run, not the encoder: a family's layer list may sit in a module whose
+        # forward takes token ids (ModernBERT), but every layer takes the hidden states first; prepended,
+        # so that a resid_pre hook of that layer sees (and may replace) the start state
+        handle = layers[first_layer].register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
         try:
             yield
         finally:

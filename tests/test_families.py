@@ -1,0 +1,280 @@
+"""Model families (matchsig.families): each runs exactly as the model's own forward, or is refused.
+
+Tiny random models built here from transformers' config classes (weights do not matter: the engine
+must equal the model's forward whatever they are), with real tokenizer templates: BERT WordPiece
+from the installed all-MiniLM-L6-v2 package, and a RoBERTa-style byte-level BPE built offline.
+ModernBERT's ablations are checked against a float64 re-implementation written in the tests
+(``_reference_modernbert.py``), its attention patterns against transformers' eager attention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from _reference import cuts_for
+from _reference_modernbert import modernbert_score
+from matchsig import CrossEncoder, MatchsigError
+from matchsig import families
+
+LOCAL = 16  # ModernBERT local_attention: a token sees 8 tokens on either side in local layers
+
+
+def _modernbert(tokenizer, seed: int, pooling: str = "cls"):
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = ModernBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
+                           num_attention_heads=4, intermediate_size=48, max_position_embeddings=512,
+                           local_attention=LOCAL, global_attn_every_n_layers=2, num_labels=2,
+                           pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+                           sep_token_id=tokenizer.sep_token_id, bos_token_id=None, eos_token_id=None,
+                           classifier_pooling=pooling, initializer_range=0.3)
+    return ModernBertForSequenceClassification(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def mb_folder(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("modernbert-ce")
+    _modernbert(tokenizer, seed=11).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mb(mb_folder):
+    return CrossEncoder.load(mb_folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def mb_pairs(dl19_pairs):
+    """Real DL19 pairs (almost all far longer than the local window) and two short ones."""
+    qs = [q for q, _, _ in dl19_pairs[:6]] + ["flea", "what is a cat"]
+    ds = [d for _, d, _ in dl19_pairs[:6]] + ["an insect", "cats"]
+    return qs, ds
+
+
+def _hf_scores(model, tokenizer, qs, ds, batch: bool) -> np.ndarray:
+    with torch.inference_mode():
+        if batch:
+            enc = tokenizer(qs, ds, padding=True, truncation="only_second", max_length=512, return_tensors="pt")
+            logits = model(**enc).logits
+        else:
+            logits = torch.cat([model(**tokenizer(q, d, truncation="only_second", max_length=512,
+                                                  return_tensors="pt")).logits for q, d in zip(qs, ds)])
+    return torch.log_softmax(logits.double(), -1)[:, 1].numpy()
+
+
+def test_modernbert_is_its_family_with_local_layers_from_the_model(mb):
+    assert mb.family.name == "modernbert" and mb.readout == "first"
+    local = [bool(m._matchsig_model_mask) for m in mb.attention_modules]
+    assert local == [False, True, False, True]  # global layers: padding from the parts; local: the window
+    assert mb.check.max_abs_diff <= mb.check.tolerance and max(mb.check.tokens) > 2 * LOCAL
+
+
+def test_modernbert_plain_scores_equal_hugging_face(mb, mb_folder, tokenizer, mb_pairs):
+    from transformers import ModernBertForSequenceClassification
+
+    qs, ds = mb_pairs
+    assert min(len(x) for x in mb.encode(qs[:6], ds[:6]).input_ids) > 2 * LOCAL  # past the window
+    hf = ModernBertForSequenceClassification.from_pretrained(mb_folder).eval()
+    want = _hf_scores(hf, tokenizer, qs, ds, batch=False)
+    np.testing.assert_allclose(mb.score(qs, ds, batch_size=3), want, atol=1e-5)
+    np.testing.assert_allclose(_hf_scores(hf, tokenizer, qs, ds, batch=True), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec,layers,heads", [("D<-D", None, None), ("Q<-D", None, None),
+                                               ("CLS<-D,SEP2<-*", [1, 3], None), ("D<-Q,Q<-D", [1], [0, 2]),
+                                               ("*<-SEP1", None, [3])])
+def test_modernbert_ablations_equal_the_float64_reference(mb, tokenizer, mb_pairs, spec, layers, heads):
+    from matchsig import Ablation
+
+    qs, ds = mb_pairs
+    qs, ds = qs[:3] + qs[-1:], ds[:3] + ds[-1:]
+    ab = Ablation.parse(spec, layers=layers, heads=heads)
+    cuts = cuts_for(spec, layers, heads, 4, 4)
+    for kernel in ("auto", "eager"):
+        got = mb.score(qs, ds, ablation=ab, batch_size=4, kernel=kernel)
+        for i, ids in enumerate(mb.encode(qs, ds).input_ids):
+            assert abs(got[i] - modernbert_score(mb.model, ids, cuts, sep_id=tokenizer.sep_token_id)) <= 1e-5, kernel
+
+
+def test_modernbert_plain_reference_and_cls_invariant(mb, tokenizer, mb_pairs):
+    qs, ds = mb_pairs
+    got = mb.score(qs, ds)
+    for i, ids in enumerate(mb.encode(qs, ds).input_ids):
+        assert abs(got[i] - modernbert_score(mb.model, ids, sep_id=tokenizer.sep_token_id)) <= 1e-5
+    cls = mb.score(qs, ds, ablation="CLS<-*")
+    assert np.ptp(cls) <= 1e-6  # the first token reads nothing: every pair gets the same score
+
+
+def test_modernbert_mean_pooling_reads_every_token(tmp_path, tokenizer, mb_pairs):
+    model = _modernbert(tokenizer, seed=12, pooling="mean")
+    ce = CrossEncoder(model, tokenizer, device="cpu")
+    assert ce.readout == "mean"
+    qs, ds = mb_pairs
+    got = ce.score(qs, ds)
+    for i, ids in enumerate(ce.encode(qs, ds).input_ids):
+        assert abs(got[i] - modernbert_score(ce.model, ids, sep_id=tokenizer.sep_token_id)) <= 1e-5
+    assert np.ptp(ce.score(qs, ds, ablation="CLS<-*")) > 1e-3  # no longer an invariant: said by the readout
+
+
+def test_modernbert_patterns_equal_hugging_face_eager_attentions(mb, mb_folder, tokenizer, mb_pairs):
+    from transformers import ModernBertForSequenceClassification
+
+    qs, ds = mb_pairs
+    hf = ModernBertForSequenceClassification.from_pretrained(mb_folder, attn_implementation="eager").eval()
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(4)]
+    _, cache = mb.run_with_cache(qs[:2], ds[:2], names)
+    for i in range(2):
+        with torch.inference_mode():
+            out = hf(**tokenizer(qs[i], ds[i], return_tensors="pt"), output_attentions=True)
+        for l in range(4):
+            want = out.attentions[l][0].numpy()
+            got = np.asarray(cache[names[l]][i])
+            np.testing.assert_allclose(got, want, atol=1e-6)
+            if l % 2:  # local layer: nothing beyond the window
+                n = want.shape[-1]
+                far = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :]) > LOCAL // 2
+                assert np.all(got[:, far] == 0.0)
+
+
+def test_modernbert_layer_curve_statistics_and_patching(mb, mb_pairs):
+    from matchsig import Ablation
+
+    qs, ds = mb_pairs
+    curve = mb.score_layer_curve(qs[:4], ds[:4], "D<-D")
+    for l in range(4):
+        np.testing.assert_allclose(curve[l], mb.score(qs[:4], ds[:4], Ablation.parse("D<-D", up_to_layer=l)),
+                                   atol=1e-6)
+    fused, eager = mb.attention_stats(qs[:4], ds[:4]), mb.attention_stats(qs[:4], ds[:4], kernel="eager")
+    np.testing.assert_allclose(fused.values, eager.values, atol=1e-5)
+    base, pert = [d + " a" for d in ds[:3]], [d + " flea" for d in ds[:3]]
+    plain_b, plain_p = mb.score(qs[:3], base), mb.score(qs[:3], pert)
+    full = mb.patch(qs[:3], base, pert, site="resid_post", layers=[3])
+    np.testing.assert_allclose(full.patched[:, 0, 0, 0], plain_p, atol=1e-5)
+    same = mb.patch(qs[:3], base, base, site="z")
+    np.testing.assert_allclose(same.patched.reshape(3, -1), np.repeat(plain_b[:, None], 16, 1), atol=1e-5)
+    with pytest.raises(MatchsigError, match="resid_mid is not supported") as err:
+        mb.patch(qs[:3], base, pert, site="resid_mid")
+    assert "\n" not in str(err.value)
+
+
+def test_the_self_check_refuses_a_padding_mask_on_local_layers(mb_folder, monkeypatch):
+    """The bug this guard exists for: local layers run with a plain padding mask differ from the model."""
+    broken = dataclasses.replace(families.FAMILIES["modernbert"], model_mask=lambda module: False)
+    monkeypatch.setitem(families.FAMILIES, "modernbert", broken)
+    with pytest.raises(MatchsigError, match="differ from the model's own sdpa forward") as err:
+        CrossEncoder.load(mb_folder, device="cpu")
+    assert "\n" not in str(err.value) and "modernbert" in str(err.value)
+
+
+def test_unsupported_families_are_refused_in_one_line(tmp_path, tokenizer):
+    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, Qwen2Config,
+                              Qwen2ForSequenceClassification)
+
+    small = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=48, num_labels=2)
+    DebertaV2ForSequenceClassification(DebertaV2Config(**small)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(MatchsigError, match="model type 'deberta-v2'") as err:
+        CrossEncoder.load(tmp_path, device="cpu")
+    assert "\n" not in str(err.value) and "modernbert" in str(err.value)  # names the supported families
+    qwen = Qwen2ForSequenceClassification(Qwen2Config(num_key_value_heads=2, pad_token_id=0, **small))
+    with pytest.raises(MatchsigError, match="model type 'qwen2'"):
+        CrossEncoder(qwen, tokenizer, device="cpu")
+
+
+def _bpe_tokenizer(texts):
+    """A RoBERTa-style byte-level BPE tokenizer trained offline: ``<s> q </s></s> d </s>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import RobertaTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+    tok.decoder = decoders.ByteLevel()
+    return RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+
+
+def _check_encoder_family(ce, hf, tokenizer, qs, ds, family):
+    assert ce.family.name == family
+    np.testing.assert_allclose(ce.score(qs, ds, batch_size=3), _hf_scores(hf, tokenizer, qs, ds, batch=False),
+                               atol=1e-5)
+    assert np.ptp(ce.score(qs, ds, ablation="CLS<-*")) <= 1e-6
+    assert np.ptp(ce.score(qs, ds, ablation="D<-D")) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["roberta", "xlm-roberta"])
+def test_roberta_family_with_a_bpe_template(kind, mb_pairs):
+    from transformers import (RobertaConfig, RobertaForSequenceClassification, XLMRobertaConfig,
+                              XLMRobertaForSequenceClassification)
+
+    qs, ds = mb_pairs
+    tok = _bpe_tokenizer(qs + ds)
+    parts = CrossEncoder.parts  # labelled token by token below
+    cfg_cls, model_cls = ((RobertaConfig, RobertaForSequenceClassification) if kind == "roberta"
+                          else (XLMRobertaConfig, XLMRobertaForSequenceClassification))
+    torch.manual_seed(4)
+    model = model_cls(cfg_cls(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=48, num_labels=2, pad_token_id=tok.pad_token_id,
+                              initializer_range=0.3)).eval()
+    ce = CrossEncoder(model, tok, device="cpu")
+    labelled = parts(ce, "what is a flea", "the cat")
+    tokens = [t for t, _ in labelled]
+    nq = len(tok.tokenize("what is a flea"))
+    nd = len(tok.tokenize("the cat"))
+    assert tokens == ["<s>"] + tok.tokenize("what is a flea") + ["</s>", "</s>"] + tok.tokenize("the cat") + ["</s>"]
+    assert [p for _, p in labelled] == ["CLS"] + ["Q"] * nq + ["SEP1"] * 2 + ["D"] * nd + ["SEP2"]
+    _check_encoder_family(ce, model, tok, qs, ds, "roberta")
+
+
+def test_distilbert_family(tokenizer, mb_pairs):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(5)
+    model = DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, hidden_dim=48, num_labels=2,
+        initializer_range=0.3)).eval()
+    ce = CrossEncoder(model, tokenizer, device="cpu")
+    qs, ds = mb_pairs
+    _check_encoder_family(ce, model, tokenizer, qs, ds, "distilbert")
+    base, pert = [d + " a" for d in ds[:2]], [d + " flea" for d in ds[:2]]
+    full = ce.patch(qs[:2], base, pert, site="resid_mid", layers=[1])  # DistilBERT's own module names
+    mlp = ce.patch(qs[:2], base, pert, site="mlp_out", layers=[1])
+    assert np.isfinite(full.patched).all() and np.isfinite(mlp.patched).all()
+
+
+def test_correct_kernel_with_a_per_row_mask_equals_the_explicit_softmax():
+    """The one-pass correction adds the per-row mask's entries on the small columns (sliding window)."""
+    import matchsig.attention as A
+    import matchsig.kernels as K
+
+    if not K.fused_available():
+        pytest.fail("the fused CPU kernel is unavailable in this torch build")
+    torch.manual_seed(6)
+    b, h, t, d = 2, 2, 24, 8
+    q, k, v = (torch.randn(b, h, t, d) for _ in range(3))
+    part_ids = torch.tensor([[0, 1, 1, 2] + [3] * 19 + [4], [0, 1, 2] + [3] * 9 + [4] + [5] * 11])
+    ctx = A.ForwardContext(part_ids=part_ids)
+    near = (torch.arange(t)[:, None] - torch.arange(t)[None, :]).abs() <= 4
+    bias = ctx.model_bias(near[None, None].expand(b, 1, t, t), torch.float32)
+    block = torch.zeros(1, h, 6, 6, dtype=torch.bool)
+    block[0, :, 3, 3] = True  # D<-D
+    block[0, 1, 3, 0] = True  # D<-CLS in head 1: a small column a window hides from most rows
+    block[0, 0, 0, :5] = True  # CLS<-* in head 0
+    call = K.Call(q, k, v, bias, 0.5, ctx, block)
+    assert K.MASK in call.needs and K.KERNELS.chosen("auto", call.needs, "cpu", torch.float32) == "correct"
+    got, _ = K._correct(call)
+    want, _ = K._math(call)
+    real = (part_ids != 5)[:, :, None, None]
+    torch.testing.assert_close(got * real, want * real, atol=1e-5, rtol=0)
+    stats = K.Call(q, k, v, bias, 0.5, ctx, block, stats=True)
+    assert K.KERNELS.chosen("auto", stats.needs, "cpu", torch.float32) == "math"  # no fused statistics under a window
