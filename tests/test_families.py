@@ -173,17 +173,17 @@ def test_the_self_check_refuses_a_padding_mask_on_local_layers(mb_folder, monkey
 
 
 def test_unsupported_families_are_refused_in_one_line(tmp_path, tokenizer):
-    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, Qwen2Config,
-                              Qwen2ForSequenceClassification)
+    from transformers import GPT2Config, GPT2ForSequenceClassification, Qwen2Config, Qwen2ForSequenceClassification
 
-    small = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=48, num_labels=2)
-    DebertaV2ForSequenceClassification(DebertaV2Config(**small)).save_pretrained(tmp_path)
+    small = dict(vocab_size=tokenizer.vocab_size, num_labels=2)
+    GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=2, n_head=4, pad_token_id=0, **small)).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(MatchsigError, match="model type 'deberta-v2'") as err:
+    with pytest.raises(MatchsigError, match="model type 'gpt2'") as err:
         CrossEncoder.load(tmp_path, device="cpu")
     assert "\n" not in str(err.value) and "modernbert" in str(err.value)  # names the supported families
-    qwen = Qwen2ForSequenceClassification(Qwen2Config(num_key_value_heads=2, pad_token_id=0, **small))
+    qwen = Qwen2ForSequenceClassification(Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                      num_key_value_heads=2, intermediate_size=48, pad_token_id=0,
+                                                      **small))
     with pytest.raises(MatchsigError, match="model type 'qwen2'"):
         CrossEncoder(qwen, tokenizer, device="cpu")
 
@@ -278,3 +278,108 @@ def test_correct_kernel_with_a_per_row_mask_equals_the_explicit_softmax():
     torch.testing.assert_close(got * real, want * real, atol=1e-5, rtol=0)
     stats = K.Call(q, k, v, bias, 0.5, ctx, block, stats=True)
     assert K.KERNELS.chosen("auto", stats.needs, "cpu", torch.float32) == "math"  # no fused statistics under a window
+
+
+# ---- DeBERTa-v2/v3: disentangled attention, probabilities zeroed where the model computes them ----
+
+
+def _deberta(tokenizer, seed: int, **extra):
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = DebertaV2Config(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                          intermediate_size=48, max_position_embeddings=128, relative_attention=True,
+                          pos_att_type=["p2c", "c2p"], position_buckets=8, share_att_key=True,
+                          norm_rel_ebd="layer_norm", position_biased_input=False, num_labels=2,
+                          initializer_range=0.3, pad_token_id=tokenizer.pad_token_id, **extra)
+    return DebertaV2ForSequenceClassification(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def deb_folder(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("deberta-ce")
+    _deberta(tokenizer, seed=21).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def deb(deb_folder):
+    return CrossEncoder.load(deb_folder, device="cpu", max_length=128)
+
+
+def test_deberta_plain_scores_equal_hugging_face_and_the_reference(deb, deb_folder, tokenizer, mb_pairs):
+    from _reference_deberta import deberta_score
+    from transformers import DebertaV2ForSequenceClassification
+
+    assert deb.family.name == "deberta-v2" and deb.check.reference == "eager"
+    qs, ds = mb_pairs
+    hf = DebertaV2ForSequenceClassification.from_pretrained(deb_folder).eval()
+    with torch.inference_mode():
+        logits = torch.cat([hf(**tokenizer(q, d, truncation="only_second", max_length=128, return_tensors="pt")).logits
+                            for q, d in zip(qs, ds)])
+    want = torch.log_softmax(logits.double(), -1)[:, 1].numpy()
+    got = deb.score(qs, ds, batch_size=3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    enc = deb.encode(qs, ds)
+    assert max(enc.lengths()) > 8 * 4  # relative distances far into the log buckets
+    for i in range(len(qs)):
+        assert abs(got[i] - deberta_score(deb.model, enc.input_ids[i], enc.token_type_ids[i])) <= 1e-5
+
+
+@pytest.mark.parametrize("spec,layers,heads", [("D<-D", None, None), ("Q<-D,D<-Q", None, None),
+                                               ("CLS<-D,SEP2<-*", [0, 2], None), ("D<-Q", [1], [1, 3])])
+def test_deberta_ablations_equal_the_float64_reference(deb, mb_pairs, spec, layers, heads):
+    from _reference_deberta import deberta_score
+    from matchsig import Ablation
+
+    qs, ds = mb_pairs
+    qs, ds = qs[:3] + qs[-1:], ds[:3] + ds[-1:]
+    got = deb.score(qs, ds, ablation=Ablation.parse(spec, layers=layers, heads=heads), batch_size=4)
+    enc = deb.encode(qs, ds)
+    cuts = cuts_for(spec, layers, heads, 3, 4)
+    for i in range(len(qs)):
+        assert abs(got[i] - deberta_score(deb.model, enc.input_ids[i], enc.token_type_ids[i], cuts)) <= 1e-5
+    assert np.ptp(deb.score(qs, ds, ablation="CLS<-*")) <= 1e-6
+
+
+def test_deberta_patterns_statistics_curves_and_patching(deb, deb_folder, tokenizer, mb_pairs):
+    from transformers import DebertaV2ForSequenceClassification
+
+    from matchsig import Ablation
+    from matchsig.attention_stats import reduce_probs
+
+    qs, ds = mb_pairs
+    hf = DebertaV2ForSequenceClassification.from_pretrained(deb_folder).eval()
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(3)]
+    _, cache = deb.run_with_cache(qs[:2], ds[:2], names)
+    for i in range(2):
+        with torch.inference_mode():
+            out = hf(**tokenizer(qs[i], ds[i], truncation="only_second", max_length=128, return_tensors="pt"),
+                     output_attentions=True)
+        for l in range(3):
+            np.testing.assert_allclose(np.asarray(cache[names[l]][i]), out.attentions[l][0].numpy(), atol=1e-6)
+    stats = deb.attention_stats(qs[:1], ds[:1])
+    enc = deb.encode(qs[:1], ds[:1])
+    parts, ids = torch.tensor(enc.part_ids), torch.tensor(enc.input_ids)
+    for l in range(3):
+        want = reduce_probs(torch.as_tensor(np.asarray(cache[names[l]][0]))[None], parts, ids)[0].numpy()
+        np.testing.assert_allclose(stats.values[0, l], want, atol=1e-5)
+    curve = deb.score_layer_curve(qs[:4], ds[:4], "Q<-D")
+    for l in range(3):
+        np.testing.assert_allclose(curve[l], deb.score(qs[:4], ds[:4], Ablation.parse("Q<-D", up_to_layer=l)),
+                                   atol=1e-6)
+    base, pert = [d + " a" for d in ds[:3]], [d + " flea" for d in ds[:3]]
+    plain_b, plain_p = deb.score(qs[:3], base), deb.score(qs[:3], pert)
+    np.testing.assert_allclose(deb.patch(qs[:3], base, pert, site="resid_post", layers=[2]).patched[:, 0, 0, 0],
+                               plain_p, atol=1e-5)
+    same = deb.patch(qs[:3], base, base, site="z")
+    np.testing.assert_allclose(same.patched.reshape(3, -1), np.repeat(plain_b[:, None], 12, 1), atol=1e-5)
+    heads = deb.patch(qs[:3], base, pert, site="z", layers=[2])
+    assert np.ptp(heads.patched) > 0  # the z site of DeBERTa's own attention module does replace the output
+
+
+def test_deberta_with_a_convolution_is_refused(tokenizer):
+    with pytest.raises(MatchsigError, match="conv_kernel_size") as err:
+        CrossEncoder(_deberta(tokenizer, seed=1, conv_kernel_size=3), tokenizer, device="cpu")
+    assert "\n" not in str(err.value)

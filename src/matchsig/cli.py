@@ -21,6 +21,7 @@ from .commands.common import (  # shared with the commands of commands/
     parse_top_k as _parse_top_k,
 )
 from .commands.evaluate import baseline, evaluate
+from .commands.inspect_model import inspect as inspect_command
 from .commands.rerank import rerank
 from .commands.train import train
 from .commands.view import parts, view
@@ -289,6 +290,7 @@ def demo(
 
 for _command in (view, train, parts):
     app.command()(_command)
+app.command("inspect")(inspect_command)
 
 
 # ---- patch: activation patching on diagnostic pairs (experiments/patching.py) ---------------------

@@ -56,7 +56,11 @@ class Family:
     the aggregating role (``first``: ``CLS<-*`` makes every score equal); ``model_mask(module)``:
     whether that attention module's mask must come from the model (sliding window, causal) rather
     than from the part ids (padding only); ``sites``: module paths of the hook sites inside a layer
-    (a site the family's layers do not have is refused in one line); ``notes``: a line for the docs."""
+    (a site the family's layers do not have is refused in one line); ``notes``: a line for the docs;
+    ``hf_attention``: the attention implementation the model is loaded with (its own forward, the
+    self-check's reference); ``install(model)``: for families that compute their own softmax, puts
+    matchsig's probability sites in the model (:mod:`matchsig.probability_site`) instead of
+    registering an attention function; ``refuses(config)``: why a variant is not supported, or None."""
 
     name: str
     model_types: tuple[str, ...]
@@ -65,6 +69,15 @@ class Family:
     model_mask: Callable[[object], bool] = _padding_only
     sites: Mapping[str, str] = field(default_factory=lambda: dict(BERT_SITES))
     notes: str = ""
+    hf_attention: str = "sdpa"
+    install: Callable[[object], None] | None = None
+    refuses: Callable[[object], str | None] = lambda config: None
+
+    def check(self, config) -> None:
+        """A one-line :class:`MatchsigError` if this variant of the family is not supported."""
+        why = self.refuses(config)
+        if why:
+            raise MatchsigError(f"model type {getattr(config, 'model_type', None)!r} ({self.name} family): {why}")
 
     def describe(self, config) -> dict:
         """A plain summary of the family as it applies to ``config`` (for ``inspect`` and reports)."""
@@ -95,6 +108,7 @@ def family_for(config) -> Family:
     mt = getattr(config, "model_type", None)
     for fam in FAMILIES.values():
         if mt in fam.model_types:
+            fam.check(config)
             return fam
     archs = ", ".join(getattr(config, "architectures", None) or []) or "unknown architecture"
     known = "; ".join(f"{f.name}: {', '.join(f.model_types)}" for f in FAMILIES.values())
@@ -135,4 +149,25 @@ register_family(Family(
     sites={"hook_attn_out": "attn.Wo", "hook_mlp_out": "mlp.Wo", "hook_resid_post": ""},
     notes="global and sliding-window (local) layers alternate; local layers keep the model's own window mask; "
           "rotary positions; classifier pooling 'cls' (first token) or 'mean'",
+))
+
+
+def _deberta_install(model) -> None:
+    from .probability_site import install_probability_sites
+
+    if not install_probability_sites(model, "DisentangledSelfAttention"):
+        raise MatchsigError(f"{type(model).__name__}: no DisentangledSelfAttention module to intervene in")
+
+
+def _deberta_refuses(config) -> str | None:
+    if (getattr(config, "conv_kernel_size", 0) or 0) > 0:
+        return "the convolution after the first layer (conv_kernel_size > 0, DeBERTa-v2-xlarge style) is not supported"
+    return None
+
+
+register_family(Family(
+    "deberta-v2", ("deberta-v2",), ("mixedbread-ai/mxbai-rerank-base-v1", "mixedbread-ai/mxbai-rerank-large-v1"),
+    hf_attention="eager", install=_deberta_install, refuses=_deberta_refuses,
+    notes="DeBERTa-v2/v3 disentangled attention (content and relative-position terms): matchsig zeroes the "
+          "post-softmax probabilities the model computes itself; [CLS] q [SEP] d [SEP], the [CLS] state is pooled",
 ))

@@ -77,7 +77,7 @@ def load_pretrained(name_or_path: str | os.PathLike, device: str | torch.device 
     archs = getattr(config, "architectures", None) or []
     from .families import family_for
 
-    family_for(config)  # an architecture matchsig has not verified is refused before any weights are read
+    family = family_for(config)  # an architecture matchsig has not verified is refused before any weights are read
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
         raise MatchsigError(
             f"model {name} has no sequence-classification head (its config declares {', '.join(archs)}); "
@@ -86,7 +86,7 @@ def load_pretrained(name_or_path: str | os.PathLike, device: str | torch.device 
     try:
         kwargs = {"dtype": dt} if dt is not None else {}
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            name, output_loading_info=True, attn_implementation="sdpa", **kwargs
+            name, output_loading_info=True, attn_implementation=family.hf_attention, **kwargs
         )
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as exc:

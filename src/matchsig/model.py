@@ -99,12 +99,17 @@ class CrossEncoder:
         limit = getattr(cfg, "max_position_embeddings", None) or max_length
         self.max_length = int(min(max_length, limit))
         self.layout: PairLayout = probe_layout(tokenizer)
-        self._own_attention = getattr(cfg, "_attn_implementation", None) or "sdpa"
+        self._own_attention = getattr(cfg, "_attn_implementation", None) or self.family.hf_attention
         if self._own_attention == ATTN_NAME:
-            self._own_attention = "sdpa"
+            self._own_attention = self.family.hf_attention
         attention.register()
         try:
-            model.set_attn_implementation(ATTN_NAME)
+            if self.family.install is not None:
+                self.family.install(model)
+            else:
+                model.set_attn_implementation(ATTN_NAME)
+        except MatchsigError:
+            raise
         except Exception as exc:  # transformers raises ValueError/NotImplementedError variants
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise MatchsigError(
@@ -131,7 +136,7 @@ class CrossEncoder:
             raise MatchsigError(f"cannot write model folder {out}: {exc.strerror}") from None
         impl = self.model.config._attn_implementation
         try:
-            self.model.config._attn_implementation = "sdpa"  # the saved folder must not depend on matchsig
+            self.model.config._attn_implementation = self.family.hf_attention  # the folder must not depend on matchsig
             self.model.save_pretrained(out)
         finally:
             self.model.config._attn_implementation = impl

@@ -72,11 +72,14 @@ def self_check(ce: "CrossEncoder") -> SelfCheck:
     model = ce.model
     with torch.inference_mode():
         ours = ce.scores_from_logits(ce.forward(batch).logits)
-        try:
-            model.set_attn_implementation(ce._own_attention)
+        if ce.family.install is not None:  # probability sites are the model's own modules outside a context
             theirs = ce.scores_from_logits(model(**batch.model_inputs).logits)
-        finally:
-            model.set_attn_implementation("matchsig")
+        else:
+            try:
+                model.set_attn_implementation(ce._own_attention)
+                theirs = ce.scores_from_logits(model(**batch.model_inputs).logits)
+            finally:
+                model.set_attn_implementation("matchsig")
     dtype = next(model.parameters()).dtype
     scale = max(1.0, float(np.abs(theirs).max()))
     tol = TOLERANCE.get(dtype, HALF_TOLERANCE) * scale
