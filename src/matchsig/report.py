@@ -91,6 +91,14 @@ def _cap_note(run: Run) -> str:
     )
 
 
+def _self_check(check) -> str:
+    """The model's load-time self-check (plain scores vs its own forward), or a dash for older runs."""
+    if not isinstance(check, dict):
+        return "–"
+    return _e(f"max |diff| {check['max_abs_diff']:.1e} <= {check['tolerance']:.1e} vs its own "
+              f"{check['reference']} forward")
+
+
 def _section_run(run: Run) -> str:
     info = run.model_info
     config = run.config
@@ -99,6 +107,9 @@ def _section_run(run: Run) -> str:
         ("layers", _e(info.get("num_layers", "–"))),
         ("heads per layer", _e(info.get("num_heads", "–"))),
         ("labels", _e(info.get("num_labels", "–"))),
+        ("family", _e(f"{info['family']} ({info.get('architecture', '?')})") if info.get("family") else "–"),
+        ("score", _e(f"{info['score']}, read from the {info.get('readout', '?')} token(s)") if info.get("score") else "–"),
+        ("self-check", _self_check(info.get("self_check"))),
         ("parameters", f"{int(info['parameters']):,}" if isinstance(info.get("parameters"), (int, float)) else _e(info.get("parameters", "–"))),
         ("paper's model", f"{_e(paper.MODEL)} ({paper.NUM_LAYERS} layers, {paper.NUM_HEADS} heads)"),
     ]

@@ -18,7 +18,10 @@ def run_summary(runner, selected: list) -> dict:
 
     enc = runner.encoder
     info = {"name": enc.name, "num_layers": enc.num_layers, "num_heads": enc.num_heads,
-            "num_labels": enc.num_labels, "parameters": int(sum(p.numel() for p in enc.model.parameters()))}
+            "num_labels": enc.num_labels, "parameters": int(sum(p.numel() for p in enc.model.parameters())),
+            "family": enc.family.name, "architecture": type(enc.model).__name__,
+            "score": "log-softmax of label 1" if enc.num_labels == 2 else "the logit", "readout": enc.readout,
+            "self_check": enc.check.to_dict()}
     c = runner.config
     summary = {
         "model_info": info,
