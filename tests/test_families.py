@@ -383,3 +383,140 @@ def test_deberta_with_a_convolution_is_refused(tokenizer):
     with pytest.raises(MatchsigError, match="conv_kernel_size") as err:
         CrossEncoder(_deberta(tokenizer, seed=1, conv_kernel_size=3), tokenizer, device="cpu")
     assert "\n" not in str(err.value)
+
+
+# ---- decoder rerankers: causal masks, prompts PRE q MID d LAST, score head on the last token --------
+
+
+def _qwen_tokenizer(texts):
+    """A Qwen-style byte-level BPE with its chat special tokens, trained offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+#: A Qwen3-Reranker-style chat prompt (its documented template, shortened instruction).
+CHAT = dict(pre="<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
+                "provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n"
+                "<Query>: ", mid="\n<Document>: ", post="<|im_end|>\n<|im_start|>assistant\n", name="qwen-chat")
+
+
+def _decoder(kind: str, tok, seed: int):
+    import transformers as tf
+
+    cfg_cls, model_cls = {"qwen2": (tf.Qwen2Config, tf.Qwen2ForSequenceClassification),
+                          "qwen3": (tf.Qwen3Config, tf.Qwen3ForSequenceClassification),
+                          "llama": (tf.LlamaConfig, tf.LlamaForSequenceClassification),
+                          "mistral": (tf.MistralConfig, tf.MistralForSequenceClassification)}[kind]
+    extra = {"sliding_window": 12} if kind == "mistral" else {}
+    torch.manual_seed(seed)
+    cfg = cfg_cls(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=48, num_labels=1, pad_token_id=tok.pad_token_id,
+                  initializer_range=0.2, **extra)
+    return model_cls(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def qtok(mb_pairs):
+    qs, ds = mb_pairs
+    return _qwen_tokenizer(qs + ds + [CHAT["pre"], CHAT["mid"], CHAT["post"], "query: document:"])
+
+
+@pytest.mark.parametrize("kind,chat", [("qwen2", False), ("qwen3", True), ("llama", False), ("mistral", False)])
+def test_decoder_rerankers_equal_hugging_face_and_the_float64_reference(kind, chat, qtok, mb_pairs):
+    from _reference_decoder import decoder_score
+    from matchsig import Ablation
+    from matchsig.templates import PromptTemplate
+
+    qs, ds = mb_pairs
+    qs, ds = qs[:3] + qs[-2:], ds[:3] + ds[-2:]
+    model = _decoder(kind, qtok, seed=31)
+    template = PromptTemplate(**CHAT) if chat else None
+    ce = CrossEncoder(model, qtok, device="cpu", max_length=160, template=template)
+    assert ce.family.name == "decoder" and ce.readout == "last" and ce.part_names == ("PRE", "Q", "MID", "D", "LAST")
+    assert all(m._matchsig_model_mask for m in ce.attention_modules)  # causal: the model's own mask everywhere
+    enc = ce.encode(qs, ds)
+    with torch.inference_mode():  # the model's own forward on each prompt, unpadded
+        want = np.array([float(model(input_ids=torch.tensor([ids])).logits[0, 0]) for ids in enc.input_ids])
+    np.testing.assert_allclose(ce.score(qs, ds, batch_size=3), want, atol=1e-5)
+    window = 12 if kind == "mistral" else None
+    names = [[ce.part_names[p] for p in parts] for parts in enc.part_ids]
+    for spec, layers, heads in (("D<-Q", None, None), ("LAST<-D,D<-D", None, None), ("LAST<-*", [1, 2], [0, 3]),
+                                ("MID<-Q,Q<-PRE", [0], None)):
+        ab = Ablation.parse(_slots(spec), layers=layers, heads=heads)
+        got = ce.score(qs, ds, ablation=ab, batch_size=3)
+        np.testing.assert_allclose(got, ce.score(qs, ds, ablation=ab, batch_size=3, kernel="eager"), atol=1e-5)
+        cuts = _decoder_cuts(spec, layers, heads, ce.part_names)
+        for i in range(len(qs)):
+            assert abs(got[i] - decoder_score(model, enc.input_ids[i], names[i], cuts, window)) <= 1e-5, spec
+    assert np.ptp(ce.score(qs, ds, ablation="LAST<-*")) <= 1e-6  # the scoring position reads nothing
+
+
+def _decoder_cuts(spec: str, layers, heads, names) -> dict:
+    """{layer: {head: {(target, source)}}} of a spec in a decoder's part names, written here by hand."""
+    dirs = set()
+    for token in spec.split(","):
+        t, src = token.split("<-")
+        dirs |= {(a, b) for a in (names if t == "*" else [t]) for b in (names if src == "*" else [src])}
+    return {l: {h: dirs for h in (heads if heads is not None else range(4))}
+            for l in (layers if layers is not None else range(3))}
+
+
+def _slots(spec: str) -> str:
+    from matchsig.templates import DECODER_PART_NAMES, translate_spec
+
+    return translate_spec(spec, DECODER_PART_NAMES)
+
+
+def test_decoder_prompt_parts_token_by_token_and_refusals(qtok):
+    from matchsig.templates import PromptTemplate
+
+    ce = CrossEncoder(_decoder("qwen3", qtok, seed=32), qtok, device="cpu", template=PromptTemplate(**CHAT))
+    labelled = ce.parts("what is a flea", "the cat")
+    text = "".join(qtok.convert_tokens_to_string([t]) for t, _ in labelled)
+    assert text == CHAT["pre"] + "what is a flea" + CHAT["mid"] + "the cat" + CHAT["post"]
+    by_part = {p: qtok.convert_tokens_to_string([t for t, q in labelled if q == p]) for p in ce.part_names}
+    assert by_part == {"PRE": CHAT["pre"][:-1], "Q": " what is a flea", "MID": CHAT["mid"][:-1], "D": " the cat",
+                       "LAST": CHAT["post"]}  # the space before a word travels with it
+    assert [p for _, p in labelled] == sorted((p for _, p in labelled), key=ce.part_names.index)  # in prompt order
+    for spec, what in (("Q<-D", "impossible under the causal mask"), ("CLS<-*", "CLS is an encoder part")):
+        with pytest.raises(MatchsigError, match=what) as err:
+            ce.score(["flea"], ["an insect"], ablation=spec)
+        assert "\n" not in str(err.value)
+    long_query = " ".join(["flea"] * 400)
+    with pytest.raises(MatchsigError, match="without its document"):
+        ce.score([long_query], ["x"])
+    truncated = ce.encode(["flea"], [" ".join(["cat"] * 2000)])
+    assert len(truncated.input_ids[0]) <= ce.max_length and truncated.part_ids[0][-1] == 4
+
+
+def test_inspect_and_experiments_on_family_folders(tmp_path, qtok, mb_folder):
+    """From the command line: ``inspect`` describes each family; experiments refuse a decoder in one line."""
+    import json
+
+    from conftest import matchsig_cli
+
+    folder = tmp_path / "qwen2"
+    _decoder("qwen2", qtok, seed=33).save_pretrained(folder)
+    qtok.save_pretrained(folder)
+    res = matchsig_cli("inspect", "--model", str(folder), "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert (info["family"], info["readout"], info["layers"], info["heads"]) == ("decoder", "last", 3, 4)
+    assert [p for _, p in info["parts"]][0] == "PRE" and info["parts"][-1][1] == "LAST"
+    assert info["self_check"]["max_abs_diff"] <= info["self_check"]["tolerance"]
+    res = matchsig_cli("inspect", "--model", str(mb_folder), "--json")
+    info = json.loads(res.stdout)
+    assert info["family"] == "modernbert" and info["layers_with_model_masks"] == [1, 3]
+    res = matchsig_cli("ablate", "--model", str(folder), "--dataset", "demo", "--per-grade", "1", "--max-queries", "2",
+                       "--out", str(tmp_path / "run"))
+    errors = [line for line in res.stderr.splitlines() if line.startswith("matchsig: error:")]
+    assert res.returncode == 2 and len(errors) == 1 and "decoder reranker" in errors[0]
+    assert "Traceback" not in res.stderr

@@ -161,6 +161,9 @@ def matchsig_attention(
 
     if ctx.probe is not None:
         ctx.probe.append((module, query.shape[1]))
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: each key/value head serves a group of heads
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     layer = getattr(module, "_matchsig_layer", None)
     block = ctx.blocks[layer] if (ctx.blocks is not None and layer is not None) else None
     call = Call(query, key, value, _bias(module, attention_mask, query, ctx), scaling, ctx, block)

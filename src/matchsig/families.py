@@ -60,7 +60,14 @@ class Family:
     ``hf_attention``: the attention implementation the model is loaded with (its own forward, the
     self-check's reference); ``install(model)``: for families that compute their own softmax, puts
     matchsig's probability sites in the model (:mod:`matchsig.probability_site`) instead of
-    registering an attention function; ``refuses(config)``: why a variant is not supported, or None."""
+    registering an attention function; ``refuses(config)``: why a variant is not supported, or None;
+    ``part_names``: the names of the five part slots; ``template``: a decoder's default prompt
+    (:class:`matchsig.templates.PromptTemplate`; None: the tokenizer's pair template)."""
+
+    @property
+    def decoder(self) -> bool:
+        """Whether the model reads a prompt (parts PRE, Q, MID, D, LAST) rather than a pair template."""
+        return self.template is not None
 
     name: str
     model_types: tuple[str, ...]
@@ -70,6 +77,8 @@ class Family:
     sites: Mapping[str, str] = field(default_factory=lambda: dict(BERT_SITES))
     notes: str = ""
     hf_attention: str = "sdpa"
+    part_names: tuple[str, ...] = ("CLS", "Q", "SEP1", "D", "SEP2")
+    template: object | None = None
     install: Callable[[object], None] | None = None
     refuses: Callable[[object], str | None] = lambda config: None
 
@@ -152,6 +161,16 @@ register_family(Family(
 ))
 
 
+def _decoder_refuses(config) -> str | None:
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+        return (f"{', '.join(archs)}: decoder rerankers are supported as *ForSequenceClassification models (score "
+                "head on the last token); causal-LM yes/no scoring is not supported yet")
+    if getattr(config, "attn_logit_softcapping", None):
+        return "attention logit soft-capping is not supported"
+    return None
+
+
 def _deberta_install(model) -> None:
     from .probability_site import install_probability_sites
 
@@ -171,3 +190,21 @@ register_family(Family(
     notes="DeBERTa-v2/v3 disentangled attention (content and relative-position terms): matchsig zeroes the "
           "post-softmax probabilities the model computes itself; [CLS] q [SEP] d [SEP], the [CLS] state is pooled",
 ))
+
+
+def _decoder_family() -> Family:
+    from .templates import DECODER_PART_NAMES, SEQUENCE_CLASSIFICATION
+
+    return Family(
+        "decoder", ("qwen2", "qwen3", "llama", "mistral"),
+        ("castorini/rankllama-v1-7b-lora-passage (merged)", "Qwen2/Qwen3/Llama/Mistral *ForSequenceClassification"),
+        readout=lambda config: "last", model_mask=_declared_window_or_causal,
+        sites={"hook_attn_out": "self_attn.o_proj", "hook_mlp_out": "mlp.down_proj", "hook_resid_post": ""},
+        part_names=DECODER_PART_NAMES, template=SEQUENCE_CLASSIFICATION, refuses=_decoder_refuses,
+        notes="causal decoder, score head on the last token; prompt PRE q MID d LAST (default 'query: q\ndocument: "
+              "d</s>'); the model's causal (and sliding-window) masks are kept; directions into an earlier part "
+              "are impossible",
+    )
+
+
+register_family(_decoder_family())

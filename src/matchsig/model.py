@@ -29,26 +29,13 @@ from .attention import ATTN_NAME, ForwardContext, use_context
 from .attention_stats import DIRECTIONS, AttentionStats, statistic_names
 from .errors import MatchsigError
 from .families import Family, family_for
+from .templates import translate_spec
 from .selfcheck import SelfCheck, self_check
 from .kernels import KERNELS
 from .loading import EMBEDDED, load_pretrained  # noqa: F401  (EMBEDDED: kept importable from here)
 from .loading import resolve_device as _resolve_device
-from .parts import PAD, PART_NAMES, PairLayout, label_parts, probe_layout
-
-
-@dataclass
-class Encoded:
-    """Tokenised pairs: lists of token ids, token type ids and part ids, one list per pair."""
-
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]] | None
-    part_ids: list[list[int]]
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def lengths(self) -> np.ndarray:
-        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+from .encoding import Encoded, encode_pairs
+from .parts import PAD, PairLayout, probe_layout
 
 
 @dataclass
@@ -82,8 +69,8 @@ class CrossEncoder:
     """
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int = 512, name: str | None = None,
-                 device: str | torch.device | None = None):
-        self.name = name or getattr(model.config, "_name_or_path", "model")
+                 device: str | torch.device | None = None, template=None):
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.tokenizer = tokenizer
         self.device = _resolve_device(device)
         cfg = model.config
@@ -98,7 +85,11 @@ class CrossEncoder:
         self.readout = self.family.readout(cfg)
         limit = getattr(cfg, "max_position_embeddings", None) or max_length
         self.max_length = int(min(max_length, limit))
-        self.layout: PairLayout = probe_layout(tokenizer)
+        self.part_names: tuple[str, ...] = self.family.part_names
+        self.template = template if template is not None else self.family.template
+        self.layout: PairLayout | None = None if self.template is not None else probe_layout(tokenizer)
+        if self.template is not None:
+            _decoder_padding(model, tokenizer, self.name)
         self._own_attention = getattr(cfg, "_attn_implementation", None) or self.family.hf_attention
         if self._own_attention == ATTN_NAME:
             self._own_attention = self.family.hf_attention
@@ -122,10 +113,11 @@ class CrossEncoder:
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None, max_length: int = 512) -> "CrossEncoder":
-        """Load ``"embedded"``, a local Hugging Face folder, or a hub id (e.g. ``castorini/monobert-large-msmarco``)."""
+             dtype: str | torch.dtype | None = None, max_length: int = 512, template=None) -> "CrossEncoder":
+        """Load ``"embedded"``, a local Hugging Face folder, or a hub id (e.g. ``castorini/monobert-large-msmarco``).
+        ``template``: a decoder reranker's prompt (:class:`matchsig.templates.PromptTemplate`; default: its family's)."""
         model, tokenizer, name = load_pretrained(name_or_path, device, dtype)
-        return cls(model, tokenizer, max_length=max_length, name=name, device=device)
+        return cls(model, tokenizer, max_length=max_length, name=name, device=device, template=template)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write a standard Hugging Face folder (config, safetensors weights, tokenizer)."""
@@ -142,6 +134,21 @@ class CrossEncoder:
             self.model.config._attn_implementation = impl
         self.tokenizer.save_pretrained(out)
         return out
+
+    def ablation(self, value) -> "Ablation":
+        """``value`` (an :class:`Ablation`, a spec string in this model's part names, or None) as an ablation;
+        a decoder's spec names PRE, Q, MID, D, LAST, and one whose every direction a causal mask makes
+        impossible (into an earlier part, e.g. ``Q<-D``) is refused in one line."""
+        if isinstance(value, str) and self.template is not None:
+            value = translate_spec(value, self.part_names)
+        ab = as_ablation(value)
+        if self.template is not None:
+            cells = {d for m in getattr(ab, "members", (ab,)) for d in m.directions}
+            if cells and all(int(y) > int(x) for x, y in cells):
+                names = ", ".join(sorted(f"{self.part_names[x]}<-{self.part_names[y]}" for x, y in cells))
+                raise MatchsigError(f"ablation {names}: impossible under the causal mask of {self.name} (each cut "
+                                    "part comes after the part that would read it); nothing to cut")
+        return ab
 
     # ---- structure -----------------------------------------------------------------------------
     def _find_attention_modules(self) -> None:
@@ -170,35 +177,15 @@ class CrossEncoder:
 
     # ---- tokenisation --------------------------------------------------------------------------
     def encode(self, queries: Sequence[str], documents: Sequence[str]) -> Encoded:
-        """Tokenise pairs; only documents are truncated to fit ``max_length``."""
-        queries, documents = list(queries), list(documents)
-        if len(queries) != len(documents):
-            raise MatchsigError(f"{len(queries)} queries but {len(documents)} documents: give one query per document")
-        for what, seq in (("query", queries), ("document", documents)):
-            for i, s in enumerate(seq):
-                if not isinstance(s, str):
-                    raise MatchsigError(f"{what} {i} is {type(s).__name__}, not a string")
-        if not queries:
-            return Encoded([], None, [])
-        budget = self.max_length - self.layout.n_special
-        q_lens = [len(x) for x in self.tokenizer(queries, add_special_tokens=False)["input_ids"]]
-        for i, n in enumerate(q_lens):
-            if n == 0:
-                raise MatchsigError(f"query {i} is empty")
-            if n >= budget:
-                raise MatchsigError(
-                    f"query {i} has {n} tokens: longer than max_length {self.max_length} allows "
-                    f"({budget - 1} query tokens at most, leaving one for the document)"
-                )
-        enc = self.tokenizer(queries, documents, truncation="only_second", max_length=self.max_length)
-        parts = [label_parts(enc.sequence_ids(i), self.layout) for i in range(len(queries))]
-        return Encoded(enc["input_ids"], enc.get("token_type_ids"), parts)
+        """Tokenise pairs (the pair template, or a decoder's prompt); only documents are truncated."""
+        return encode_pairs(self.tokenizer, self.layout, self.template, self.max_length, queries, documents)
 
     def parts(self, query: str, document: str) -> list[tuple[str, str]]:
-        """The labelling of one pair: ``[(token, part), ...]``, e.g. ``("[CLS]", "CLS")``."""
+        """The labelling of one pair: ``[(token, part), ...]``, e.g. ``("[CLS]", "CLS")`` (a decoder's parts
+        are PRE, Q, MID, D, LAST)."""
         enc = self.encode([query], [document])
         tokens = self.tokenizer.convert_ids_to_tokens(enc.input_ids[0])
-        return [(t, PART_NAMES[p]) for t, p in zip(tokens, enc.part_ids[0])]
+        return [(t, self.part_names[p]) for t, p in zip(tokens, enc.part_ids[0])]
 
     # ---- batches and forwards: the public route into the model for explorer, patching, experiments
     def collate(self, enc: Encoded, rows: Sequence[int]) -> Batch:
@@ -293,7 +280,7 @@ class CrossEncoder:
         correction in cut layers), ``"eager"`` (the reference math everywhere), or another kernel
         order of :mod:`matchsig.kernels` (``"math"``, ``"correct"``, ``"fused"``).
         """
-        return self.score_many(queries, documents, [as_ablation(ablation)], batch_size=batch_size,
+        return self.score_many(queries, documents, [ablation], batch_size=batch_size,
                                progress=progress, kernel=kernel)[0]
 
     def score_many(self, queries: Sequence[str], documents: Sequence[str], ablations: Sequence[Ablation | str | None],
@@ -305,7 +292,7 @@ class CrossEncoder:
         configurations of the same pairs share batches; each row carries its own cut blocks.
         """
         KERNELS.check(kernel)
-        abls = [as_ablation(a) for a in ablations]
+        abls = [self.ablation(a) for a in ablations]
         enc = encoded if encoded is not None else self.encode(queries, documents)
         n = len(enc)
         out = np.zeros((len(abls), n), dtype=np.float64)
@@ -353,7 +340,7 @@ class CrossEncoder:
         state after layers 0..l for all l, and each row then runs only the unablated suffix.
         """
         KERNELS.check(kernel)
-        ab = as_ablation(ablation)
+        ab = self.ablation(ablation)
         if ab.layers is not None:
             raise MatchsigError(f"layer curve of {ab.name}: give the directions and heads only, the layers vary")
         enc = encoded if encoded is not None else self.encode(queries, documents)
@@ -451,7 +438,7 @@ class CrossEncoder:
         values = np.full((n, self.num_layers, self.num_heads, len(DIRECTIONS), len(names)), np.nan, dtype=np.float32)
         if n == 0:
             return AttentionStats(values, names)
-        blocks = self._block_tensors([as_ablation(ablation)])[0]
+        blocks = self._block_tensors([self.ablation(ablation)])[0]
         per_layer: dict[int, torch.Tensor] = {}
 
         def collect(value: torch.Tensor, hook) -> None:
@@ -483,3 +470,16 @@ def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="pair", dynamic_ncols=True)
+
+
+def _decoder_padding(model: nn.Module, tokenizer, name: str) -> None:
+    """A decoder's score head finds the last real token by the pad id: it needs one, distinct from
+    the end-of-sequence token its prompt may end with."""
+    if tokenizer.pad_token_id is None:
+        raise MatchsigError(f"model {name}: its tokenizer has no padding token; set tokenizer.pad_token "
+                            "(not the end-of-sequence token) before loading")
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.config.pad_token_id != tokenizer.pad_token_id:
+        raise MatchsigError(f"model {name}: config pad_token_id {model.config.pad_token_id} differs from the "
+                            f"tokenizer's {tokenizer.pad_token_id}")

@@ -48,7 +48,10 @@ class SelfCheck:
 
 def _window(config) -> int:
     """The model's local attention span in tokens, or 0 when it has none."""
-    spans = [getattr(config, name, None) for name in ("sliding_window", "local_attention", "attention_window")]
+    names = ["local_attention", "attention_window"]
+    if getattr(config, "use_sliding_window", True) is not False:  # Qwen2 declares a window it does not use
+        names.append("sliding_window")
+    spans = [getattr(config, name, None) for name in names]
     spans = [int(max(s)) if isinstance(s, (list, tuple)) else int(s) for s in spans if s]
     return max(spans, default=0)
 

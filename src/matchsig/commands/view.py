@@ -76,6 +76,8 @@ def view(
 
     started = time.perf_counter()
     encoder = CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length)
+    if encoder.family.decoder:
+        raise MatchsigError(f"model {encoder.name} is a decoder reranker: the explorer shows encoder parts only (for now)")
     contrast = read_contrast_heads(heads_path, encoder.num_layers, encoder.num_heads) if heads_path else []
     if heads_path:
         meta["heads"] = str(heads_path)

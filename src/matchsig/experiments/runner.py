@@ -104,8 +104,14 @@ class Runner:
 
                 if torch.cuda.is_available():
                     device = f"cuda:{self.dist.local_rank}"
-            self._encoder = CrossEncoder.load(self.config.model, device=device, dtype=self.config.dtype,
-                                              max_length=self.config.max_length)
+            encoder = CrossEncoder.load(self.config.model, device=device, dtype=self.config.dtype,
+                                        max_length=self.config.max_length)
+            if encoder.family.decoder:  # tables, findings and report speak of CLS, SEP1, SEP2
+                raise MatchsigError(
+                    f"model {encoder.name} is a decoder reranker (parts {', '.join(encoder.part_names)}): the "
+                    "experiments do not run on decoder rerankers yet; use the Python API (score, score_many, "
+                    "score_layer_curve, attention_stats, patch)")
+            self._encoder = encoder
         return self._encoder
 
     def pool(self, name: str):
