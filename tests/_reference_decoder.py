@@ -33,9 +33,10 @@ def _silu(x):
 
 
 def decoder_score(model, input_ids: list[int], parts: list[str], cuts: dict | None = None,
-                  window: int | None = None) -> float:
+                  window: int | None = None, readout: np.ndarray | None = None) -> float:
     """Score (the 1-label logit) of one unpadded prompt under cuts {layer: {head: {(target, source)}}};
-    ``window``: a sliding window (Mistral): token i sees j only when i - window < j <= i."""
+    ``window``: a sliding window (Mistral): token i sees j only when i - window < j <= i; ``readout``: the
+    score's weight vector on the last state (default the score head; yes/no: lm_head[yes] - lm_head[no])."""
     sd = _float64_state(model)
     cfg = model.config
     eps = cfg.rms_norm_eps
@@ -72,4 +73,4 @@ def decoder_score(model, input_ids: list[int], parts: list[str], cuts: dict | No
         h = _rms(x, sd[p + "post_attention_layernorm.weight"], eps)
         x = x + lin(_silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
     x = _rms(x, sd["model.norm.weight"], eps)
-    return float((x[-1] @ sd["score.weight"].T)[0])
+    return float(x[-1] @ (sd["score.weight"][0] if readout is None else readout))

@@ -426,7 +426,7 @@ def _decoder(kind: str, tok, seed: int):
 @pytest.fixture(scope="module")
 def qtok(mb_pairs):
     qs, ds = mb_pairs
-    return _qwen_tokenizer(qs + ds + [CHAT["pre"], CHAT["mid"], CHAT["post"], "query: document:"])
+    return _qwen_tokenizer(qs + ds + [CHAT["pre"], CHAT["mid"], CHAT["post"], "query: document:"] + ["yes no"] * 20)
 
 
 @pytest.mark.parametrize("kind,chat", [("qwen2", False), ("qwen3", True), ("llama", False), ("mistral", False)])
@@ -520,3 +520,38 @@ def test_inspect_and_experiments_on_family_folders(tmp_path, qtok, mb_folder):
     errors = [line for line in res.stderr.splitlines() if line.startswith("matchsig: error:")]
     assert res.returncode == 2 and len(errors) == 1 and "decoder reranker" in errors[0]
     assert "Traceback" not in res.stderr
+
+
+def test_causal_lm_reranker_scored_yes_minus_no(tmp_path, qtok, mb_pairs):
+    """Qwen3-Reranker style: a *ForCausalLM with the documented prompt, score = logit(yes) - logit(no)."""
+    import transformers as tf
+    from _reference_decoder import decoder_score
+
+    qs, ds = mb_pairs
+    qs, ds = qs[:2] + qs[-2:], ds[:2] + ds[-2:]
+    torch.manual_seed(34)
+    lm = tf.Qwen3ForCausalLM(tf.Qwen3Config(vocab_size=len(qtok), hidden_size=32, num_hidden_layers=3,
+                                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                            pad_token_id=qtok.pad_token_id, initializer_range=0.2,
+                                            tie_word_embeddings=False)).eval()
+    lm.save_pretrained(tmp_path)
+    qtok.save_pretrained(tmp_path)
+    ce = CrossEncoder.load(tmp_path, device="cpu", max_length=200)
+    assert ce.template.name == "qwen3-reranker" and ce.num_labels == 1 and ce.readout == "last"
+    yes, no = qtok.convert_tokens_to_ids("yes"), qtok.convert_tokens_to_ids("no")
+    enc = ce.encode(qs, ds)
+    with torch.inference_mode():
+        want = []
+        for ids in enc.input_ids:
+            logits = lm(input_ids=torch.tensor([ids])).logits[0, -1]
+            want.append(float(logits[yes] - logits[no]))
+    got = ce.score(qs, ds, batch_size=4)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    names = [[ce.part_names[p] for p in parts] for parts in enc.part_ids]
+    head = lm.lm_head.weight.detach().double().numpy()
+    cut = ce.score(qs, ds, ablation="LAST<-D,D<-Q", batch_size=4)
+    for i in range(len(qs)):
+        ref = decoder_score(lm, enc.input_ids[i], names[i], _decoder_cuts("LAST<-D,D<-Q", None, None, ce.part_names),
+                            readout=head[yes] - head[no])
+        assert abs(cut[i] - ref) <= 1e-5
+    assert np.ptp(ce.score(qs, ds, ablation="LAST<-*")) <= 1e-6

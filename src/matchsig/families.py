@@ -62,7 +62,8 @@ class Family:
     matchsig's probability sites in the model (:mod:`matchsig.probability_site`) instead of
     registering an attention function; ``refuses(config)``: why a variant is not supported, or None;
     ``part_names``: the names of the five part slots; ``template``: a decoder's default prompt
-    (:class:`matchsig.templates.PromptTemplate`; None: the tokenizer's pair template)."""
+    (:class:`matchsig.templates.PromptTemplate`; None: the tokenizer's pair template); ``lm_template``:
+    the default prompt of a causal LM of the family scored yes/no (:mod:`matchsig.scoring_heads`)."""
 
     @property
     def decoder(self) -> bool:
@@ -79,6 +80,7 @@ class Family:
     hf_attention: str = "sdpa"
     part_names: tuple[str, ...] = ("CLS", "Q", "SEP1", "D", "SEP2")
     template: object | None = None
+    lm_template: object | None = None
     install: Callable[[object], None] | None = None
     refuses: Callable[[object], str | None] = lambda config: None
 
@@ -163,9 +165,9 @@ register_family(Family(
 
 def _decoder_refuses(config) -> str | None:
     archs = getattr(config, "architectures", None) or []
-    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+    if archs and not any(a.endswith(("ForSequenceClassification", "ForCausalLM")) for a in archs):
         return (f"{', '.join(archs)}: decoder rerankers are supported as *ForSequenceClassification models (score "
-                "head on the last token); causal-LM yes/no scoring is not supported yet")
+                "head on the last token) or *ForCausalLM models scored logit('yes') - logit('no')")
     if getattr(config, "attn_logit_softcapping", None):
         return "attention logit soft-capping is not supported"
     return None
@@ -193,17 +195,20 @@ register_family(Family(
 
 
 def _decoder_family() -> Family:
-    from .templates import DECODER_PART_NAMES, SEQUENCE_CLASSIFICATION
+    from .templates import DECODER_PART_NAMES, QWEN3_RERANKER, SEQUENCE_CLASSIFICATION
 
     return Family(
         "decoder", ("qwen2", "qwen3", "llama", "mistral"),
-        ("castorini/rankllama-v1-7b-lora-passage (merged)", "Qwen2/Qwen3/Llama/Mistral *ForSequenceClassification"),
+        ("Qwen/Qwen3-Reranker-0.6B/4B/8B (causal LM, yes/no)", "castorini/rankllama-v1-7b-lora-passage (merged)",
+         "Qwen2/Qwen3/Llama/Mistral *ForSequenceClassification"),
         readout=lambda config: "last", model_mask=_declared_window_or_causal,
         sites={"hook_attn_out": "self_attn.o_proj", "hook_mlp_out": "mlp.down_proj", "hook_resid_post": ""},
-        part_names=DECODER_PART_NAMES, template=SEQUENCE_CLASSIFICATION, refuses=_decoder_refuses,
-        notes="causal decoder, score head on the last token; prompt PRE q MID d LAST (default 'query: q\ndocument: "
-              "d</s>'); the model's causal (and sliding-window) masks are kept; directions into an earlier part "
-              "are impossible",
+        part_names=DECODER_PART_NAMES, template=SEQUENCE_CLASSIFICATION, lm_template=QWEN3_RERANKER,
+        refuses=_decoder_refuses,
+        notes="causal decoder; *ForSequenceClassification: score head on the last token, default prompt "
+              "'query: q / document: d</s>'; *ForCausalLM: logit('yes') - logit('no') at the last token, default "
+              "prompt Qwen3-Reranker's; parts PRE q MID d LAST; the model's causal (and sliding-window) masks are "
+              "kept; directions into an earlier part are impossible",
     )
 
 

@@ -49,7 +49,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 def load_pretrained(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
                     dtype: str | torch.dtype | None = None):
     """``(model, tokenizer, name)`` of ``"embedded"``, a local Hugging Face folder, or a hub id."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     dt = resolve_dtype(dtype)
     resolve_device(device)  # an unavailable device fails before any weights are read
@@ -78,21 +78,23 @@ def load_pretrained(name_or_path: str | os.PathLike, device: str | torch.device 
     from .families import family_for
 
     family = family_for(config)  # an architecture matchsig has not verified is refused before any weights are read
-    if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
+    causal_lm = family.decoder and any(a.endswith("ForCausalLM") for a in archs)
+    if archs and not causal_lm and not any(a.endswith("ForSequenceClassification") for a in archs):
         raise MatchsigError(
             f"model {name} has no sequence-classification head (its config declares {', '.join(archs)}); "
             "a cross-encoder needs *ForSequenceClassification weights"
         )
     try:
         kwargs = {"dtype": dt} if dt is not None else {}
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        auto = AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification
+        model, info = auto.from_pretrained(
             name, output_loading_info=True, attn_implementation=family.hf_attention, **kwargs
         )
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MatchsigError(f"cannot load model {name!r}: {first}") from None
-    missing = [k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k]
+    missing = [k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k or "lm_head" in k]
     if missing:
         raise MatchsigError(
             f"model {name} has no trained sequence-classification head (missing weights: {', '.join(sorted(missing))})"

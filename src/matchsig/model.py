@@ -73,6 +73,12 @@ class CrossEncoder:
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.tokenizer = tokenizer
         self.device = _resolve_device(device)
+        self.family: Family = family_for(model.config)
+        if self.family.decoder and type(model).__name__.endswith("ForCausalLM"):
+            from .scoring_heads import YesNoHead
+
+            model = YesNoHead(model, tokenizer)
+            template = template if template is not None else self.family.lm_template
         cfg = model.config
         num_labels = getattr(cfg, "num_labels", None)
         if num_labels not in (1, 2):
@@ -81,7 +87,6 @@ class CrossEncoder:
                 "or 2 (score = log-softmax of label 1)"
             )
         self.num_labels = int(num_labels)
-        self.family: Family = family_for(cfg)
         self.readout = self.family.readout(cfg)
         limit = getattr(cfg, "max_position_embeddings", None) or max_length
         self.max_length = int(min(max_length, limit))

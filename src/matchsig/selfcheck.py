@@ -73,14 +73,15 @@ def self_check(ce: "CrossEncoder") -> SelfCheck:
     rows = list(range(len(enc)))
     batch = ce.collate(enc, rows)
     model = ce.model
+    own = getattr(model, "own_forward", model)  # a scoring head's reference: the model's full forward
     with torch.inference_mode():
         ours = ce.scores_from_logits(ce.forward(batch).logits)
         if ce.family.install is not None:  # probability sites are the model's own modules outside a context
-            theirs = ce.scores_from_logits(model(**batch.model_inputs).logits)
+            theirs = ce.scores_from_logits(own(**batch.model_inputs).logits)
         else:
             try:
                 model.set_attn_implementation(ce._own_attention)
-                theirs = ce.scores_from_logits(model(**batch.model_inputs).logits)
+                theirs = ce.scores_from_logits(own(**batch.model_inputs).logits)
             finally:
                 model.set_attn_implementation("matchsig")
     dtype = next(model.parameters()).dtype

@@ -44,6 +44,17 @@ class PromptTemplate:
 SEQUENCE_CLASSIFICATION = PromptTemplate("query: ", "\ndocument: ", "{eos}", name="query-document")
 
 
+#: Qwen3-Reranker's documented prompt (its default instruction), scored as logit("yes") - logit("no").
+QWEN3_RERANKER = PromptTemplate(
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    "provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n<Instruct>: "
+    "Given a web search query, retrieve relevant passages that answer the query\n<Query>: ",
+    "\n<Document>: ",
+    "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+    name="qwen3-reranker",
+)
+
+
 def _tokens(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return enc["input_ids"], enc["offset_mapping"]
