@@ -102,6 +102,19 @@ def bert_score(model, input_ids: list[int], token_type_ids: list[int], cuts: dic
     return (score, all_probs, parts) if return_probs else score
 
 
+def attend(s, v, parts: list[str], layer_cuts: dict | None) -> np.ndarray:
+    """(heads, n, n) scores (masked entries -inf) and (heads, n, d) values -> the (n, heads x d) context,
+    with the cut (target, source) part pairs of each head zeroed after the softmax, not renormalised."""
+    n = s.shape[-1]
+    s = s - s.max(-1, keepdims=True)
+    probs = np.exp(s)
+    probs = probs / probs.sum(-1, keepdims=True)
+    for head, dirs in (layer_cuts or {}).items():
+        cut = np.array([[(parts[i], parts[j]) in dirs for j in range(n)] for i in range(n)])
+        probs[head][cut] = 0.0
+    return (probs @ v).transpose(1, 0, 2).reshape(n, -1)
+
+
 def expand(spec: str) -> set:
     """'Q<-D,CLS<-*' -> {('Q','D'), ('CLS','CLS'), ...}, written independently of matchsig's parser."""
     out = set()

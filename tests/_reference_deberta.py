@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from _reference import _float64_state, _gelu, _ln, bert_parts
+from _reference import _float64_state, attend, _gelu, _ln, bert_parts
 
 
 def _bucket(r: np.ndarray, buckets: int, max_position: int) -> np.ndarray:
@@ -70,13 +70,7 @@ def deberta_score(model, input_ids: list[int], token_type_ids: list[int], cuts: 
             kp = np.take_along_axis(k @ pq.transpose(0, 2, 1), np.broadcast_to(idx, (nh, n, n)), axis=2)
             s = s + kp.transpose(0, 2, 1)
         s = s / math.sqrt(dh * terms)
-        s = s - s.max(-1, keepdims=True)
-        probs = np.exp(s)
-        probs = probs / probs.sum(-1, keepdims=True)
-        for head, dirs in (cuts or {}).get(layer, {}).items():
-            cut = np.array([[(parts[i], parts[j]) in dirs for j in range(n)] for i in range(n)])
-            probs[head][cut] = 0.0
-        ctx = (probs @ v).transpose(1, 0, 2).reshape(n, nh * dh)
+        ctx = attend(s, v, parts, (cuts or {}).get(layer))
         x = _ln(lin(ctx, "attention.output.dense") + x, sd[p + "attention.output.LayerNorm.weight"],
                 sd[p + "attention.output.LayerNorm.bias"], eps)
         h = _gelu(lin(x, "intermediate.dense"))

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from _reference import _float64_state
+from _reference import _float64_state, attend
 
 
 def _rms(x, w, eps):
@@ -62,13 +62,7 @@ def decoder_score(model, input_ids: list[int], parts: list[str], cuts: dict | No
         k, v = np.repeat(k, group, axis=0), np.repeat(v, group, axis=0)
         s = q @ k.transpose(0, 2, 1) / math.sqrt(dh)
         s = np.where(future[None], -np.inf, s)
-        s = s - s.max(-1, keepdims=True)
-        probs = np.exp(s)
-        probs = probs / probs.sum(-1, keepdims=True)
-        for head, dirs in (cuts or {}).get(layer, {}).items():
-            cut = np.array([[(parts[i], parts[j]) in dirs for j in range(n)] for i in range(n)])
-            probs[head][cut] = 0.0
-        ctx = (probs @ v).transpose(1, 0, 2).reshape(n, nh * dh)
+        ctx = attend(s, v, parts, (cuts or {}).get(layer))
         x = x + lin(ctx, p + "self_attn.o_proj")
         h = _rms(x, sd[p + "post_attention_layernorm.weight"], eps)
         x = x + lin(_silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")

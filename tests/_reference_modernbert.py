@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from _reference import _float64_state, _gelu, bert_parts
+from _reference import _float64_state, attend, _gelu, bert_parts
 
 
 def _ln(x, sd, name, eps):
@@ -61,13 +61,7 @@ def modernbert_score(model, input_ids: list[int], cuts: dict | None = None, sep_
         s = q @ k.transpose(0, 2, 1) / math.sqrt(dh)
         if local:
             s = np.where(dist[None] <= half, s, -np.inf)
-        s = s - s.max(-1, keepdims=True)
-        probs = np.exp(s)
-        probs = probs / probs.sum(-1, keepdims=True)
-        for head, dirs in (cuts or {}).get(layer, {}).items():
-            cut = np.array([[(parts[i], parts[j]) in dirs for j in range(n)] for i in range(n)])
-            probs[head][cut] = 0.0
-        ctx = (probs @ v).transpose(1, 0, 2).reshape(n, nh * dh)
+        ctx = attend(s, v, parts, (cuts or {}).get(layer))
         x = x + _lin(ctx, sd, p + "attn.Wo")
         inp, gate = np.split(_lin(_ln(x, sd, p + "mlp_norm", eps), sd, p + "mlp.Wi"), 2, axis=-1)
         x = x + _lin(_gelu(inp) * gate, sd, p + "mlp.Wo")
