@@ -52,7 +52,11 @@ class ProbabilitySite(nn.Module):
                 apply_hook(stats, reduce_probs(p.float(), ctx.part_ids, ctx.input_ids))
         block = ctx.blocks[layer] if ctx.blocks is not None else None
         if block is not None:
-            p = p.masked_fill(ctx.cut_mask(block), 0.0)
+            if block.shape[1] > 1 and bool((block == block[:, :1]).all()):
+                block = block[:, :1]  # every head cut alike: one (B, 1, T, T) plane, broadcast over heads
+            cut = ctx.cut_mask(block)
+            # in place without autograd (the softmax output is used nowhere else); a copy when gradients flow
+            p = p.masked_fill(cut, 0.0) if torch.is_grad_enabled() else p.masked_fill_(cut, 0.0)
         return self.inner(p).view(probs.shape)
 
 
