@@ -253,7 +253,7 @@ class CrossEncoder:
 
     def scores_from_logits(self, logits: torch.Tensor) -> np.ndarray:
         """Scores (float64) from (B, num_labels) logits: the log-softmax of label 1, or the one logit."""
-        logits = logits.float()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or fp64 for a float64 model
         out = torch.log_softmax(logits, dim=-1)[:, 1] if self.num_labels == 2 else logits[:, 0]
         return out.cpu().numpy().astype(np.float64)
 
@@ -426,6 +426,15 @@ class CrossEncoder:
 
         return patch(self, queries, baseline_docs, perturbed_docs, site=site, layers=layers, heads=heads,
                      positions=positions, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
+
+    def attribute(self, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_docs: Sequence[str],
+                  site: str = "attn.hook_z", method: str = "atp", steps: int = 16, layers=None, heads=None,
+                  positions=None, chunk_size: int = 8, progress: bool = False):
+        """Attribution-patching estimates of the :meth:`patch` grid (:func:`matchsig.attribution.attribute`)."""
+        from .attribution import attribute
+
+        return attribute(self, queries, baseline_docs, perturbed_docs, site=site, method=method, steps=steps,
+                         layers=layers, heads=heads, positions=positions, chunk_size=chunk_size, progress=progress)
 
     # ---- attention statistics ------------------------------------------------------------------
     def attention_stats(self, queries: Sequence[str], documents: Sequence[str], ablation: Ablation | str | None = None,
