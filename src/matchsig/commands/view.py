@@ -76,8 +76,7 @@ def view(
 
     started = time.perf_counter()
     encoder = CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length)
-    if encoder.family.decoder:
-        raise MatchsigError(f"model {encoder.name} is a decoder reranker: the explorer shows encoder parts only (for now)")
+    _encoder_only(encoder)
     contrast = read_contrast_heads(heads_path, encoder.num_layers, encoder.num_heads) if heads_path else []
     if heads_path:
         meta["heads"] = str(heads_path)
@@ -111,6 +110,11 @@ def _patching_overlay(path, given: bool, encoder, notes: list[str], meta: dict) 
         return []
     meta["patching"] = str(path)
     return overlay
+
+
+def _encoder_only(encoder) -> None:
+    if encoder.family.decoder:
+        raise MatchsigError(f"model {encoder.name} is a decoder reranker: the explorer shows encoder parts only (for now)")
 
 
 def parts(
