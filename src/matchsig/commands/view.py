@@ -75,8 +75,7 @@ def view(
     from ..model import CrossEncoder
 
     started = time.perf_counter()
-    encoder = CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length)
-    _encoder_only(encoder)
+    encoder = _encoder_only(CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length))
     contrast = read_contrast_heads(heads_path, encoder.num_layers, encoder.num_heads) if heads_path else []
     if heads_path:
         meta["heads"] = str(heads_path)
@@ -112,9 +111,10 @@ def _patching_overlay(path, given: bool, encoder, notes: list[str], meta: dict) 
     return overlay
 
 
-def _encoder_only(encoder) -> None:
+def _encoder_only(encoder):
     if encoder.family.decoder:
         raise MatchsigError(f"model {encoder.name} is a decoder reranker: the explorer shows encoder parts only (for now)")
+    return encoder
 
 
 def parts(
