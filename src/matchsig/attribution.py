@@ -31,7 +31,7 @@ import torch
 from .errors import MatchsigError
 from .hooks import HookPoint, site_name
 from .parts import PAD
-from .patching import PatchResult, _resolve, check_aligned
+from .patching import PatchResult, _resolve, encode_triples
 
 __all__ = ["AttributionResult", "attribute", "agreement", "METHODS"]
 
@@ -64,12 +64,7 @@ def attribute(ce, queries: Sequence[str], baseline_docs: Sequence[str], perturbe
         raise MatchsigError(f"unknown attribution method {method!r}: use one of {', '.join(METHODS)}")
     if steps < 1 or chunk_size < 1:
         raise MatchsigError(f"steps and chunk_size must be >= 1, got {steps} and {chunk_size}")
-    queries, baseline_docs, perturbed_docs = list(queries), list(baseline_docs), list(perturbed_docs)
-    if not (len(queries) == len(baseline_docs) == len(perturbed_docs)):
-        raise MatchsigError(f"{len(queries)} queries, {len(baseline_docs)} baseline and {len(perturbed_docs)} "
-                            "perturbed documents: give one of each per pair")
-    enc_b, enc_p = ce.encode(queries, baseline_docs), ce.encode(queries, perturbed_docs)
-    check_aligned(ce, enc_b, enc_p)
+    enc_b, enc_p = encode_triples(ce, queries, baseline_docs, perturbed_docs)
     lengths = enc_b.lengths()
     n = len(enc_b)
     kind, layer_list, head_list, pos_list = _resolve(ce, site, layers, heads, positions,

@@ -65,11 +65,6 @@ class Family:
     (:class:`matchsig.templates.PromptTemplate`; None: the tokenizer's pair template); ``lm_template``:
     the default prompt of a causal LM of the family scored yes/no (:mod:`matchsig.scoring_heads`)."""
 
-    @property
-    def decoder(self) -> bool:
-        """Whether the model reads a prompt (parts PRE, Q, MID, D, LAST) rather than a pair template."""
-        return self.template is not None
-
     name: str
     model_types: tuple[str, ...]
     checkpoints: tuple[str, ...] = ()
@@ -84,16 +79,16 @@ class Family:
     install: Callable[[object], None] | None = None
     refuses: Callable[[object], str | None] = lambda config: None
 
+    @property
+    def decoder(self) -> bool:
+        """Whether the model reads a prompt (parts PRE, Q, MID, D, LAST) rather than a pair template."""
+        return self.template is not None
+
     def check(self, config) -> None:
         """A one-line :class:`MatchsigError` if this variant of the family is not supported."""
         why = self.refuses(config)
         if why:
             raise MatchsigError(f"model type {getattr(config, 'model_type', None)!r} ({self.name} family): {why}")
-
-    def describe(self, config) -> dict:
-        """A plain summary of the family as it applies to ``config`` (for ``inspect`` and reports)."""
-        return {"family": self.name, "model_type": getattr(config, "model_type", None),
-                "readout": self.readout(config), "notes": self.notes}
 
 
 FAMILIES: dict[str, Family] = {}
@@ -107,10 +102,6 @@ def register_family(family: Family) -> Family:
                 raise MatchsigError(f"model type {mt!r} is already covered by family {other.name!r}")
     FAMILIES[family.name] = family
     return family
-
-
-def supported_model_types() -> list[str]:
-    return sorted(mt for f in FAMILIES.values() for mt in f.model_types)
 
 
 def family_for(config) -> Family:

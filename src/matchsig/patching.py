@@ -41,7 +41,7 @@ from .parts import PAD
 if TYPE_CHECKING:
     from .model import Batch
 
-__all__ = ["PatchResult", "patch", "check_aligned"]
+__all__ = ["PatchResult", "patch", "check_aligned", "encode_triples"]
 
 
 @dataclass
@@ -100,6 +100,18 @@ def check_aligned(ce, enc_base, enc_pert) -> None:
             raise MatchsigError(
                 f"pair {i}: the baseline has {len(a)} tokens and the perturbed input {len(b)}; patching needs "
                 "equal token counts so positions align (pad the baseline with a filler, see matchsig.diagnostics)")
+
+
+def encode_triples(ce, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_docs: Sequence[str]):
+    """The baseline and perturbed inputs of (query, baseline, perturbed) triples, encoded and checked
+    position-aligned; a one-line error unless there is one of each per pair."""
+    queries, baseline_docs, perturbed_docs = list(queries), list(baseline_docs), list(perturbed_docs)
+    if not (len(queries) == len(baseline_docs) == len(perturbed_docs)):
+        raise MatchsigError(f"{len(queries)} queries, {len(baseline_docs)} baseline and {len(perturbed_docs)} "
+                            "perturbed documents: give one of each per pair")
+    enc_b, enc_p = ce.encode(queries, baseline_docs), ce.encode(queries, perturbed_docs)
+    check_aligned(ce, enc_b, enc_p)
+    return enc_b, enc_p
 
 
 def _int_list(what: str, values, limit: int) -> list[int]:
@@ -171,13 +183,7 @@ def patch(ce, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_do
     """
     if batch_size < 1 or chunk_size < 1:
         raise MatchsigError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
-    queries, baseline_docs, perturbed_docs = list(queries), list(baseline_docs), list(perturbed_docs)
-    if not (len(queries) == len(baseline_docs) == len(perturbed_docs)):
-        raise MatchsigError(f"{len(queries)} queries, {len(baseline_docs)} baseline and {len(perturbed_docs)} "
-                            "perturbed documents: give one of each per pair")
-    enc_b = ce.encode(queries, baseline_docs)
-    enc_p = ce.encode(queries, perturbed_docs)
-    check_aligned(ce, enc_b, enc_p)
+    enc_b, enc_p = encode_triples(ce, queries, baseline_docs, perturbed_docs)
     lengths = enc_b.lengths()
     n = len(enc_b)
     kind, layer_list, head_list, pos_list = _resolve(ce, site, layers, heads, positions,
