@@ -118,8 +118,8 @@ def main(argv=None) -> int:
 
     from matchsig import Ablation
     from matchsig import kernels as K
-    from matchsig.datasets import load_collection
-    from matchsig.sampling import sample_pool
+    from matchsig.data.datasets import load_collection
+    from matchsig.data.sampling import sample_pool
 
     if args.smoke:
         device = torch.device("cpu")

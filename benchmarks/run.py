@@ -61,7 +61,7 @@ def log(msg: str) -> None:
 
 
 def subset_encoded(enc, rows):
-    from matchsig.model import Encoded
+    from matchsig.engine.model import Encoded
 
     return Encoded([enc.input_ids[i] for i in rows],
                    None if enc.token_type_ids is None else [enc.token_type_ids[i] for i in rows],
@@ -200,7 +200,7 @@ def section_c(ce, model_path, qs, ds, args) -> dict:
     from naive import NaiveAblation
 
     if model_path == "embedded":  # a separate copy of the same weights, untouched by matchsig
-        from matchsig import embedded
+        from matchsig.engine import embedded
 
         hf_model, hf_tok = embedded.load_model_and_tokenizer()
     else:

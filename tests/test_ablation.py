@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from matchsig.ablation import (
+from matchsig.engine.ablation import (
     FIGURE1_DIRECTIONS,
     TABLE1_ABLATIONS,
     TABLE1_CELLS,
@@ -23,7 +23,7 @@ from matchsig.ablation import (
     direction_label,
 )
 from matchsig.errors import MatchsigError
-from matchsig.parts import PART_NAMES, Part
+from matchsig.engine.parts import PART_NAMES, Part
 
 NAMES = list(PART_NAMES)
 CASES = 400
@@ -212,8 +212,10 @@ def test_table_and_figure_lists():
 
 def test_the_lists_are_defined_once():
     """experiments and explorer use ablation.py's lists, not copies."""
-    from matchsig import explorer, paper
-    from matchsig.experiments import layers, tables
+    from matchsig.report import explorer
+    from matchsig.analysis import paper
+    from matchsig.experiments import layers
+    from matchsig.experiments.table1 import tables
 
     assert tables.TABLE1_CELLS is TABLE1_CELLS and layers.FIGURE1_DIRECTIONS is FIGURE1_DIRECTIONS
     assert explorer.TABLE1_ABLATIONS is TABLE1_ABLATIONS

@@ -257,7 +257,7 @@ def test_layer_curve_with_fused_kernel(ce, hf_model, tokenizer):
 def test_statistics_equal_reference_maps(ce, counted, monkeypatch, ablation, cut_kernel, hf_model, tokenizer):
     """Statistics from sub-blocks (fused path) and from full maps (math path) both equal statistics of
     the float64 reference's attention maps (taken before each layer's cut, in the ablated forward)."""
-    from matchsig.attention_stats import DIRECTIONS, STATS
+    from matchsig.engine.attention_stats import DIRECTIONS, STATS
 
     monkeypatch.setattr(K.KERNELS, "default", cut_kernel)
     qs, ds = QUERIES + ["flea"], DOCS + ["flea flea cat"]  # padding, repeated tokens (exact matches)

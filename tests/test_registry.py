@@ -14,7 +14,7 @@ from matchsig import MatchsigError
 from matchsig.experiments import Experiment, Option, RunConfig, Runner, register
 from matchsig.experiments.registry import unregister
 from matchsig.experiments.store import single
-from matchsig.findings import HOLDS, Judge, finding
+from matchsig.analysis.findings import HOLDS, Judge, finding
 
 CALLS: list[str] = []
 

@@ -18,17 +18,17 @@ takes every WORLD_SIZE-th unit and rank 0 writes the tables once all are present
 from __future__ import annotations
 
 from .config import DEMO_CONFIG, PAPER_CONFIG, PRESETS, RunConfig
-from .contrast import Contrast
-from .contrast_stats import analyse_contrast
-from .heads import MATCH_SPEC, Heads
-from .layers import FIGURE1_DIRECTIONS, Layers
-from .patching import Patching
+from .contrast.experiment import Contrast
+from .contrast.stats import analyse_contrast
+from .heads.experiment import MATCH_SPEC, Heads
+from .layers.experiment import FIGURE1_DIRECTIONS, Layers
+from .patching.experiment import Patching
 from .pools import CONTRAST_LEVELS, protocol_note
 from .registry import Experiment, Option, register, registered
 from .runner import Runner
 from .store import Dist, Store, Unit, slug
-from .table1 import Table1
-from .tables import ALL, TABLE1_CELLS, table1_latex, table1_markdown
+from .table1.experiment import Table1
+from .table1.tables import ALL, TABLE1_CELLS, table1_latex, table1_markdown
 
 register(Table1())
 register(Layers())

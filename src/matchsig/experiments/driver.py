@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..ablation import Ablation
-from ..runfolder import COMPARE
+from ..engine.ablation import Ablation
+from ..analysis.runfolder import COMPARE
 from .store import Unit, slug
 
 __all__ = ["ablation_rows", "baseline_scores", "compare", "curve_units", "decide", "evaluate", "gather",
@@ -99,7 +99,7 @@ def baseline_scores(runner) -> np.ndarray:
 
 def evaluate(runner, scores: np.ndarray) -> dict[str, float]:
     """Tie-aware per-query nDCG@10 of ``scores`` on the main pool."""
-    from ..evaluation import expected_ndcg
+    from ..data.evaluation import expected_ndcg
 
     pool, _ = runner.pool("main")
     return expected_ndcg(pool, scores, 10)
@@ -115,7 +115,7 @@ def reference(runner) -> tuple[dict[str, float], float]:
 
 def random(runner):
     """The exact random-ranking baseline of the main pool (with the sd of sampled rankings)."""
-    from ..evaluation import random_baseline
+    from ..data.evaluation import random_baseline
 
     if "_random" not in runner.results:
         pool, _ = runner.pool("main")
@@ -125,7 +125,7 @@ def random(runner):
 
 def compare(per_query: dict[str, float], ref: dict[str, float], ref_mean: float, alpha: float) -> dict:
     """Mean nDCG@10, change against the unablated model, paired t-test p and (1 - alpha) CI of the change."""
-    from ..statistics import paired_ttest
+    from ..analysis.significance import paired_ttest
 
     t = paired_ttest(per_query, ref)
     low, high = t.ci(alpha)
@@ -139,7 +139,7 @@ def decide(frame: pd.DataFrame, alpha: float, correction: str, family: np.ndarra
 
     ``family``: the rows corrected together (default: all); the others keep their raw p (tested alone).
     """
-    from ..statistics import change_mark, correct, corrected_column, decision_column
+    from ..analysis.significance import change_mark, correct, corrected_column, decision_column
 
     column = corrected_column(correction)
     if column:

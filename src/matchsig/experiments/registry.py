@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import MatchsigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..findings import Judge
-    from ..runfolder import RunFolder
+    from ..analysis.findings import Judge
+    from ..analysis.runfolder import RunFolder
     from .runner import Runner
 
 __all__ = ["Experiment", "Option", "get", "names", "register", "registered", "unregister"]

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import MatchsigError
-from ..runfolder import FILES, RunFolderWriter
+from ..analysis.runfolder import FILES, RunFolderWriter
 from . import registry
 from .config import RunConfig
 from .pools import Pools, describe
@@ -96,7 +96,7 @@ class Runner:
     @property
     def encoder(self):
         if self._encoder is None:
-            from ..model import CrossEncoder
+            from ..engine.model import CrossEncoder
 
             device = self.config.device
             if device is None and self.dist.world > 1:
