@@ -49,12 +49,12 @@ def _contrast_tables(specs: list[str], out: Path, log) -> dict[str, tuple[Path, 
         cfg = json.loads(config.read_text()) if config.is_file() else {}
         tables[name] = (path, float(cfg.get("alpha", 0.05)), cfg.get("correction", "holm"))
     if not tables:
-        from matchsig.experiments import DEMO_CONFIG, Run
+        from matchsig.experiments import DEMO_CONFIG, Runner
 
         cfg = DEMO_CONFIG()
         cfg.experiments = ["contrast"]
         log("no --contrast given: running the demo configuration's contrast phase")
-        Run(out / "contrast-run", cfg, progress=True, log=log).run()
+        Runner(out / "contrast-run", cfg, progress=True, log=log).run()
         tables["demo"] = (out / "contrast-run" / "contrast" / "heads.csv", cfg.alpha, cfg.correction)
     return tables
 

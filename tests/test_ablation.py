@@ -101,6 +101,24 @@ def test_parse_reads_back_ablation_sets():
     assert AblationSet.parse(heads.text) == heads and AblationSet.parse("none") == AblationSet(())
 
 
+def test_str_of_an_ablation_set_round_trips_with_its_label():
+    rng = random.Random(11)
+    for _ in range(CASES // 4):
+        members = tuple(m for m in (_random_ablation(rng) for _ in range(rng.randrange(1, 4))) if m != Ablation.none())
+        for label in ("", "top3", "k = 4 random"):
+            ab_set = AblationSet(members, label=label)
+            again = AblationSet.parse(str(ab_set))
+            assert again == ab_set and again.label == label and str(again) == str(ab_set), str(ab_set)
+            if label or len(members) > 1:  # an unlabelled one-member set reads as that Ablation
+                assert as_ablation(str(ab_set)) == ab_set and as_ablation(str(ab_set)).label == label
+    heads = AblationSet.heads("Q<-D,D<-Q", [(4, 7), (1, 3)], label="top2")
+    assert str(heads) == "top2 = Q<-D,D<-Q@L1/H3 + Q<-D,D<-Q@L4/H7" and heads.name == "top2"
+    single = AblationSet.heads("Q<-D", [(0, 1)], label="one head")
+    assert AblationSet.parse(str(single)).label == "one head" and as_ablation(str(single)) == single
+    assert str(AblationSet((), label="empty")) == "empty = none" and AblationSet.parse("empty = none").label == "empty"
+    assert AblationSet.parse("top2 = Q<-D@L1/H3", label="mine").label == "mine"  # a label given wins
+
+
 def test_named_examples():
     """The issue's example, and each kind of suffix, written out (not through the code under test)."""
     ab = Ablation.parse("Q<-D@L3/H0,5")

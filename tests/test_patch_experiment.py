@@ -24,7 +24,7 @@ def tiny(tmp_path_factory, tokenizer):
 
 def test_head_table_matches_per_pair_patches_and_resumes(tiny, tmp_path):
     config = PatchConfig(model=tiny, dataset="demo", diagnostic="tfc1", site="head", pairs=3, per_grade=1,
-                         chunk=2, min_delta=0.0, device="cpu")
+                         chunk_size=2, min_delta=0.0, device="cpu")
     out = tmp_path / "run"
     table = pd.read_csv(run_patch(out, config, progress=False))
     assert len(table) == 3 * 4 and set(table["position"]) == {"all"}
@@ -216,7 +216,7 @@ def test_patch_into_a_contrast_folder_equals_one_run_of_both(tiny, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_share_the_patch_chunks(tiny, tmp_path):
     """2 CPU processes (gloo) split the patch chunks; the merged table equals the single-process run."""
-    config = PatchConfig(model=tiny, dataset="demo", diagnostic="tfc1", site="head", pairs=3, per_grade=1, chunk=2,
+    config = PatchConfig(model=tiny, dataset="demo", diagnostic="tfc1", site="head", pairs=3, per_grade=1, chunk_size=2,
                          min_delta=0.0, device="cpu")
     single = pd.read_csv(run_patch(tmp_path / "one", config, progress=False))
     out = tmp_path / "two"

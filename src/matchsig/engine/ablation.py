@@ -33,6 +33,8 @@ ARROW = "<-"
 ALL = "*"
 #: Separator of the members of an :class:`AblationSet` in its text form.
 SET_SEPARATOR = " + "
+#: Separator of a labelled :class:`AblationSet`'s label and members in its text form (``top3 = Q<-D@L1/H3 + ...``).
+LABEL_SEPARATOR = " = "
 
 #: Table 1: the 25 directions X<-Y, then the 5 X<-* ("All"), as (target, source).
 TABLE1_CELLS: tuple[tuple[str, str], ...] = tuple((x, y) for x in PART_NAMES for y in PART_NAMES) + tuple(
@@ -315,7 +317,8 @@ def as_ablation(value: "Ablation | AblationSet | str | None") -> "Ablation | Abl
     if isinstance(value, (Ablation, AblationSet)):
         return value
     if isinstance(value, str):
-        return AblationSet.parse(value) if SET_SEPARATOR.strip() in value else Ablation.parse(value)
+        is_set = SET_SEPARATOR.strip() in value or LABEL_SEPARATOR in value
+        return AblationSet.parse(value) if is_set else Ablation.parse(value)
     raise AblationSpecError(f"expected an Ablation or a spec string, got {type(value).__name__}")
 
 
@@ -335,9 +338,14 @@ class AblationSet:
 
     @classmethod
     def parse(cls, text: str, label: str = "") -> "AblationSet":
-        """Read the text form ``str()`` writes: members joined by `` + `` (``"none"``: no member)."""
+        """Read the text form ``str()`` writes: members joined by `` + `` (``"none"``: no member), after
+        ``label = `` for a labelled set; ``AblationSet.parse(str(s))`` equals ``s`` and has its label.
+        A ``label`` given here wins over one in the text."""
         if not isinstance(text, str):
             raise AblationSpecError(f"ablation set must be a string like 'Q<-D@L1/H3 + Q<-D@L4/H7', got {type(text).__name__}")
+        if LABEL_SEPARATOR in text:
+            written, text = text.rsplit(LABEL_SEPARATOR, 1)
+            label = label or written.strip()
         if text.strip().lower() == "none":
             return cls((), label)
         return cls(tuple(Ablation.parse(member) for member in text.split(SET_SEPARATOR.strip())), label)
@@ -363,7 +371,8 @@ class AblationSet:
         return self.label or self.text
 
     def __str__(self) -> str:
-        return self.name
+        """The text form :meth:`parse` reads back, label included (``top3 = Q<-D@L1/H3 + ...``)."""
+        return f"{self.label}{LABEL_SEPARATOR}{self.text}" if self.label else self.text
 
     def block_masks(self, num_layers: int, num_heads: int) -> list[np.ndarray | None]:
         out: list[np.ndarray | None] = [None] * num_layers

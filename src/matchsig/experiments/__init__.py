@@ -1,10 +1,10 @@
 """The paper's experiments (and those beyond it) as registered plug-ins, run by one resumable, shardable runner.
 
 A :class:`RunConfig` names the model, the collections, the sample and the experiments; a
-:class:`Runner` turns it into a run folder (:mod:`matchsig.runfolder` lists the files). Each
-experiment is one module declaring its options, pools, work units, files, figures, findings and
+:class:`Runner` turns it into a run folder (:mod:`matchsig.analysis.runfolder` lists the files). Each
+experiment is one sub-package declaring its options, pools, work units, files, figures, findings and
 report section (:mod:`.registry`); the runner, the command line, the report and the findings
-checklist iterate the registry. Adding an experiment = one module + one ``register(...)`` line below.
+checklist iterate the registry. Adding an experiment = one sub-package + one ``register(...)`` line below.
 
 Two dataset scopes, as in the paper: ``datasets`` feed the main pool (Table 1, Figure 1, head
 ablations; the paper: DL19), ``analysis_datasets`` the contrastive analysis (Figures 2-4; the paper:
@@ -36,11 +36,8 @@ register(Contrast())
 register(Heads())
 register(Patching())
 
-#: Deprecated name of :class:`Runner` (the run folder's reader is :class:`matchsig.runfolder.RunFolder`).
-Run = Runner
-
 __all__ = [
     "ALL", "CONTRAST_LEVELS", "DEMO_CONFIG", "FIGURE1_DIRECTIONS", "MATCH_SPEC", "PAPER_CONFIG", "PRESETS",
-    "TABLE1_CELLS", "Dist", "Experiment", "Option", "Run", "RunConfig", "Runner", "Store", "Unit",
+    "TABLE1_CELLS", "Dist", "Experiment", "Option", "RunConfig", "Runner", "Store", "Unit",
     "analyse_contrast", "protocol_note", "register", "registered", "slug", "table1_latex", "table1_markdown",
 ]

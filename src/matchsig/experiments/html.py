@@ -11,7 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Figures", "arrow", "easy_note", "esc", "figure", "kv", "missing", "num", "pval", "table"]
+from ..engine.ablation import ARROW
+
+__all__ = ["DISPLAY_ARROW", "Figures", "arrow", "easy_note", "esc", "figure", "kv", "missing", "num", "pval", "table"]
 
 
 def esc(value: Any) -> str:
@@ -35,8 +37,14 @@ def pval(value: Any) -> str:
     return _number(value, lambda x: "0" if x == 0 else f"{x:.3f}" if x >= 0.001 else f"{x:.1e}")
 
 
+#: How the spec arrow :data:`matchsig.engine.ablation.ARROW` (``<-``, ASCII: what specs, files and the
+#: command line use) is displayed in figures and pages (``&larr;`` in HTML).
+DISPLAY_ARROW = "\u2190"
+
+
 def arrow(text: str) -> str:
-    return esc(text).replace("&lt;-", "&larr;")
+    """``text`` escaped for HTML with every spec arrow displayed as :data:`DISPLAY_ARROW`."""
+    return esc(text).replace(esc(ARROW), "&larr;")
 
 
 def missing(what: str, experiment: str) -> str:

@@ -28,9 +28,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
-from ..engine.ablation import direction_cells, direction_label  # noqa: E402
+from ..engine.ablation import ARROW, direction_cells, direction_label  # noqa: E402
 from ..analysis.runfolder import COMPARE, CONTRAST, HEADS, FILES  # noqa: E402
 from ..analysis.runfolder import RunFolder  # noqa: E402
+from .html import DISPLAY_ARROW  # noqa: E402
 
 __all__ = [
     "plot_contrast",
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 DIRECTIONS = ("Q<-D", "D<-Q")
-ARROW = "\u2190"
 REL_COLOR, EASY_COLOR, HARD_COLOR = "#1b7837", "#b2182b", "#e08214"
 plt.rcParams.update(
     {
@@ -57,7 +57,7 @@ plt.rcParams.update(
 
 
 def _arrow(text: str) -> str:
-    return str(text).replace("<-", ARROW)
+    return str(text).replace(ARROW, DISPLAY_ARROW)
 
 
 def _cap_text(per_grade) -> str:

@@ -60,7 +60,7 @@ class PatchConfig:
     seed: int = 0
     where: list[str] = field(default_factory=lambda: ["append", "prepend"])
     min_delta: float = 0.01
-    chunk: int = 10
+    chunk_size: int = 10
     batch_size: int = 64
     device: str | None = None
     dtype: str | None = None
@@ -69,7 +69,7 @@ class PatchConfig:
     overlap_permutations: int = 10_000
 
     #: Fields named otherwise in :class:`RunConfig` (``dataset`` becomes a one-item ``datasets``).
-    RUN_CONFIG_NAMES = {"dataset": "datasets", "chunk": "chunk_size"}
+    RUN_CONFIG_NAMES = {"dataset": "datasets"}
 
     def run_config(self):
         from ..config import RunConfig
