@@ -85,5 +85,5 @@ def test_explorer_reads_the_kind_sign_and_corrected_p(tmp_path):
     (read,) = read_contrast_heads(tmp_path / "heads.csv", 2, 2)
     assert read["kind"] == "semantic" and read["sign"] == -1
     assert read["p_relevant"] == pytest.approx(0.004) and read["p_hard"] == 1.0
-    js = (__import__("matchsig").__path__[0] + "/templates/explorer.js")
+    js = (__import__("matchsig").__path__[0] + "/report/templates/explorer.js")
     assert "' unc'" in open(js).read()  # matching but unclassified heads get their own ring

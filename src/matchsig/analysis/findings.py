@@ -108,7 +108,7 @@ def directional(d: np.ndarray, alpha: float, margin: float | None = None) -> Tes
       standardised medium effect, :data:`STD_MARGIN` x the standard deviation of ``d`` (Cohen's d_z = 0.5);
     * inconclusive otherwise, and with fewer than :data:`MIN_QUERIES` queries.
     """
-    from scipy import stats
+    from .significance import mean_ci_half_width, one_sample_ttest
 
     d = np.asarray(d, dtype=float)
     d = d[~np.isnan(d)]
@@ -121,8 +121,8 @@ def directional(d: np.ndarray, alpha: float, margin: float | None = None) -> Tes
         p = 1.0 if mean == 0 else 0.0
         ci = (mean, mean)
     else:
-        p = float(stats.ttest_1samp(d, 0.0).pvalue)
-        half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * sd / np.sqrt(n)
+        p = float(one_sample_ttest(d)[1])
+        half = mean_ci_half_width(sd, n, alpha)
         ci = (mean - half, mean + half)
     m = float(margin) if margin is not None else STD_MARGIN * sd
     if p <= alpha:

@@ -414,6 +414,7 @@ def ndcg_cost(ce, pool, selections: Mapping[str, Sequence[Head]], comparisons: S
     from ..engine.ablation import AblationSet
     from ..data.evaluation import expected_ndcg
     from .matching import MATCH_SPEC
+    from .comparison import compare
     from .significance import paired_ttest
 
     shape = (ce.num_layers, ce.num_heads)
@@ -435,13 +436,9 @@ def ndcg_cost(ce, pool, selections: Mapping[str, Sequence[Head]], comparisons: S
     ref_mean = float(np.mean(list(ref.values())))
     rows = []
     for label in ["none", *labels]:
-        t = paired_ttest(per_query[label], ref)
-        low, high = t.ci(alpha)
-        mean = float(np.mean(list(per_query[label].values())))
         heads = sets.get(label, [])
         rows.append({"selection": label, "k": len(heads), "heads": ";".join(f"{l}/{h}" for l, h in heads),
-                     "ndcg@10": mean, "delta": mean - ref_mean, "ci_low": low, "ci_high": high,
-                     "p_value": t.pvalue, "n_queries": t.n})
+                     **compare(per_query[label], ref, ref_mean, alpha)})
     comp = []
     for a, b in comparisons:
         t = paired_ttest(per_query[a], per_query[b])

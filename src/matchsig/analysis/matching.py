@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .runfolder import CONTRAST
-from .significance import correct, decision_column
+from .significance import correct, decision_column, one_sample_ttest
 
 __all__ = [
     "COMPARISONS",
@@ -68,8 +68,6 @@ def head_tests(means: Mapping[int, np.ndarray], correction: str | None = "holm")
     ``t_<c>``, ``p_<c>`` (raw two-sided p), ``p_<c>_<correction>`` (corrected over the whole
     family, unless the correction is none) and ``n_<c>`` (queries).
     """
-    from scipy import stats
-
     out: dict[str, np.ndarray] = {}
     for name, (level, reference) in COMPARISONS.items():
         diff = means[level] - means[reference]
@@ -80,8 +78,7 @@ def head_tests(means: Mapping[int, np.ndarray], correction: str | None = "holm")
         delta = d.mean(axis=0) if n else np.zeros(shape)
         if n >= 2:
             with np.errstate(invalid="ignore", divide="ignore"):
-                res = stats.ttest_1samp(d, 0.0, axis=0)
-            t, p = np.asarray(res.statistic, float), np.asarray(res.pvalue, float)
+                t, p = one_sample_ttest(d, axis=0)
             # zero variance: scipy gives NaN; no evidence when the mean is 0, certainty otherwise
             const = np.all(d == d[:1], axis=0)
             t = np.where(const, np.where(delta == 0, 0.0, np.sign(delta) * np.inf), t)

@@ -27,6 +27,9 @@ __all__ = [
     "RISE_MARK",
     "TTest",
     "change_mark",
+    "mean_ci_half_width",
+    "one_sample_ttest",
+    "t_critical",
     "correct",
     "correction_label",
     "marks_legend",
@@ -64,10 +67,33 @@ class TTest:
         """Two-sided (1 - alpha) Student-t confidence interval of the mean difference (point if n < 2)."""
         if self.n < 2 or self.sd_diff == 0:
             return (self.mean_diff, self.mean_diff)
-        from scipy import stats
-
-        half = float(stats.t.ppf(1 - alpha / 2, self.n - 1)) * self.sd_diff / np.sqrt(self.n)
+        half = mean_ci_half_width(self.sd_diff, self.n, alpha)
         return (self.mean_diff - half, self.mean_diff + half)
+
+
+# ---- the t distribution: every confidence interval and one-sample test of the package --------------
+
+
+def t_critical(alpha: float, df):
+    """The two-sided critical value t_{1 - alpha/2, df} (``df`` a number or an array)."""
+    from scipy import stats
+
+    return stats.t.ppf(1 - alpha / 2, df)
+
+
+def mean_ci_half_width(sd: float, n: int, alpha: float = ALPHA) -> float:
+    """Half width of the two-sided (1 - alpha) Student-t confidence interval of a mean of ``n`` values
+    with standard deviation ``sd``: t_{1 - alpha/2, n - 1} sd / sqrt(n)."""
+    return float(t_critical(alpha, n - 1)) * sd / np.sqrt(n)
+
+
+def one_sample_ttest(d, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two-sided one-sample Student t-test of mean 0 (``scipy.stats.ttest_1samp``) along ``axis``:
+    (statistic, p-value), arrays (0-d for one sample of values)."""
+    from scipy import stats
+
+    res = stats.ttest_1samp(d, 0.0, axis=axis)
+    return np.asarray(res.statistic, float), np.asarray(res.pvalue, float)
 
 
 def _align(a: Mapping[str, float] | Sequence[float], b: Mapping[str, float] | Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

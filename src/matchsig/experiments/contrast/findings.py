@@ -49,7 +49,7 @@ def top_matching_heads(run_dir: str | Path | RunFolder, n: int = 15) -> pd.DataF
 def clearly_null(frame: pd.DataFrame, comparison: str, alpha: float) -> np.ndarray:
     """Rows whose ``comparison`` test rules out a medium effect: the (1 - alpha) CI of the mean difference lies
     inside +-STD_MARGIN standard deviations, i.e. |t| + t_crit(n - 1) < STD_MARGIN sqrt(n) (from the t and n columns)."""
-    from scipy import stats
+    from ...analysis.significance import t_critical
 
     t_col, n_col = f"t_{comparison}", f"n_{comparison}"
     if t_col not in frame or n_col not in frame:
@@ -57,7 +57,7 @@ def clearly_null(frame: pd.DataFrame, comparison: str, alpha: float) -> np.ndarr
     t = np.abs(pd.to_numeric(frame[t_col], errors="coerce").to_numpy(float))
     n = pd.to_numeric(frame[n_col], errors="coerce").to_numpy(float)
     with np.errstate(invalid="ignore"):
-        crit = stats.t.ppf(1 - alpha / 2, np.maximum(n - 1, 1))
+        crit = t_critical(alpha, np.maximum(n - 1, 1))
         out = (t + crit < STD_MARGIN * np.sqrt(n)) & (n >= MIN_QUERIES)
     return np.nan_to_num(out, nan=0).astype(bool)
 
