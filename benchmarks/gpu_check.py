@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from matchsig import Ablation
-    from matchsig import kernels as K
+    from matchsig.engine import kernels as K
     from matchsig.data.datasets import load_collection
     from matchsig.data.sampling import sample_pool
 

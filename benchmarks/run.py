@@ -114,7 +114,7 @@ def chunked_rounds(variants: dict, chunks: list, rounds: int, baseline: str, tag
 
 def section_a(ce, qs, ds, args) -> dict:
     from matchsig import Ablation
-    from matchsig import kernels as K
+    from matchsig.engine import kernels as K
 
     ab = Ablation.parse("D<-D")
     enc = ce.encode(qs, ds)
@@ -336,7 +336,7 @@ def section_d(ce, qs, ds, args) -> dict:
 
 def section_e(qs, ds, args) -> dict:
     from matchsig import Ablation, CrossEncoder
-    from matchsig import kernels as K
+    from matchsig.engine import kernels as K
 
     folder = large_shape_folder(args.large_folder)
     ce = CrossEncoder.load(folder, device="cpu")

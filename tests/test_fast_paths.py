@@ -18,8 +18,8 @@ from _reference import bert_score, cuts_for, torch_reference_ids
 from test_attention_stats import reference_stats
 
 from matchsig import Ablation, CrossEncoder
-from matchsig import attention as A
-from matchsig import kernels as K
+from matchsig.engine import attention as A
+from matchsig.engine import kernels as K
 
 QUERIES = ["what is a flea", "how long do cats live", "cost of a new roof in florida", "x"]
 DOCS = [

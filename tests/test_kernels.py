@@ -16,7 +16,7 @@ import torch
 from _reference import bert_score, cuts_for, torch_reference_ids
 
 from matchsig import CrossEncoder, MatchsigError
-from matchsig import kernels as K
+from matchsig.engine import kernels as K
 
 QUERIES = ["what is a flea", "how long do cats live", "flea cat"]
 DOCS = [

@@ -13,7 +13,7 @@ import torch
 from _reference import bert_score, torch_reference_ids
 
 from matchsig import Ablation, CrossEncoder
-from matchsig import kernels as K
+from matchsig.engine import kernels as K
 from matchsig.engine.ablation import AblationSet
 
 PARTS = ["CLS", "Q", "SEP1", "D", "SEP2"]

@@ -1,6 +1,6 @@
 """Diagnostic pairs: (query, baseline document, perturbed document) triples for activation patching.
 
-Each diagnostic takes a (query, passage) row of a pool (:mod:`matchsig.sampling`) and inserts words
+Each diagnostic takes a (query, passage) row of a pool (:mod:`matchsig.data.sampling`) and inserts words
 into the passage, once for the *perturbed* document and once, with a controlled stand-in, for the
 *baseline* document, at the same place (``append``: after the passage; ``prepend``: before it):
 
@@ -309,7 +309,7 @@ def make_pairs(ce, pool: Pool, diagnostic: str, n: int = 100, seed: int = 0, whe
     """Draw ``n`` pool rows (of ``grades``, default all) that qualify for ``diagnostic`` and build one
     triple per row and insertion place in ``where``; see the module doc for each recipe.
 
-    ``ce`` (a :class:`~matchsig.model.CrossEncoder`) provides the tokenizer that checks alignment and,
+    ``ce`` (a :class:`~matchsig.engine.model.CrossEncoder`) provides the tokenizer that checks alignment and,
     for ``stmc1``, the embedding matrix.
     """
     name = str(diagnostic).strip().lower()

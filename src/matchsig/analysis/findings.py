@@ -1,9 +1,9 @@
 """The paper's findings, judged on a run folder, with stated rules scaled to the model's depth.
 
-:func:`judge` reads a run folder (:class:`matchsig.runfolder.RunFolder`) and returns one
+:func:`judge` reads a run folder (:class:`matchsig.analysis.runfolder.RunFolder`) and returns one
 :class:`Finding` per claim: SPEC §5's eight findings, the significance claims of Table 1, the
 early/middle vs last layers claim of Figure 3 and the three claims of Figure 4. Each registered
-experiment declares its claims (:class:`Judge`: ``matchsig.experiments.table1_findings``,
+experiment declares its claims (:class:`Judge`: ``matchsig.experiments.table1.findings``,
 ``layers_findings``, ``contrast_findings``); this module holds the shared decision rules. Each has a verdict (``holds``, ``does not hold``, ``inconclusive``,
 ``not measured``), the rule that decided it, the evidence, the paper's sentence and the number of
 queries it rests on. The same goes to ``RUN_DIR/findings.json``.
@@ -15,7 +15,7 @@ as a margin (:data:`MARGIN` = 0.02 nDCG@10 for rankings; a standardised medium e
 d_z = :data:`STD_MARGIN`, for attention statistics); otherwise it is *inconclusive* (too few queries
 for the effect size, or p between alpha and a clear no). Claims of *no* effect are the mirror image.
 Table 1 and layer-curve cells use the run's corrected p-values (column named for the correction)
-and the stored confidence intervals; matching heads follow :mod:`matchsig.matching`. Layer numbers
+and the stored confidence intervals; matching heads follow :mod:`matchsig.analysis.matching`. Layer numbers
 of the paper's 24-layer model are scaled by proportion: the "last layers" 20-23 of 24 are
 l >= floor(20 L / 24).
 """

@@ -6,7 +6,7 @@ Two head tables of the same model meet here:
   one row per (layer, head) with the mean normalised effect ``effect_mean`` of patching that head's
   output from the perturbed into the baseline run of a diagnostic (``tfc1``, ``stmc1``, ...);
 * a **contrast table** (``contrast/heads.csv`` of a run): one row per (layer, head, direction) with
-  the paired tests of :mod:`matchsig.matching`, classified by :func:`matchsig.matching.classify`.
+  the paired tests of :mod:`matchsig.analysis.matching`, classified by :func:`matchsig.analysis.matching.classify`.
 
 Selections (all lists of ``(layer, head)``):
 
@@ -19,7 +19,7 @@ Selections (all lists of ``(layer, head)``):
   ``unclassified``) in at least one direction. A head syntactic in one direction and semantic in
   the other belongs to both kind sets.
 * **top-k contrast heads** (:func:`top_contrast_heads`): the first k of
-  :func:`matchsig.matching.rank_heads`, the selection ``matchsig experiments``' head ablations cut.
+  :func:`matchsig.analysis.matching.rank_heads`, the selection ``matchsig experiments``' head ablations cut.
 * **random heads** (:func:`random_heads`): k distinct heads drawn uniformly, seeded as the run's
   head ablations draw theirs.
 
@@ -42,12 +42,12 @@ layers they are in.
 
 **Rank correlation** (:func:`rank_correlation`): Spearman's rho (``scipy.stats.spearmanr``) over
 all heads between ``|effect_mean|`` and the head's contrast effect size, the largest
-``|delta_relevant|`` over its two directions (the size :func:`~matchsig.matching.rank_heads` uses).
+``|delta_relevant|`` over its two directions (the size :func:`~matchsig.analysis.matching.rank_heads` uses).
 
 **nDCG@10 cost** (:func:`ndcg_cost`): the pool is scored with Q<-D and D<-Q cut in each selection's
-heads (:meth:`matchsig.ablation.AblationSet.heads`, as the run's head ablations do), evaluated
-tie-aware (:func:`matchsig.evaluation.expected_ndcg`) and compared by paired t-tests
-(:func:`matchsig.statistics.paired_ttest`) with the unablated model and between selections. In
+heads (:meth:`matchsig.engine.ablation.AblationSet.heads`, as the run's head ablations do), evaluated
+tie-aware (:func:`matchsig.data.evaluation.expected_ndcg`) and compared by paired t-tests
+(:func:`matchsig.analysis.significance.paired_ttest`) with the unablated model and between selections. In
 the last layer only the [CLS] row reaches the classifier, so cutting Q<-D and D<-Q in last-layer
 heads changes no score: such heads in a selection cost nothing by construction.
 
@@ -242,7 +242,7 @@ def contrast_heads(contrast: pd.DataFrame | str | Path, which: str = "matching",
 
 def top_contrast_heads(contrast: pd.DataFrame | str | Path, k: int, alpha: float = 0.05,
                        correction: str | None = "holm") -> list[Head]:
-    """The first k heads of :func:`matchsig.matching.rank_heads` (matching first, by effect size)."""
+    """The first k heads of :func:`matchsig.analysis.matching.rank_heads` (matching first, by effect size)."""
     from .matching import rank_heads
 
     frame = _classified(contrast, alpha, correction)

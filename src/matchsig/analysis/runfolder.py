@@ -104,7 +104,7 @@ class _Heads:
 
 @dataclass(frozen=True)
 class _Contrast:
-    """``contrast/heads.csv`` and ``contrast/per_query.csv`` (tests: :mod:`matchsig.matching`)."""
+    """``contrast/heads.csv`` and ``contrast/per_query.csv`` (tests: :mod:`matchsig.analysis.matching`)."""
 
     qid: str = "qid"
     level: str = "level"

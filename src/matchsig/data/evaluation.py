@@ -4,7 +4,7 @@ Conventions (SPEC §3, §6):
 
 * gains are the grades, and easy negatives (grade -1) count as gain 0;
 * the ideal DCG comes from the pool's qrels (:meth:`Pool.qrels`): for a sampled pool, the grades of
-  the *sampled pool*, not from all qrels; for a re-ranking pool (:class:`matchsig.runs.RunPool`),
+  the *sampled pool*, not from all qrels; for a re-ranking pool (:class:`matchsig.data.runs.RunPool`),
   every judgment of the query, as trec_eval does (for sampled pools on DL19 both give
   0.431 for a cap of 20, see the data README, but only the pool's grades are right for easy
   negatives and small caps);
@@ -393,7 +393,7 @@ def random_baseline(pool: Pool, rankings: int = 1000, seed: int = 0, k: int = 10
         rng = query_rng(seed, qid, "random-ranking")
         shuffled = rng.permuted(np.broadcast_to(gains, (rankings, len(gains))), axis=1)
         # The ideal ranking comes from the pool's qrels: its own rows for a sampled pool, every
-        # judgment of the query for a re-ranking pool (matchsig.runs.RunPool).
+        # judgment of the query for a re-ranking pool (matchsig.data.runs.RunPool).
         per_ranking += ndcg_at_k(shuffled, np.fromiter(qrels[qid].values(), dtype=np.float64), k)
     per_ranking /= max(len(by_query), 1)
     mean = float(np.mean(list(exact.values()))) if exact else 0.0

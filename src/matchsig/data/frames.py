@@ -77,8 +77,8 @@ def qrels_frame(source: Any) -> pd.DataFrame:
     """``qid, docno, label``: a pool's own qrels (what matchsig evaluates it with) or a collection's.
 
     For a sampled pool these are its rows (easy negatives as label 0), so nDCG's ideal ranking is
-    the pool's, as in :func:`matchsig.evaluation.evaluate_scores`; for a re-ranking pool
-    (:class:`matchsig.runs.RunPool`) every judgment of its queries.
+    the pool's, as in :func:`matchsig.data.evaluation.evaluate_scores`; for a re-ranking pool
+    (:class:`matchsig.data.runs.RunPool`) every judgment of its queries.
     """
     qrels = source.qrels() if callable(getattr(source, "qrels", None)) else source.qrels
     rows = [(q, d, int(g)) for q, docs in qrels.items() for d, g in docs.items()]

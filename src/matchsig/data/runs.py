@@ -2,15 +2,15 @@
 :mod:`matchsig.analysis.rerank`).
 
 The standard re-ranking protocol (e.g. Zhan et al. 2020 re-rank the BM25 top-100 of TREC DL)
-differs from the paper's sampled pools (:mod:`matchsig.sampling`) in two ways:
+differs from the paper's sampled pools (:mod:`matchsig.data.sampling`) in two ways:
 
 * the passages of a query are the top ``k`` candidates of a first-stage run, judged or not.
-  Unjudged candidates get grade ``-1`` (:data:`~matchsig.sampling.EASY_NEGATIVE`, gain 0): they
+  Unjudged candidates get grade ``-1`` (:data:`~matchsig.data.sampling.EASY_NEGATIVE`, gain 0): they
   count as non-relevant, as trec_eval counts them;
 * the ideal DCG comes from *all* judgments of the query (trec_eval on the full qrels), not from
   the rows of the pool, so a relevant passage the first stage missed still lowers nDCG.
 
-A :class:`RunPool` is a :class:`~matchsig.sampling.Pool` that carries both, so everything that
+A :class:`RunPool` is a :class:`~matchsig.data.sampling.Pool` that carries both, so everything that
 evaluates a pool (``evaluate_scores``, ``random_baseline``, the experiments) follows this protocol
 when given one.
 

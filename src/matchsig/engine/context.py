@@ -28,8 +28,8 @@ class ForwardContext:
     ``part_ids``: (B, T) long, ``PAD`` on padding. ``input_ids``: (B, T) token ids (statistics
     need them). ``blocks[l]``: None, or a (B or 1, H, 6, 6) bool tensor of cut part pairs in layer l
     (per row, so several ablations can share one batch). ``kernel``: a kernel order of
-    :data:`matchsig.kernels.KERNELS` (``"auto"``: its default; ``"eager"``: explicit math everywhere).
-    ``hooks``: named intervention sites (:mod:`matchsig.hooks`), ``{"blocks.3.attn.hook_z": fn, ...}``;
+    :data:`matchsig.engine.kernels.KERNELS` (``"auto"``: its default; ``"eager"``: explicit math everywhere).
+    ``hooks``: named intervention sites (:mod:`matchsig.engine.hooks`), ``{"blocks.3.attn.hook_z": fn, ...}``;
     each ``fn(activation, hook)`` may return a replacement. The attention sites (``attn.hook_pattern``,
     ``attn.hook_stats``, ``attn.hook_z``) are applied in this module, the others by module hooks.
     ``probe``: when a list, attention modules append ``(module, heads)`` in call order (used once,

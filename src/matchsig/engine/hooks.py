@@ -39,7 +39,7 @@ A hook is a function ``fn(activation, hook) -> Tensor | None`` (TransformerLens'
 a tensor of the same shape to replace the activation, or ``None`` to leave it (e.g. to record it).
 Rows are the padded batch: padding positions hold whatever the model computed there.
 
-Dispatch. Hooks travel in :class:`~matchsig.engine.context.ForwardContext` (``ctx.hooks``, a mapping
+Dispatch. Hooks travel in :class:`~matchsig.attention.ForwardContext` (``ctx.hooks``, a mapping
 name -> function), so any forward that matchsig runs can carry them
 (:meth:`~matchsig.model.CrossEncoder.forward`). The ``attn.*`` sites are applied by matchsig's
 attention function itself (``attn.hook_z`` is exactly the tensor it returns); the other sites are PyTorch

@@ -8,9 +8,9 @@ checklist iterate the registry. Adding an experiment = one sub-package + one ``r
 
 Two dataset scopes, as in the paper: ``datasets`` feed the main pool (Table 1, Figure 1, head
 ablations; the paper: DL19), ``analysis_datasets`` the contrastive analysis (Figures 2-4; the paper:
-DL19-22). Every ranking is evaluated tie-aware (:mod:`matchsig.evaluation`); every family of tests
+DL19-22). Every ranking is evaluated tie-aware (:mod:`matchsig.data.evaluation`); every family of tests
 is corrected with ``correction`` and decided at ``alpha`` (:mod:`.driver`); matching heads follow
-:mod:`matchsig.matching`. Work is split into units whose results are written atomically, so a
+:mod:`matchsig.analysis.matching`. Work is split into units whose results are written atomically, so a
 killed run resumes where it stopped and ends with identical tables; under ``torchrun`` each process
 takes every WORLD_SIZE-th unit and rank 0 writes the tables once all are present.
 """

@@ -29,7 +29,7 @@ _CORE_HEAD: tuple[tuple[str, Any], ...] = (
     ("alpha", 0.05),
     ("correction", "holm"),
 )
-#: Core fields after them. ``run``/``top_k``/``passages``: the re-ranking protocol (matchsig.runs): the
+#: Core fields after them. ``run``/``top_k``/``passages``: the re-ranking protocol (matchsig.data.runs): the
 #: main pool is the top ``top_k`` of this TREC run instead of a sample; ``passages`` are extra texts.
 _CORE_TAIL: tuple[tuple[str, Any], ...] = (("chunk_size", 256), ("run", None), ("top_k", None), ("passages", None))
 #: Fields that do not change stored results (where and how fast a run executes; the statistics only

@@ -68,7 +68,7 @@ def _pool_text(run: RunFolder, pool: str = "main") -> str:
     info = (run.summary.get("pools") or {}).get(pool) or {}
     key = "per_grade" if pool == "main" else "contrast_per_grade"
     parts = []
-    if info.get("protocol") == "rerank":  # matchsig.runs: the pool is a run's top-k, not a sample
+    if info.get("protocol") == "rerank":  # matchsig.data.runs: the pool is a run's top-k, not a sample
         top = "all" if info.get("top_k") is None else f"top {info.get('top_k')}"
         parts.append(f"re-ranking the {top} of {Path(str(info.get('run', 'a run'))).name} "
                      f"({info.get('unjudged', '?')} unjudged)")

@@ -136,7 +136,7 @@ def describe(pool: Pool) -> dict:
             "per_grade": pool.per_grade, "easy_negatives": pool.easy_negatives,
             "grade_counts": {str(g): n for g, n in pool.grade_counts().items()}}
     described = pool.describe()
-    if described.get("protocol") == "rerank":  # matchsig.runs.RunPool
+    if described.get("protocol") == "rerank":  # matchsig.data.runs.RunPool
         info.update({k: described[k] for k in ("protocol", "run", "top_k", "run_fingerprint", "judged", "unjudged",
                                                 "unevaluated_queries")})
     return info

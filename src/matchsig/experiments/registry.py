@@ -12,7 +12,7 @@ experiments (as ``ir_measures`` registers measures by name):
 * ``units(runner)``: its work units (stored, resumable, shared out under ``torchrun``) and
   ``collect(runner)``: reads the stored arrays and writes its files into the run folder;
 * ``figures``: {file name: caption} drawn by ``make_figure`` from the run folder's files;
-* ``judges``: its findings (:class:`matchsig.findings.Judge`), judged on a finished run folder;
+* ``judges``: its findings (:class:`matchsig.analysis.findings.Judge`), judged on a finished run folder;
 * ``section(folder, figures)``: its part of ``report.html``.
 
 Adding an experiment = one module defining a subclass + one ``register(MyExperiment())`` line

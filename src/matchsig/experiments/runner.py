@@ -27,7 +27,7 @@ __all__ = ["Runner"]
 
 
 class Runner:
-    """A run folder for one :class:`RunConfig` (:mod:`matchsig.runfolder` lists its files)."""
+    """A run folder for one :class:`RunConfig` (:mod:`matchsig.analysis.runfolder` lists its files)."""
 
     def __init__(self, out: str | os.PathLike, config: RunConfig, force: bool = False, progress: bool = True,
                  log: Callable[[str], None] | None = None):

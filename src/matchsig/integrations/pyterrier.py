@@ -19,7 +19,7 @@ Typical use (the paper's protocol inside PyTerrier)::
 
 Ties. ``pt.Experiment`` hands ``qid, docno, score`` to ir_measures (pytrec_eval), which orders
 equal scores by docno in *descending* string order, as trec_eval does. matchsig's own evaluation
-does not depend on how ties are broken (:mod:`matchsig.evaluation`); :func:`evaluate` gives
+does not depend on how ties are broken (:mod:`matchsig.data.evaluation`); :func:`evaluate` gives
 matchsig's numbers for a PyTerrier result frame. When no two candidates of a query share a score,
 both agree exactly (tested to 1e-9).
 """
@@ -61,8 +61,8 @@ class CrossEncoderScorer(pt.Transformer):
 
     Adds (or replaces) ``score`` and ``rank``; the other columns pass through. ``model`` is a
     matchsig model spec (``"embedded"``, a folder, a hub id) or a loaded
-    :class:`~matchsig.model.CrossEncoder`; ``ablation`` a spec such as ``"D<-D"`` or
-    ``"CLS<-*"`` (or an :class:`~matchsig.ablation.Ablation`). :meth:`ablated` returns a variant
+    :class:`~matchsig.engine.model.CrossEncoder`; ``ablation`` a spec such as ``"D<-D"`` or
+    ``"CLS<-*"`` (or an :class:`~matchsig.engine.ablation.Ablation`). :meth:`ablated` returns a variant
     that shares the loaded model. ``device``, ``dtype`` and ``max_length`` apply when ``model``
     is a spec (a loaded model keeps its own). Rows are scored in frame order, ``batch_size`` pairs
     per forward pass; ``verbose`` shows a progress bar.
@@ -128,7 +128,7 @@ class CrossEncoderScorer(pt.Transformer):
 
 
 def run_frame(run: Any, collection: Any, top_k: int | None = None) -> pd.DataFrame:
-    """A TREC run (:class:`matchsig.runs.TrecRun`) as a PyTerrier result frame with texts.
+    """A TREC run (:class:`matchsig.data.runs.TrecRun`) as a PyTerrier result frame with texts.
 
     ``qid, query, docno, text, score, rank`` (the run's score; ranks 0-based as PyTerrier's),
     best first per query, cut to ``top_k``. Qids and docids are checked against the collection.
@@ -151,7 +151,7 @@ def run_frame(run: Any, collection: Any, top_k: int | None = None) -> pd.DataFra
 
 
 def evaluate(results: pd.DataFrame, pool: Any, measures: Iterable[object] | str | None = None):
-    """matchsig's evaluation (:func:`matchsig.evaluation.evaluate_scores`) of a result frame on ``pool``.
+    """matchsig's evaluation (:func:`matchsig.data.evaluation.evaluate_scores`) of a result frame on ``pool``.
 
     Use it to get the numbers ``matchsig evaluate`` / ``matchsig ablate`` report, whatever the
     ties: e.g. ``evaluate((data.source >> scorer).transform(data.topics), pool)``.

@@ -48,7 +48,7 @@ def _ties_note(run: RunFolder) -> str:
 
 
 def _protocol_note(main: dict) -> str:
-    """The re-ranking protocol's note (matchsig.runs): the run, its cut and the unjudged passages."""
+    """The re-ranking protocol's note (matchsig.data.runs): the run, its cut and the unjudged passages."""
     top = "all" if main.get("top_k") is None else f"the top <b>{_e(main.get('top_k'))}</b>"
     left = main.get("unevaluated_queries") or 0
     return (

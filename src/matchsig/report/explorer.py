@@ -15,7 +15,7 @@ What is sent to the page is only what it draws, so a 512-token pair stays small 
   over query tokens of the max attention to the document (M) both ways, and the exact-match mass;
 * optionally, per head, the contrast run's tests (``contrast/heads.csv``) and the mean normalised
   effect of patching the head (``patching.csv`` of ``matchsig patch --site head``, through
-  :func:`matchsig.head_overlap.patching_overlay`): a grid colouring, a mark on the heads of largest
+  :func:`matchsig.analysis.head_overlap.patching_overlay`): a grid colouring, a mark on the heads of largest
   |effect| and a row of the chosen head's panel.
 
 Binary arrays are little-endian and base64-encoded. ``k`` shrinks (never below 2) when the arrays
@@ -42,7 +42,7 @@ from ..engine.parts import PART_NAMES, Part
 
 
 DEFAULT_TOP_K = 8
-#: Statistics of :data:`matchsig.attention_stats.STATISTICS` the page draws (per head, both directions).
+#: Statistics of :data:`matchsig.engine.attention_stats.STATISTICS` the page draws (per head, both directions).
 PAGE_STATS = ("max", "exact")
 #: Budget for the binary arrays (before base64, which adds a third): keeps a 512-token page < 2 MB.
 DEFAULT_MAX_BYTES = 1_400_000
@@ -115,7 +115,7 @@ def extract_attention(ce, query: str, document: str, top_k: int = DEFAULT_TOP_K,
     dq_w = np.zeros((nl, nh, nd, kd), np.float32)
     qd_m = np.zeros((nl, nh, nq), np.float32)
     dq_m = np.zeros((nl, nh, nd), np.float32)
-    # the page draws these statistics of the table (matchsig.attention_stats), keyed "max_qd", ...
+    # the page draws these statistics of the table (matchsig.engine.attention_stats), keyed "max_qd", ...
     shown = [(f"{s}_{d[0].lower()}{d[-1].lower()}", k, j) for k, (d, _, _) in enumerate(DIRECTIONS)
              for j, s in enumerate(statistic_names()) if s in PAGE_STATS]
     stats = {key: np.zeros((nl, nh), np.float64) for key, _, _ in shown}
@@ -258,7 +258,7 @@ def read_contrast_heads(path: str | Path, num_layers: int | None = None, num_hea
                     f"contrast heads {path}, line {n}: head {layer}/{head} does not exist in this model "
                     f"({num_layers} layers x {num_heads} heads): was the run made with another model?"
                 )
-            # kind and sign were set by matchsig.matching.classify when the run wrote heads.csv
+            # kind and sign were set by matchsig.analysis.matching.classify when the run wrote heads.csv
             kind = (row.get("kind") or "none").lower() or "none"
             rows.append({
                 "layer": layer, "head": head,
@@ -327,7 +327,7 @@ def load_run_pair(run_dir: str | Path, qid: str, docid: str) -> RunPair:
 
 
 def read_patching_heads(path: str | Path, num_layers: int, num_heads: int) -> list[dict]:
-    """Per-head rows of a ``patching.csv`` for the page's overlay (:func:`matchsig.head_overlap.patching_overlay`:
+    """Per-head rows of a ``patching.csv`` for the page's overlay (:func:`matchsig.analysis.head_overlap.patching_overlay`:
     ``layer, head, diagnostic, effect_mean, effect_sd, n_pairs``); a one-line error when it is not a head
     table of a model with ``num_layers`` x ``num_heads`` heads."""
     from ..analysis.head_overlap import patching_overlay

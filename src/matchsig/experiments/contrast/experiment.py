@@ -1,7 +1,7 @@
 """Figures 2-4: per-head attention statistics on relevant, hard-negative and easy-negative passages.
 
 Writes ``contrast/heads.csv`` (per layer, head and direction: the three paired tests of
-:mod:`matchsig.matching` and the head's kind), ``contrast/per_query.csv`` and
+:mod:`matchsig.analysis.matching` and the head's kind), ``contrast/per_query.csv`` and
 ``contrast/stats.parquet``; hands the classified heads to the head ablations.
 """
 
@@ -104,7 +104,7 @@ def section(run: RunFolder, figures: dict[str, Path]) -> str:
         "significant with the same sign (term-sharing hard negatives move it too); <b>semantic</b> = 3 vs 0 is "
         "significant with the same sign while 0 vs &minus;1 is not (positive evidence that it separates relevant "
         "passages from term-sharing ones); <b>unclassified</b> = neither. The same definition "
-        "(<code>matchsig.matching</code>) picks the top-k heads of the head ablations and rings heads in the explorer."
+        "(<code>matchsig.analysis.matching</code>) picks the top-k heads of the head ablations and rings heads in the explorer."
     )
     parts = [f"""
 <section id="contrast"><h2>Figures 2–4 — contrastive attention analysis</h2>

@@ -25,7 +25,7 @@ def stats_frame(pool: Pool, values: np.ndarray) -> pd.DataFrame:
 
 
 def analyse_contrast(pool: Pool, values: np.ndarray, alpha: float = 0.05, correction: str = "holm") -> dict[str, pd.DataFrame]:
-    """Per-query means per level, and per head the paired tests and classification of :mod:`matchsig.matching`.
+    """Per-query means per level, and per head the paired tests and classification of :mod:`matchsig.analysis.matching`.
 
     ``values``: (pairs, layers, heads, 2 directions, 4 stats) in pool row order. Returns
     ``{"heads": one row per (layer, head, direction), "per_query": per-query means per level}``.

@@ -1,6 +1,6 @@
 """Beyond the paper: cut Q<-D and D<-Q in the top-k matching heads vs in k random heads.
 
-The top-k heads are the first k of :func:`matchsig.matching.rank_heads` (matching heads first, by
+The top-k heads are the first k of :func:`matchsig.analysis.matching.rank_heads` (matching heads first, by
 effect size, from the contrast experiment); ``matching_in_selection`` counts how many of them are
 matching heads. Writes ``heads.csv`` (one family: every head selection) and ``figures/heads.png``.
 """

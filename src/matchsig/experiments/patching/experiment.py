@@ -3,7 +3,7 @@
 A run folder (``--out``) holds
 
 * ``config.json``: the settings; reusing the folder with other settings is an error naming the field;
-* ``pairs.tsv``: the diagnostic triples (:mod:`matchsig.diagnostics`) and ``summary.json`` (pool and
+* ``pairs.tsv``: the diagnostic triples (:mod:`matchsig.analysis.diagnostics`) and ``summary.json`` (pool and
   pairs fingerprints, timings);
 * ``store/patch/NNNNN.npy``: one file per finished chunk of pairs, through the runner's store (a
   killed run resumes where it stopped; under ``torchrun`` the chunks are shared out);
@@ -13,7 +13,7 @@ A run folder (``--out``) holds
 * ``patching.png``: layer x head heatmaps of the mean effect (per token role for per-position sites);
 * ``patching_overlap.csv`` (``--site head`` in a folder that also holds ``contrast/heads.csv``, e.g.
   ``matchsig experiments --experiments contrast,patch``): the top-k patching heads (``overlap_k``)
-  against the contrast heads, by :func:`matchsig.head_overlap.compare_heads` at the run's alpha and
+  against the contrast heads, by :func:`matchsig.analysis.head_overlap.compare_heads` at the run's alpha and
   correction; its claim is judged in :mod:`.patching_findings`.
 
 Sites (``--site``): ``head`` (each head's output ``attn.hook_z`` at all positions), ``head-position``

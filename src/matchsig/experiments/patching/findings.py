@@ -1,6 +1,6 @@
 """Beyond the paper: do the top activation-patching heads coincide with the contrast matching heads?
 
-Judged on ``patching_overlap.csv`` (:func:`matchsig.head_overlap.compare_heads`, written by the
+Judged on ``patching_overlap.csv`` (:func:`matchsig.analysis.head_overlap.compare_heads`, written by the
 ``patch`` experiment in a folder that also holds a contrast run), rows of reference ``matching``:
 one test per k of ``overlap_k``. The claim is listed only for run folders with patching results.
 """
