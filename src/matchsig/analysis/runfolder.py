@@ -177,6 +177,13 @@ class RunFolderWriter:
         path.write_text(text, encoding="utf-8")
         return path
 
+    def table(self, experiment: Any, name: str, frame: pd.DataFrame) -> Path:
+        """Write table ``name`` that ``experiment`` declares (``experiment.tables``), in its file's format."""
+        file = _declared(experiment, name)
+        if file.endswith(".parquet"):
+            return self.parquet(file, frame)
+        return self.tsv(file, frame) if file.endswith(".tsv") else self.csv(file, frame)
+
     def json(self, name: str, data: dict, default=None) -> Path:
         path = self.path(name)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -203,6 +210,31 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _declared(experiment: Any, name: str) -> str:
+    tables = getattr(experiment, "tables", None) or {}
+    if name not in tables:
+        who = getattr(experiment, "name", experiment)
+        raise KeyError(f"experiment {who!r} declares no table {name!r} (its tables: {', '.join(tables) or 'none'})")
+    return tables[name]
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            return None
+        frame = pd.read_parquet(path)
+        return frame if len(frame) else None
+    if path.suffix == ".tsv":
+        if not path.is_file():
+            return None
+        try:
+            frame = pd.read_csv(path, sep="\t")
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            return None
+        return frame if len(frame) else None
+    return _read_csv(path)
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -239,6 +271,12 @@ class RunFolder:
     def csv(self, name: str) -> pd.DataFrame | None:
         """Any CSV file of the folder (``FILES.*``), None when missing or empty."""
         return self._get(name, lambda: _read_csv(self.path / name))
+
+    def table(self, experiment: Any, name: str) -> pd.DataFrame | None:
+        """Table ``name`` that ``experiment`` (a registered experiment: its ``name`` and ``tables``) declares,
+        read from its file in this folder; None when missing or empty."""
+        file = _declared(experiment, name)
+        return self._get(file, lambda: _read_table(self.path / file))
 
     @property
     def config(self) -> dict:

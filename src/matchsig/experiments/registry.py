@@ -77,6 +77,9 @@ class Experiment:
     pools: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
     figures: dict[str, str] = {}
+    #: The tables it writes, {table name: file in the run folder (.csv, .tsv or .parquet)}: written with
+    #: ``runner.writer.table(self, name, frame)``, read with ``RunFolder.table(experiment, name)``.
+    tables: dict[str, str] = {}
     judges: tuple["Judge", ...] = ()
     #: Part of a run when no experiment list is given (``matchsig experiments``: the paper's four).
     default: bool = True

@@ -35,6 +35,7 @@ class Contrast(Experiment):
     nav = "Figures 2–4"
     pools = ("contrast",)
     figures = FIGURES
+    tables = {"heads": FILES.contrast_heads, "per_query": FILES.contrast_per_query, "stats": FILES.contrast_stats}
     options = (
         Option("analysis_datasets", None, "--analysis-dataset", "Dataset(s) of the contrastive analysis (Figures 2-4), "
                "repeatable. Default: the --dataset ones.", kind=list[str], short="-a", optional=True),

@@ -30,6 +30,7 @@ class Heads(Experiment):
     pools = ("main",)
     needs = ("contrast",)
     figures = FIGURES
+    tables = {"ablations": FILES.heads}
     options = (
         Option("heads_k", lambda: [1, 2, 4, 8, 16], "--k", "Heads: numbers of heads to ablate (repeatable).",
                kind=list[int], minimum=1),

@@ -25,6 +25,7 @@ class Layers(Experiment):
     nav = "Figure 1"
     pools = ("main",)
     figures = FIGURES
+    tables = {"curves": FILES.layers}
 
     @property
     def judges(self):

@@ -82,6 +82,7 @@ class Patching(Experiment):
     name = "patch"
     title = "Activation patching on diagnostic pairs (beyond the paper)"
     nav = "Patching"
+    tables = {"effects": FILES.patching, "overlap": FILES.patching_overlap, "pairs": FILES.pairs}
     default = False
     options = (
         Option("diagnostic", "tfc1", "--diagnostic", "tfc1, tdc, lnc1 or stmc1 (see docs/patching.md).", kind=str),

@@ -31,6 +31,7 @@ class Table1(Experiment):
     name = "table1"
     title = "Table 1 — whole-model ablations (nDCG@10)"
     nav = "Table 1"
+    tables = {"table": FILES.table1, "per_query": FILES.table1_per_query, "scores": FILES.table1_scores}
     pools = ("main",)
 
     @property
