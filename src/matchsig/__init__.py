@@ -6,9 +6,9 @@
 """
 
 from .engine.ablation import Ablation
+from .engine.parts import Part
 from .errors import MatchsigError
 from .version import __version__
-from .engine.parts import Part
 
 __all__ = ["Ablation", "CrossEncoder", "MatchsigError", "Part"]
 

@@ -59,8 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MatchsigError
 from ..data.sampling import Pool, query_rng
+from ..errors import MatchsigError
 
 __all__ = ["DIAGNOSTICS", "STOPWORDS", "DiagnosticPairs", "Triple", "make_pairs", "read_pairs"]
 

@@ -29,8 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .datasets import Collection, _read_tsv_pairs, natural_key
 from ..errors import MatchsigError
+from .datasets import Collection, _read_tsv_pairs, natural_key
 from .sampling import EASY_NEGATIVE, Pool, PoolRow
 
 __all__ = [

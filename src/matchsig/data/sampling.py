@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .datasets import Collection, natural_key
 from ..errors import MatchsigError
+from .datasets import Collection, natural_key
 
 __all__ = ["EASY_NEGATIVE", "Pool", "PoolRow", "fingerprint", "query_rng", "read_pool", "sample_pool"]
 

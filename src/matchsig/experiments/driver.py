@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..engine.ablation import Ablation
 from ..analysis.comparison import compare, decide
+from ..engine.ablation import Ablation
 from .store import Unit, slug
 
 __all__ = ["ablation_rows", "baseline_scores", "compare", "curve_units", "decide", "evaluate", "gather",

@@ -28,9 +28,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
-from ..engine.ablation import ARROW, direction_cells, direction_label  # noqa: E402
 from ..analysis.runfolder import COMPARE, CONTRAST, HEADS, FILES  # noqa: E402
 from ..analysis.runfolder import RunFolder  # noqa: E402
+from ..engine.ablation import ARROW, direction_cells, direction_label  # noqa: E402
 from .html import DISPLAY_ARROW  # noqa: E402
 
 __all__ = [

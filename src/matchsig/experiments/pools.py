@@ -8,8 +8,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from ..errors import MatchsigError
 from ..data.sampling import EASY_NEGATIVE, Pool, PoolRow
+from ..errors import MatchsigError
 
 __all__ = ["CONTRAST_LEVELS", "Pools", "describe", "protocol_note"]
 

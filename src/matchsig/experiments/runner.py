@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import MatchsigError
 from ..analysis.runfolder import FILES, RunFolderWriter
+from ..errors import MatchsigError
 from . import registry
 from .config import RunConfig
 from .pools import Pools, describe

@@ -36,9 +36,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..analysis.runfolder import FILES
 from ..engine.ablation import TABLE1_ABLATIONS
-from ..errors import MatchsigError
 from ..engine.parts import PART_NAMES, Part
+from ..errors import MatchsigError
 
 
 DEFAULT_TOP_K = 8
@@ -291,7 +292,7 @@ def load_run_pair(run_dir: str | Path, qid: str, docid: str) -> RunPair:
     run = Path(run_dir)
     if not run.is_dir():
         raise MatchsigError(f"run folder {run} does not exist")
-    cfg_path = run / "config.json"
+    cfg_path = run / FILES.config
     model = None
     if cfg_path.is_file():
         try:
@@ -301,9 +302,9 @@ def load_run_pair(run_dir: str | Path, qid: str, docid: str) -> RunPair:
         model = cfg.get("model") if isinstance(cfg, dict) else None
         if isinstance(model, str) and not Path(model).is_absolute() and (run / model).exists():
             model = str(run / model)
-    pools = run / "pools.tsv"
+    pools = run / FILES.pools
     if not pools.is_file():
-        raise MatchsigError(f"run folder {run} has no pools.tsv: cannot find the text of pair {qid}/{docid}")
+        raise MatchsigError(f"run folder {run} has no {FILES.pools}: cannot find the text of pair {qid}/{docid}")
     import pandas as pd
 
     try:  # written by pandas (tab-separated, quoted where needed): read it the same way
@@ -319,9 +320,9 @@ def load_run_pair(run_dir: str | Path, qid: str, docid: str) -> RunPair:
         where = f"query {qid} has no passage {docid}" if len(of_query) else f"no query {qid}"
         raise MatchsigError(f"pair not in {pools}: {where}")
     found = hit.iloc[0].to_dict()
-    heads = run / "contrast" / "heads.csv"
-    note = None if heads.is_file() else f"no contrast run in {run} (contrast/heads.csv missing): no heads are highlighted"
-    patching = run / "patching.csv"
+    heads = run / FILES.contrast_heads
+    note = None if heads.is_file() else f"no contrast run in {run} ({FILES.contrast_heads} missing): no heads are highlighted"
+    patching = run / FILES.patching
     return RunPair(model or "", found["query"], found["document"], str(qid), str(docid), found.get("grade"),
                    heads if heads.is_file() else None, note, patching if patching.is_file() else None)
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...analysis.runfolder import CONTRAST, FILES, RunFolder
 from ...errors import MatchsigError
 from ..html import arrow, easy_note, esc, figure, missing, pval, table
-from ...analysis.runfolder import CONTRAST, FILES, RunFolder
-from .stats import analyse_contrast, stats_frame
 from ..registry import Experiment, Option
 from ..store import single
+from .stats import analyse_contrast, stats_frame
 
 __all__ = ["Contrast"]
 

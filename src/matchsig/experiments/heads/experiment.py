@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...engine.ablation import AblationSet
-from ..html import esc, figure, missing, num, pval, table
 from ...analysis.matching import MATCH_SPEC
 from ...analysis.runfolder import COMPARE, CONTRAST, FILES, HEADS, RunFolder
+from ...engine.ablation import AblationSet
 from .. import driver
+from ..html import esc, figure, missing, num, pval, table
 from ..registry import Experiment, Option
 
 __all__ = ["MATCH_SPEC", "Heads"]

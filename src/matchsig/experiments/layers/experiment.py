@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...engine.ablation import FIGURE1_DIRECTIONS, direction_label
-from ..html import arrow, esc, figure, missing, num, table
 from ...analysis.runfolder import COMPARE, CONTRAST, FILES, LAYERS, RunFolder
+from ...engine.ablation import FIGURE1_DIRECTIONS, direction_label
 from .. import driver
+from ..html import arrow, esc, figure, missing, num, table
 from ..registry import Experiment
 
 __all__ = ["FIGURE1_DIRECTIONS", "Layers"]

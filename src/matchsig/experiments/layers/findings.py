@@ -6,8 +6,8 @@ import math
 import pandas as pd
 
 from ...analysis.findings import (DROP, FAILS, HOLDS, INCONCLUSIVE, MIN_QUERIES, Finding, Judge, _combine, finding, missing, queries_of)
-from ...engine.ablation import direction_cells, direction_label
 from ...analysis.runfolder import COMPARE, CONTRAST, RunFolder, as_float
+from ...engine.ablation import direction_cells, direction_label
 
 CLS_DIRECTIONS = (frozenset({("CLS", "*")}), frozenset({("CLS", "Q"), ("CLS", "D")}))
 

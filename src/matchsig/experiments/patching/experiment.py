@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import MatchsigError
 from ...analysis.runfolder import FILES, RunFolder
 from ...analysis.runfolder import PATCHING as P
-from .findings import JUDGES
+from ...errors import MatchsigError
 from ..registry import Experiment, Option
 from ..store import single
+from .findings import JUDGES
 
 __all__ = ["PatchConfig", "Patching", "run_patch"]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from ...analysis import paper
-from ...engine.ablation import Ablation
-from ..html import arrow, esc, missing, num, pval, table
 from ...analysis.runfolder import COMPARE, CONTRAST, FILES, POOLS, TABLE1, RunFolder
+from ...engine.ablation import Ablation
 from .. import driver
+from ..html import arrow, esc, missing, num, pval, table
 from ..pools import protocol_note
 from ..registry import Experiment
 from .tables import TABLE1_CELLS, table1_latex, table1_markdown

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from ...analysis.findings import (FAILS, HOLDS, INCONCLUSIVE, MARGIN, MIN_QUERIES, SEP_NOOP, Finding, Judge, _combine, _fmt, directional, finding, missing, queries_of)
-from ...engine.ablation import direction_cells
 from ...analysis.runfolder import COMPARE, RunFolder, as_float
+from ...engine.ablation import direction_cells
 
 SEP_PARTS = ("SEP1", "SEP2")
 

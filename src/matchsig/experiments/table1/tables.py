@@ -7,9 +7,9 @@ from typing import Callable
 
 import pandas as pd
 
+from ...analysis.runfolder import COMPARE, TABLE1
 from ...engine.ablation import ALL, TABLE1_CELLS
 from ...engine.parts import PART_NAMES
-from ...analysis.runfolder import COMPARE, TABLE1
 
 __all__ = ["ALL", "TABLE1_CELLS", "table1_latex", "table1_markdown"]
 
