@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import torch
 
-from .context import ForwardContext, _current, current_context, use_context  # noqa: F401 (re-exported)
+from .context import _current
 from .kernels import KERNELS, Call
 
 ATTN_NAME = "matchsig"

@@ -95,7 +95,7 @@ def section(run: RunFolder, figures: dict[str, Path]) -> str:
     """Figures 2-4, the top matching heads and the heads per kind."""
     heads = run.contrast_heads
     if heads is None and run.contrast_per_query is None:
-        return f'<section id="contrast"><h2>Figures 2–4 — contrastive attention analysis</h2>{missing("contrast/heads.csv", "contrast")}</section>'
+        return f'<section id="contrast"><h2>Figures 2–4 — contrastive attention analysis</h2>{missing(FILES.contrast_heads, "contrast")}</section>'
     test = (
         f"Tests: for each head and direction, three two-sided paired t-tests over queries of the per-query M: relevant vs "
         f"easy (3 vs &minus;1), hard vs easy (0 vs &minus;1) and relevant vs hard (3 vs 0), each family {esc(run.corrected)} "
@@ -124,7 +124,7 @@ semantically.</p>
 
     top = top_matching_heads(run, n=20)
     if heads is None:
-        parts.append(missing("contrast/heads.csv", "contrast"))
+        parts.append(missing(FILES.contrast_heads, "contrast"))
     elif top.empty:
         parts.append('<p class="missing">No head passes the test: no matching head on this run.</p>')
     else:

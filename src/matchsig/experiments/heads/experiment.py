@@ -95,7 +95,7 @@ def section(run: RunFolder, figures: dict[str, Path]) -> str:
     frame = run.heads
     title = "Causal test of the matching heads (beyond the paper)"
     if frame is None:
-        return f'<section id="heads"><h2>{title}</h2>{missing("heads.csv", "heads")}</section>'
+        return f'<section id="heads"><h2>{title}</h2>{missing(FILES.heads, "heads")}</section>'
     frame = frame.assign(selection=frame[HEADS.selection].astype(str).str.lower())
     frame = frame.assign(p_decision=[run.decision_p(r) for _, r in frame.iterrows()],
                          top=[f"{float(r[COMPARE.ndcg]):.3f}{run.mark(r)}" for _, r in frame.iterrows()])

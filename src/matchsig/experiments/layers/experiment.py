@@ -62,7 +62,7 @@ def section(run: RunFolder, figures: dict[str, Path]) -> str:
     """Figure 1 and its table: nDCG@10 per direction and last ablated layer."""
     frame = run.layers
     if frame is None:
-        return f'<section id="layers"><h2>Figure 1 — up-to-layer ablations</h2>{missing("layers.csv", "layers")}</section>'
+        return f'<section id="layers"><h2>Figure 1 — up-to-layer ablations</h2>{missing(FILES.layers, "layers")}</section>'
     from ...analysis.significance import marks_legend
 
     try:
