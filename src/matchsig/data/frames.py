@@ -1,5 +1,5 @@
-"""matchsig data as PyTerrier frames: topics, qrels, texts, a pool's candidates, a TREC run, and a
-result frame's scores back in pool order.
+"""matchsig data as PyTerrier frames: topics, qrels, texts, a pool's candidates, and a result frame's
+scores back in pool order (a TREC run as a frame: ``run_frame`` of the face, which needs the runs module).
 
 Plain pandas (``pt.model.add_ranks`` and ``pt.Transformer.from_df`` are imported when used), so the
 data layer converts its own objects (``pool.to_pyterrier()``, ``load_collection(...).to_pyterrier()``)
