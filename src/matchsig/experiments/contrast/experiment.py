@@ -105,7 +105,7 @@ def section(run: RunFolder, figures: dict[str, Path]) -> str:
         "significant with the same sign (term-sharing hard negatives move it too); <b>semantic</b> = 3 vs 0 is "
         "significant with the same sign while 0 vs &minus;1 is not (positive evidence that it separates relevant "
         "passages from term-sharing ones); <b>unclassified</b> = neither. The same definition "
-        "(<code>matchsig.analysis.matching</code>) picks the top-k heads of the head ablations and rings heads in the explorer."
+        "(<code>matchsig.matching</code>) picks the top-k heads of the head ablations and rings heads in the explorer."
     )
     parts = [f"""
 <section id="contrast"><h2>Figures 2–4 — contrastive attention analysis</h2>

@@ -82,7 +82,7 @@ def _matching_heads_layers(run: RunFolder) -> Finding:
     key = "matching_heads_layers"
     L, H = run.num_layers, run.num_heads
     late_start = L - math.ceil(L / 4) if L else None
-    rule = (f"Matching head (matchsig.analysis.matching): M(.|3) vs M(.|-1) significant, either sign, in Q<-D or D<-Q "
+    rule = (f"Matching head (matchsig.matching): M(.|3) vs M(.|-1) significant, either sign, in Q<-D or D<-Q "
             f"({run.p_label} <= {run.alpha:g}); a head is clearly not matching when, in both directions, the CI of that "
             f"difference rules out a medium effect (d_z >= {STD_MARGIN}). 'Few' in the first half (l < L/2): holds when "
             "the mean per-layer fraction of heads that are not clearly non-matching is < 0.5, fails when the fraction of "
@@ -114,7 +114,7 @@ def _matching_heads_layers(run: RunFolder) -> Finding:
 def _bidirectional(run: RunFolder) -> Finding:
     key = "matching_heads_bidirectional"
     rule = ("Of the heads matching for Q<-D, the share also matching for D<-Q, and vice versa (matching as in "
-            f"matchsig.analysis.matching, {run.p_label} <= {run.alpha:g}). Holds when both shares are >= 0.5; does not hold when "
+            f"matchsig.matching, {run.p_label} <= {run.alpha:g}). Holds when both shares are >= 0.5; does not hold when "
             f"more than half of a direction's matching heads are clearly not matching in the other (its CI rules out "
             f"d_z >= {STD_MARGIN}); otherwise inconclusive, also when no head matches.")
     strict = _classified(run)
