@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "attribution.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from matchsig.attribution import agreement
+    from matchsig.engine.attribution import agreement
 
     ce, pairs = tfc1_pairs(args.pairs)
     q, b, p = pairs.queries(), pairs.baselines(), pairs.perturbeds()

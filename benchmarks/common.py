@@ -33,8 +33,8 @@ def load_pool(data: str | None = None, cap: int = 20, seed: int = 0):
     ``data``: a folder with queries/qrels/passages (default ../shared/data/trec-dl-2019, else the
     bundled ``demo`` copy, which holds every judged DL19 passage and so gives the same pool).
     """
-    from matchsig.datasets import load_collection
-    from matchsig.sampling import sample_pool
+    from matchsig.data.datasets import load_collection
+    from matchsig.data.sampling import sample_pool
 
     if data is None:
         data = str(DEFAULT_DATA) if DEFAULT_DATA.is_dir() else "demo"
@@ -58,9 +58,9 @@ def tfc1_pairs(n_pairs: int):
     """(embedded cross-encoder, TFC1 pairs) of the patching benchmarks: the demo collection's DL19 pool
     (cap 3, seed 0), ``n_pairs // 2`` passages, each with the term appended and prepended."""
     from matchsig import CrossEncoder
-    from matchsig.datasets import load_collection
-    from matchsig.diagnostics import make_pairs
-    from matchsig.sampling import sample_pool
+    from matchsig.data.datasets import load_collection
+    from matchsig.analysis.diagnostics import make_pairs
+    from matchsig.data.sampling import sample_pool
 
     ce = CrossEncoder.load("embedded", device="cpu")
     pool = sample_pool(load_collection("demo"), per_grade=3, seed=0)

@@ -117,9 +117,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from matchsig import Ablation
-    from matchsig import kernels as K
-    from matchsig.datasets import load_collection
-    from matchsig.sampling import sample_pool
+    from matchsig.engine import kernels as K
+    from matchsig.data.datasets import load_collection
+    from matchsig.data.sampling import sample_pool
 
     if args.smoke:
         device = torch.device("cpu")

@@ -4,19 +4,19 @@
         --contrast demo=/work/runs/golden-demo/contrast/heads.csv --out runs/patch-overlap \\
         --json benchmarks/patch-overlap.json
 
-1. Head patching (``matchsig.patching_experiment.run_patch``, ``--site head``) of TFC1 and STMC1
+1. Head patching (``matchsig.experiments.patching.run_patch``, ``--site head``) of TFC1 and STMC1
    pairs on the bundled demo collection (pool cap 3, seed 0; ``--pairs`` passages, each appended and
    prepended), into ``OUT/<diagnostic>-head/`` (resumable).
 2. Contrast heads: each ``--contrast NAME=PATH`` (a run's ``contrast/heads.csv``, classified with
    the alpha and correction of that run's ``config.json``). Without one, the demo configuration's
    contrast phase is run into ``OUT/contrast-run``.
 3. Per diagnostic, contrast table and k: the top-k patching heads against the matching,
-   syntactic and semantic heads and the top-k contrast heads (:func:`matchsig.head_overlap.compare_heads`:
+   syntactic and semantic heads and the top-k contrast heads (:func:`matchsig.analysis.head_overlap.compare_heads`:
    overlap, Jaccard, permutation and hypergeometric p, Spearman rho).
 4. nDCG@10 cost on the demo's cap-1 main pool (the demo run's 165 pairs): Q<-D,D<-Q cut in the
    top-k patching heads of each diagnostic, the top-k contrast heads of each table and k random
    heads (``--seeds`` seeds), against the unablated model and patching vs contrast
-   (:func:`matchsig.head_overlap.ndcg_cost`).
+   (:func:`matchsig.analysis.head_overlap.ndcg_cost`).
 
 Writes ``OUT/overlap.csv``, ``OUT/cost.csv``, ``OUT/cost_comparisons.csv``, ``OUT/summary.md`` and
 (``--json``) a JSON record with timings and the load average.
@@ -49,12 +49,12 @@ def _contrast_tables(specs: list[str], out: Path, log) -> dict[str, tuple[Path, 
         cfg = json.loads(config.read_text()) if config.is_file() else {}
         tables[name] = (path, float(cfg.get("alpha", 0.05)), cfg.get("correction", "holm"))
     if not tables:
-        from matchsig.experiments import DEMO_CONFIG, Run
+        from matchsig.experiments import DEMO_CONFIG, Runner
 
         cfg = DEMO_CONFIG()
         cfg.experiments = ["contrast"]
         log("no --contrast given: running the demo configuration's contrast phase")
-        Run(out / "contrast-run", cfg, progress=True, log=log).run()
+        Runner(out / "contrast-run", cfg, progress=True, log=log).run()
         tables["demo"] = (out / "contrast-run" / "contrast" / "heads.csv", cfg.alpha, cfg.correction)
     return tables
 
@@ -85,11 +85,11 @@ def main() -> None:
     import torch
 
     from matchsig import CrossEncoder
-    from matchsig.datasets import load_collection
-    from matchsig.head_overlap import (compare_heads, ndcg_cost, patching_effects, random_heads, top_contrast_heads,
+    from matchsig.data.datasets import load_collection
+    from matchsig.analysis.head_overlap import (compare_heads, ndcg_cost, patching_effects, random_heads, top_contrast_heads,
                                        top_patching_heads)
-    from matchsig.patching_experiment import PatchConfig, run_patch
-    from matchsig.sampling import sample_pool
+    from matchsig.experiments.patching import PatchConfig, run_patch
+    from matchsig.data.sampling import sample_pool
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

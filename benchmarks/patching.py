@@ -3,7 +3,7 @@
     python benchmarks/patching.py --pairs 100 --mechir-python /work/venv-mechir/bin/python \\
         --out benchmarks/patching.json
 
-Pairs: ``matchsig.diagnostics.make_pairs(embedded, DL19 pool (cap 3, seed 0), "tfc1", n=pairs/2)``,
+Pairs: ``matchsig.analysis.diagnostics.make_pairs(embedded, DL19 pool (cap 3, seed 0), "tfc1", n=pairs/2)``,
 append and prepend per passage. Model: the embedded cross-encoder, also saved as a plain Hugging
 Face folder for MechIR. Timed, on the same pairs and machine:
 

@@ -4,7 +4,7 @@
 
 MechIR needs transformers 4.x and TransformerLens 2.x, so it cannot share matchsig's environment: this
 script imports nothing from matchsig. It reads the (query, baseline, perturbed) triples that
-matchsig.diagnostics wrote (already position-aligned, so MechIR's collator is told not to pad them:
+matchsig.analysis.diagnostics wrote (already position-aligned, so MechIR's collator is told not to pad them:
 ``perturb_type="inject"``), runs ``Cat.patch(..., patch_type="head_all")`` (every layer x head,
 all positions) batch by batch, and records each pair's patched score through the patching-metric
 hook that MechIR calls once per (layer, head) in layer-major order. Scores are MechIR's own:

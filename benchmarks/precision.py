@@ -26,9 +26,9 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from matchsig import CrossEncoder  # noqa: E402
-from matchsig.datasets import load_collection  # noqa: E402
-from matchsig.evaluation import evaluate_scores  # noqa: E402
-from matchsig.sampling import sample_pool  # noqa: E402
+from matchsig.data.datasets import load_collection  # noqa: E402
+from matchsig.data.evaluation import evaluate_scores  # noqa: E402
+from matchsig.data.sampling import sample_pool  # noqa: E402
 
 PARTS = ["CLS", "Q", "SEP1", "D", "SEP2"]
 TABLE1 = [f"{x}<-{y}" for x in PARTS for y in PARTS] + [f"{x}<-*" for x in PARTS] + ["none"]

@@ -2,7 +2,7 @@
 
     python benchmarks/rerank_bm25.py --model embedded --data ../shared/data/trec-dl-2019
 
-A thin caller of `matchsig rerank` (matchsig.runs.rerank) on DATA's layout: DATA/{queries.tsv,
+A thin caller of `matchsig rerank` (matchsig.analysis.rerank.rerank) on DATA's layout: DATA/{queries.tsv,
 qrels.txt, passages.tsv} and DATA/bm25-top100/{run.bm25.top100.txt, passages.tsv}. The same as
 
     matchsig rerank --dataset DATA --run DATA/bm25-top100/run.bm25.top100.txt \\
@@ -16,8 +16,9 @@ import json
 from pathlib import Path
 
 from matchsig import CrossEncoder
-from matchsig.datasets import load_collection
-from matchsig.runs import read_trec_run, rerank, with_passages
+from matchsig.data.datasets import load_collection
+from matchsig.analysis.rerank import rerank
+from matchsig.data.runs import read_trec_run, with_passages
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def log(msg: str) -> None:
 
 
 def subset_encoded(enc, rows):
-    from matchsig.model import Encoded
+    from matchsig.engine.model import Encoded
 
     return Encoded([enc.input_ids[i] for i in rows],
                    None if enc.token_type_ids is None else [enc.token_type_ids[i] for i in rows],
@@ -114,7 +114,7 @@ def chunked_rounds(variants: dict, chunks: list, rounds: int, baseline: str, tag
 
 def section_a(ce, qs, ds, args) -> dict:
     from matchsig import Ablation
-    from matchsig import kernels as K
+    from matchsig.engine import kernels as K
 
     ab = Ablation.parse("D<-D")
     enc = ce.encode(qs, ds)
@@ -200,7 +200,7 @@ def section_c(ce, model_path, qs, ds, args) -> dict:
     from naive import NaiveAblation
 
     if model_path == "embedded":  # a separate copy of the same weights, untouched by matchsig
-        from matchsig import embedded
+        from matchsig.engine import embedded
 
         hf_model, hf_tok = embedded.load_model_and_tokenizer()
     else:
@@ -336,7 +336,7 @@ def section_d(ce, qs, ds, args) -> dict:
 
 def section_e(qs, ds, args) -> dict:
     from matchsig import Ablation, CrossEncoder
-    from matchsig import kernels as K
+    from matchsig.engine import kernels as K
 
     folder = large_shape_folder(args.large_folder)
     ce = CrossEncoder.load(folder, device="cpu")

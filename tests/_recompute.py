@@ -470,7 +470,7 @@ def check_heads(run_dir: Path, ce) -> pd.DataFrame:
     """heads.csv: top-k = the top k of the contrast ranking; how many of each selection are matching heads;
     every row's tie-aware nDCG@10 from the run's stored scores (checked against the public API), p from
     scipy, the corrected column from statsmodels (one family: every selection), the marks."""
-    from matchsig.ablation import AblationSet
+    from matchsig.engine.ablation import AblationSet
 
     cfg = config(run_dir)
     pool = main_pool(run_dir)

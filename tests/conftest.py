@@ -139,7 +139,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def dl19_pairs():
     """A few real TREC DL19 (query, passage, grade) triples, from the bundled demo collection."""
-    from matchsig.datasets import load_collection
+    from matchsig.data.datasets import load_collection
 
     demo = load_collection("demo")
     rows = [(q, d, g) for q in demo.judged_qids()[:4] for d, g in demo.qrels[q].items()]

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from matchsig.ablation import (
+from matchsig.engine.ablation import (
     FIGURE1_DIRECTIONS,
     TABLE1_ABLATIONS,
     TABLE1_CELLS,
@@ -23,7 +23,7 @@ from matchsig.ablation import (
     direction_label,
 )
 from matchsig.errors import MatchsigError
-from matchsig.parts import PART_NAMES, Part
+from matchsig.engine.parts import PART_NAMES, Part
 
 NAMES = list(PART_NAMES)
 CASES = 400
@@ -99,6 +99,24 @@ def test_parse_reads_back_ablation_sets():
     heads = AblationSet.heads("Q<-D,D<-Q", [(4, 7), (1, 3)], label="top2")
     assert heads.text == "Q<-D,D<-Q@L1/H3 + Q<-D,D<-Q@L4/H7" and heads.name == "top2"
     assert AblationSet.parse(heads.text) == heads and AblationSet.parse("none") == AblationSet(())
+
+
+def test_str_of_an_ablation_set_round_trips_with_its_label():
+    rng = random.Random(11)
+    for _ in range(CASES // 4):
+        members = tuple(m for m in (_random_ablation(rng) for _ in range(rng.randrange(1, 4))) if m != Ablation.none())
+        for label in ("", "top3", "k = 4 random"):
+            ab_set = AblationSet(members, label=label)
+            again = AblationSet.parse(str(ab_set))
+            assert again == ab_set and again.label == label and str(again) == str(ab_set), str(ab_set)
+            if label or len(members) > 1:  # an unlabelled one-member set reads as that Ablation
+                assert as_ablation(str(ab_set)) == ab_set and as_ablation(str(ab_set)).label == label
+    heads = AblationSet.heads("Q<-D,D<-Q", [(4, 7), (1, 3)], label="top2")
+    assert str(heads) == "top2 = Q<-D,D<-Q@L1/H3 + Q<-D,D<-Q@L4/H7" and heads.name == "top2"
+    single = AblationSet.heads("Q<-D", [(0, 1)], label="one head")
+    assert AblationSet.parse(str(single)).label == "one head" and as_ablation(str(single)) == single
+    assert str(AblationSet((), label="empty")) == "empty = none" and AblationSet.parse("empty = none").label == "empty"
+    assert AblationSet.parse("top2 = Q<-D@L1/H3", label="mine").label == "mine"  # a label given wins
 
 
 def test_named_examples():
@@ -212,8 +230,10 @@ def test_table_and_figure_lists():
 
 def test_the_lists_are_defined_once():
     """experiments and explorer use ablation.py's lists, not copies."""
-    from matchsig import explorer, paper
-    from matchsig.experiments import layers, tables
+    from matchsig.report import explorer
+    from matchsig.analysis import paper
+    from matchsig.experiments import layers
+    from matchsig.experiments.table1 import tables
 
     assert tables.TABLE1_CELLS is TABLE1_CELLS and layers.FIGURE1_DIRECTIONS is FIGURE1_DIRECTIONS
     assert explorer.TABLE1_ABLATIONS is TABLE1_ABLATIONS

@@ -102,7 +102,7 @@ def _toy_reference(attn: np.ndarray, seq: list) -> dict:
 @pytest.fixture
 def toy_statistics(monkeypatch):
     """Two statistics registered in the table for one test: one per weighting, neither with a fused form."""
-    from matchsig import attention_stats as S
+    from matchsig.engine import attention_stats as S
 
     monkeypatch.setattr(S, "STATISTICS", dict(S.STATISTICS))
     S.register_statistic(S.Statistic("second", lambda r: r.p.topk(2, -1).values[..., 1]))
@@ -114,7 +114,7 @@ def test_a_registered_statistic_is_computed_by_both_paths(minilm_folder, tokeniz
     """The eager path (full maps) computes a new statistic from its table entry; the fused path, which has
     no fused form for it, falls back to the same eager term on its sub-blocks; both equal numpy on HF maps."""
     from matchsig import MatchsigError
-    from matchsig import kernels as K
+    from matchsig.engine import kernels as K
 
     S = toy_statistics
     with pytest.raises(MatchsigError, match="weight 'entropy' must name an unweighted statistic"):

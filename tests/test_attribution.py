@@ -1,4 +1,4 @@
-"""Attribution patching (matchsig.attribution): gradients checked by finite differences and by an
+"""Attribution patching (matchsig.engine.attribution): gradients checked by finite differences and by an
 independent float64 integrated-gradient loop on the plain Hugging Face model, and agreement with
 exact patching on real diagnostic pairs."""
 
@@ -107,10 +107,10 @@ def test_ig_equals_an_independent_float64_integrated_gradient(tiny64, tokenizer)
 
 def test_attribution_agrees_with_exact_patching_on_tfc1_pairs(ce):
     """The embedded-size MiniLM on TFC1 diagnostic pairs: both methods rank heads as exact patching does."""
-    from matchsig.attribution import agreement
-    from matchsig.datasets import load_collection
-    from matchsig.diagnostics import make_pairs
-    from matchsig.sampling import sample_pool
+    from matchsig.engine.attribution import agreement
+    from matchsig.data.datasets import load_collection
+    from matchsig.analysis.diagnostics import make_pairs
+    from matchsig.data.sampling import sample_pool
 
     demo = load_collection("demo")
     pool = sample_pool(demo, per_grade=1, seed=0, qids=demo.judged_qids()[:8])

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from matchsig import Ablation, CrossEncoder, MatchsigError
 from matchsig.cli import app, main
-from matchsig.datasets import load_collection
+from matchsig.data.datasets import load_collection
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "matchsig"
 
@@ -151,7 +151,7 @@ def test_bad_specs_are_matchsig_errors():
 def test_no_package_caller_passes_an_empty_spec():
     """Every built-in list of ablations parses (an empty string among them would now fail loudly)."""
     from matchsig.experiments import FIGURE1_DIRECTIONS, MATCH_SPEC, TABLE1_CELLS
-    from matchsig.explorer import TABLE1_ABLATIONS
+    from matchsig.report.explorer import TABLE1_ABLATIONS
 
     for spec in (*TABLE1_ABLATIONS, *FIGURE1_DIRECTIONS, MATCH_SPEC, *(f"{x}<-{y}" for x, y in TABLE1_CELLS)):
         Ablation.parse(spec)

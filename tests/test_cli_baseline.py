@@ -110,10 +110,10 @@ def tiny_model(tmp_path_factory) -> Path:
 def test_evaluate_with_a_tiny_model(tiny_model, tmp_path):
     import ir_measures
 
-    from matchsig.datasets import load_collection
-    from matchsig.evaluation import evaluate_scores
-    from matchsig.model import CrossEncoder
-    from matchsig.sampling import sample_pool
+    from matchsig.data.datasets import load_collection
+    from matchsig.data.evaluation import evaluate_scores
+    from matchsig.engine.model import CrossEncoder
+    from matchsig.data.sampling import sample_pool
 
     run_file = tmp_path / "run.txt"
     out = run_json(

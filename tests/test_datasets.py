@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import DEMO_DIR, SHARED_DATA, needs_shared
 
-from matchsig import datasets
-from matchsig.datasets import Collection, available_collections, load_collection, register_collection
+from matchsig.data import datasets
+from matchsig.data.datasets import Collection, available_collections, load_collection, register_collection
 from matchsig.errors import MatchsigError
 
 DL19 = SHARED_DATA / "trec-dl-2019"
@@ -64,7 +64,7 @@ def test_gzipped_folder_and_three_column_qrels(tmp_path):
 
 
 def test_demo_is_bundled_small_and_loads():
-    folder = Path(datasets.__file__).parent / "data" / "demo"
+    folder = Path(datasets.__file__).parent / "demo"
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     assert size <= 2 * 1024 * 1024
     assert "non-commercial research" in (folder / "README.md").read_text(encoding="utf-8")
@@ -194,7 +194,7 @@ def test_ir_datasets_path_on_a_real_local_dataset(local_ir_dataset, monkeypatch)
     with pytest.raises(MatchsigError, match="passage 'nope' not found"):
         collection.doc_text("nope")
     # easy negatives come from the whole corpus through the docstore (len and [i], not a list)
-    from matchsig.sampling import EASY_NEGATIVE, sample_pool
+    from matchsig.data.sampling import EASY_NEGATIVE, sample_pool
 
     candidates = collection.negative_candidates()
     assert len(candidates) == len(docids) and [candidates[i] for i in range(len(docids))] == docids

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from matchsig import CrossEncoder, MatchsigError
-from matchsig.datasets import load_collection
-from matchsig.diagnostics import STOPWORDS, is_variant, make_pairs, read_pairs
-from matchsig.sampling import sample_pool
+from matchsig.data.datasets import load_collection
+from matchsig.analysis.diagnostics import STOPWORDS, is_variant, make_pairs, read_pairs
+from matchsig.data.sampling import sample_pool
 
 
 @pytest.fixture(scope="module")

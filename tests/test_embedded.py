@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import SHARED_DATA, needs_shared
 
-from matchsig import embedded
+from matchsig.engine import embedded
 from matchsig.errors import MatchsigError
 
 DATA = SHARED_DATA
@@ -60,7 +60,7 @@ def test_missing_manifest_is_error(tmp_path):
 
 
 def test_ranks_relevant_above_easy_negative(loaded):
-    from matchsig.datasets import load_collection
+    from matchsig.data.datasets import load_collection
 
     model, tokenizer = loaded
     demo = load_collection("demo")  # TREC DL 2019
@@ -97,7 +97,7 @@ def test_save_roundtrip_standard_hf_folder(loaded, tmp_path):
 def test_crossencoder_save_roundtrip(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from matchsig.model import CrossEncoder
+    from matchsig.engine.model import CrossEncoder
 
     ce = CrossEncoder.load(embedded.NAME)
     ce.save(str(tmp_path))

@@ -161,7 +161,7 @@ def test_parts_labelling(ce):
 
 
 def test_parts_from_roberta_style_layout():
-    from matchsig.parts import PairLayout, label_parts
+    from matchsig.engine.parts import PairLayout, label_parts
 
     seq = [None, 0, 0, None, None, 1, 1, None]  # <s> q q </s></s> d d </s>
     assert label_parts(seq) == [0, 1, 1, 2, 2, 3, 3, 4]
@@ -225,7 +225,7 @@ def test_save_round_trip(ce, tmp_path):
 def test_ablation_set_of_heads_matches_reference(ce, hf_model, tokenizer):
     from _reference import expand
 
-    from matchsig.ablation import AblationSet
+    from matchsig.engine.ablation import AblationSet
 
     chosen = [(1, 3), (4, 7), (4, 0)]
     ab = AblationSet.heads("Q<-D,D<-Q", chosen, label="top3")

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from matchsig.datasets import load_collection
+from matchsig.data.datasets import load_collection
 from matchsig.errors import MatchsigError
-from matchsig.evaluation import evaluate_scores, ndcg_at_k, parse_measures, random_baseline, rank, write_trec_run
-from matchsig.sampling import Pool, PoolRow, sample_pool
+from matchsig.data.evaluation import evaluate_scores, ndcg_at_k, parse_measures, random_baseline, rank, write_trec_run
+from matchsig.data.sampling import Pool, PoolRow, sample_pool
 
 
 

@@ -76,7 +76,7 @@ import json, sys, time
 import torch
 torch.set_num_threads(1)
 from matchsig.experiments import Runner, RunConfig, Store
-from matchsig.model import CrossEncoder
+from matchsig.engine.model import CrossEncoder
 
 log = open(sys.argv[3], "a", buffering=1)
 for name in ("score_many", "score_layer_curve", "attention_stats"):
@@ -366,7 +366,7 @@ def test_cli_alpha_and_correction_name_the_columns_and_decide_the_marks(tmp_path
 
 
 def test_analysis_datasets_feed_only_the_contrast(tmp_path, tiny_model):
-    from matchsig.datasets import load_collection
+    from matchsig.data.datasets import load_collection
     from matchsig.experiments import PAPER_CONFIG
 
     demo = load_collection("demo")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from matchsig import Ablation, CrossEncoder, MatchsigError
-from matchsig.explorer import (
+from matchsig.report.explorer import (
     TABLE1_ABLATIONS,
     build_view_data,
     choose_top_k,
@@ -26,7 +26,7 @@ from matchsig.explorer import (
     render_html,
     write_view,
 )
-from matchsig.parts import Part
+from matchsig.engine.parts import Part
 
 QUERY = "what is a flea"
 DOC = ("The cat flea (Ctenocephalides felis) is a small wingless insect that feeds on the blood of cats and dogs. "
@@ -465,7 +465,7 @@ def test_cli_view_embedded_model_in_chromium(browser, tmp_path):
     from selenium.webdriver.common.keys import Keys
     from typer.testing import CliRunner
 
-    from matchsig import embedded
+    from matchsig.engine import embedded
     from matchsig.cli import app
 
     if not (embedded.EMBEDDED_DIR / embedded.MANIFEST_FILE).is_file():
@@ -490,7 +490,7 @@ def test_patching_overlay_in_chromium(browser, data, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from matchsig.head_overlap import patching_overlay
+    from matchsig.analysis.head_overlap import patching_overlay
 
     overlay = patching_overlay(_patching_csv(tmp_path / "patching.csv"), 6, 12)
     path = write_view(tmp_path / "patch.html", render_html(dict(data, patching=overlay)))

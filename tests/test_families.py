@@ -1,4 +1,4 @@
-"""Model families (matchsig.families): each runs exactly as the model's own forward, or is refused.
+"""Model families (matchsig.engine.families): each runs exactly as the model's own forward, or is refused.
 
 Tiny random models built here from transformers' config classes (weights do not matter: the engine
 must equal the model's forward whatever they are), with real tokenizer templates: BERT WordPiece
@@ -18,7 +18,7 @@ import torch
 from _reference import cuts_for
 from _reference_modernbert import modernbert_score
 from matchsig import CrossEncoder, MatchsigError
-from matchsig import families
+from matchsig.engine import families
 
 LOCAL = 16  # ModernBERT local_attention: a token sees 8 tokens on either side in local layers
 
@@ -257,8 +257,8 @@ def test_distilbert_family(tokenizer, mb_pairs):
 
 def test_correct_kernel_with_a_per_row_mask_equals_the_explicit_softmax():
     """The one-pass correction adds the per-row mask's entries on the small columns (sliding window)."""
-    import matchsig.attention as A
-    import matchsig.kernels as K
+    import matchsig.engine.kernels as K
+    from matchsig.engine.context import ForwardContext
 
     if not K.fused_available():
         pytest.fail("the fused CPU kernel is unavailable in this torch build")
@@ -266,7 +266,7 @@ def test_correct_kernel_with_a_per_row_mask_equals_the_explicit_softmax():
     b, h, t, d = 2, 2, 24, 8
     q, k, v = (torch.randn(b, h, t, d) for _ in range(3))
     part_ids = torch.tensor([[0, 1, 1, 2] + [3] * 19 + [4], [0, 1, 2] + [3] * 9 + [4] + [5] * 11])
-    ctx = A.ForwardContext(part_ids=part_ids)
+    ctx = ForwardContext(part_ids=part_ids)
     near = (torch.arange(t)[:, None] - torch.arange(t)[None, :]).abs() <= 4
     bias = ctx.model_bias(near[None, None].expand(b, 1, t, t), torch.float32)
     block = torch.zeros(1, h, 6, 6, dtype=torch.bool)
@@ -347,7 +347,7 @@ def test_deberta_patterns_statistics_curves_and_patching(deb, deb_folder, tokeni
     from transformers import DebertaV2ForSequenceClassification
 
     from matchsig import Ablation
-    from matchsig.attention_stats import reduce_probs
+    from matchsig.engine.attention_stats import reduce_probs
 
     qs, ds = mb_pairs
     hf = DebertaV2ForSequenceClassification.from_pretrained(deb_folder).eval()
@@ -433,7 +433,7 @@ def qtok(mb_pairs):
 def test_decoder_rerankers_equal_hugging_face_and_the_float64_reference(kind, chat, qtok, mb_pairs):
     from _reference_decoder import decoder_score
     from matchsig import Ablation
-    from matchsig.templates import PromptTemplate
+    from matchsig.engine.prompts import PromptTemplate
 
     qs, ds = mb_pairs
     qs, ds = qs[:3] + qs[-2:], ds[:3] + ds[-2:]
@@ -470,13 +470,13 @@ def _decoder_cuts(spec: str, layers, heads, names) -> dict:
 
 
 def _slots(spec: str) -> str:
-    from matchsig.templates import DECODER_PART_NAMES, translate_spec
+    from matchsig.engine.prompts import DECODER_PART_NAMES, translate_spec
 
     return translate_spec(spec, DECODER_PART_NAMES)
 
 
 def test_decoder_prompt_parts_token_by_token_and_refusals(qtok):
-    from matchsig.templates import PromptTemplate
+    from matchsig.engine.prompts import PromptTemplate
 
     ce = CrossEncoder(_decoder("qwen3", qtok, seed=32), qtok, device="cpu", template=PromptTemplate(**CHAT))
     labelled = ce.parts("what is a flea", "the cat")

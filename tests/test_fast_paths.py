@@ -18,8 +18,8 @@ from _reference import bert_score, cuts_for, torch_reference_ids
 from test_attention_stats import reference_stats
 
 from matchsig import Ablation, CrossEncoder
-from matchsig import attention as A
-from matchsig import kernels as K
+from matchsig.engine import kernels as K
+from matchsig.engine.context import ForwardContext
 
 QUERIES = ["what is a flea", "how long do cats live", "cost of a new roof in florida", "x"]
 DOCS = [
@@ -143,7 +143,7 @@ def test_fully_cut_rows_give_zero_attention_output(kernel):
     b, h, t, d = 2, 3, 7, 8
     q, k, v = (torch.randn(b, h, t, d) for _ in range(3))
     part_ids = torch.tensor([[0, 1, 2, 3, 3, 4, 5], [0, 1, 1, 2, 3, 4, 4]])
-    ctx = A.ForwardContext(part_ids=part_ids)
+    ctx = ForwardContext(part_ids=part_ids)
     block = torch.zeros(1, h, 6, 6, dtype=torch.bool)
     block[0, :, 0, :5] = True  # CLS<-*
     block[0, 1, 3, 3] = True  # D<-D in head 1 only
@@ -180,7 +180,7 @@ def test_correct_kernel_on_random_layouts_and_blocks(seed):
     block = torch.rand(b, h, 6, 6, generator=g) < 0.3
     block[..., 5, :] = False
     block[..., :, 5] = False
-    ctx = A.ForwardContext(part_ids=part_ids)
+    ctx = ForwardContext(part_ids=part_ids)
     out = _raw_cut("correct", q, k, v, ctx, block, 0.3)
     scores = (q @ k.transpose(-1, -2)).double() * 0.3 + ctx.key_bias(q.dtype).double()
     probs = torch.softmax(scores, -1).masked_fill(ctx.cut_mask(block), 0.0)
@@ -257,7 +257,7 @@ def test_layer_curve_with_fused_kernel(ce, hf_model, tokenizer):
 def test_statistics_equal_reference_maps(ce, counted, monkeypatch, ablation, cut_kernel, hf_model, tokenizer):
     """Statistics from sub-blocks (fused path) and from full maps (math path) both equal statistics of
     the float64 reference's attention maps (taken before each layer's cut, in the ablated forward)."""
-    from matchsig.attention_stats import DIRECTIONS, STATS
+    from matchsig.engine.attention_stats import DIRECTIONS, STATS
 
     monkeypatch.setattr(K.KERNELS, "default", cut_kernel)
     qs, ds = QUERIES + ["flea"], DOCS + ["flea flea cat"]  # padding, repeated tokens (exact matches)
@@ -320,7 +320,7 @@ def test_cuda_glue_with_an_emulated_efficient_kernel():
     q, k, v = (torch.randn(b, h, t, d) for _ in range(3))
     part_ids = torch.tensor([[0, 1, 1, 2] + [3] * 16 + [4], [0, 1, 2] + [3] * 6 + [4] + [5] * 11,
                              [0] + [1] * 12 + [2, 3, 3, 4] + [5] * 4])
-    ctx = A.ForwardContext(part_ids=part_ids)
+    ctx = ForwardContext(part_ids=part_ids)
     bias = ctx.key_bias(q.dtype)
     out_full, lse = K._efficient_lse(efficient, q, k, v, bias, 0.4)
     assert calls and lse.shape == (b, h, t) and torch.isfinite(lse).all()

@@ -18,7 +18,7 @@ from _recompute import expected_p, tie_aware_ndcg
 from _reference import bert_score, expand, torch_reference_ids
 
 from matchsig import MatchsigError
-from matchsig.head_overlap import (compare_heads, contrast_heads, contrast_sizes, ndcg_cost, overlap_test,
+from matchsig.analysis.head_overlap import (compare_heads, contrast_heads, contrast_sizes, ndcg_cost, overlap_test,
                                    patching_effects, patching_grid, patching_overlay, random_heads, rank_correlation,
                                    top_contrast_heads, top_patching_heads)
 
@@ -225,8 +225,8 @@ def test_random_heads_are_seeded_distinct_and_in_range():
 
 @pytest.fixture(scope="module")
 def small_pool():
-    from matchsig.datasets import load_collection
-    from matchsig.sampling import sample_pool
+    from matchsig.data.datasets import load_collection
+    from matchsig.data.sampling import sample_pool
 
     demo = load_collection("demo")
     return sample_pool(demo, per_grade=1, seed=0, qids=demo.judged_qids()[:5])

@@ -1,4 +1,4 @@
-"""The kernel table (matchsig.kernels) and the attention sites (attn.hook_pattern, attn.hook_stats).
+"""The kernel table (matchsig.engine.kernels) and the attention sites (attn.hook_pattern, attn.hook_stats).
 
 The table runs, per attention call, the first kernel of the order that handles what the call needs
 and works on the device; a kernel that raises one of its errors is disabled with a one-time warning
@@ -16,7 +16,7 @@ import torch
 from _reference import bert_score, cuts_for, torch_reference_ids
 
 from matchsig import CrossEncoder, MatchsigError
-from matchsig import kernels as K
+from matchsig.engine import kernels as K
 
 QUERIES = ["what is a flea", "how long do cats live", "flea cat"]
 DOCS = [

@@ -1,4 +1,4 @@
-"""The one definition of matching heads (matchsig.matching): tests against scipy/statsmodels, rules by hand."""
+"""The one definition of matching heads (matchsig.analysis.matching): tests against scipy/statsmodels, rules by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from matchsig.matching import classify, head_tests, rank_heads
+from matchsig.analysis.matching import classify, head_tests, rank_heads
 
 
 def test_head_tests_equal_scipy_paired_tests_and_statsmodels_corrections():
@@ -77,7 +77,7 @@ def test_ranking_puts_matching_heads_first_by_effect_size():
 
 
 def test_explorer_reads_the_kind_sign_and_corrected_p(tmp_path):
-    from matchsig.explorer import read_contrast_heads
+    from matchsig.report.explorer import read_contrast_heads
 
     rows = pd.DataFrame([_row(0, 1, "Q<-D", -0.05, 0.001, 0.0, 0.8, -0.05, 0.001)])
     rows = classify(rows.assign(p_relevant_holm=0.004, p_hard_holm=1.0, p_relevant_hard_holm=0.004), 0.05, "holm")
@@ -85,5 +85,5 @@ def test_explorer_reads_the_kind_sign_and_corrected_p(tmp_path):
     (read,) = read_contrast_heads(tmp_path / "heads.csv", 2, 2)
     assert read["kind"] == "semantic" and read["sign"] == -1
     assert read["p_relevant"] == pytest.approx(0.004) and read["p_hard"] == 1.0
-    js = (__import__("matchsig").__path__[0] + "/templates/explorer.js")
+    js = (__import__("matchsig").__path__[0] + "/report/templates/explorer.js")
     assert "' unc'" in open(js).read()  # matching but unclassified heads get their own ring

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_tiny_model, matchsig_cli, torchrun_config
 
 from matchsig import CrossEncoder, MatchsigError
-from matchsig.diagnostics import read_pairs
+from matchsig.analysis.diagnostics import read_pairs
 from matchsig.experiments.patching import PatchConfig, run_patch
 
 
@@ -24,7 +24,7 @@ def tiny(tmp_path_factory, tokenizer):
 
 def test_head_table_matches_per_pair_patches_and_resumes(tiny, tmp_path):
     config = PatchConfig(model=tiny, dataset="demo", diagnostic="tfc1", site="head", pairs=3, per_grade=1,
-                         chunk=2, min_delta=0.0, device="cpu")
+                         chunk_size=2, min_delta=0.0, device="cpu")
     out = tmp_path / "run"
     table = pd.read_csv(run_patch(out, config, progress=False))
     assert len(table) == 3 * 4 and set(table["position"]) == {"all"}
@@ -99,7 +99,7 @@ def overlap_run(tiny, tmp_path_factory):
 def test_overlap_table_is_compare_heads_of_the_folders_own_tables(overlap_run):
     from scipy.stats import hypergeom
 
-    from matchsig.head_overlap import compare_heads
+    from matchsig.analysis.head_overlap import compare_heads
 
     got = pd.read_csv(overlap_run / "patching_overlap.csv", keep_default_na=False, na_values=[""])
     want = compare_heads(overlap_run / "patching.csv", overlap_run / "contrast" / "heads.csv", [2, 4], alpha=0.3,
@@ -146,8 +146,8 @@ def test_overlap_claim_follows_its_rule(tmp_path):
     """Synthetic folders where the top patching heads are the matching heads (holds) or avoid them (does not hold)."""
     from test_head_overlap import SYN, _contrast, _patching
 
-    from matchsig.findings import judge
-    from matchsig.head_overlap import compare_heads
+    from matchsig.report import judge
+    from matchsig.analysis.head_overlap import compare_heads
 
     shape = (12, 12)
     flat = [(l, h) for l in range(12) for h in range(12)]
@@ -216,7 +216,7 @@ def test_patch_into_a_contrast_folder_equals_one_run_of_both(tiny, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_share_the_patch_chunks(tiny, tmp_path):
     """2 CPU processes (gloo) split the patch chunks; the merged table equals the single-process run."""
-    config = PatchConfig(model=tiny, dataset="demo", diagnostic="tfc1", site="head", pairs=3, per_grade=1, chunk=2,
+    config = PatchConfig(model=tiny, dataset="demo", diagnostic="tfc1", site="head", pairs=3, per_grade=1, chunk_size=2,
                          min_delta=0.0, device="cpu")
     single = pd.read_csv(run_patch(tmp_path / "one", config, progress=False))
     out = tmp_path / "two"

@@ -9,7 +9,7 @@ from _reference import bert_forward_hooked, torch_reference_ids
 from conftest import make_tiny_model
 
 from matchsig import CrossEncoder, MatchsigError
-from matchsig.hooks import SITE_KINDS, parse_site, site_name, site_names
+from matchsig.engine.hooks import SITE_KINDS, parse_site, site_name, site_names
 
 # Aligned by hand: the baseline inserts the filler "a" where the perturbed document inserts a query
 # word of one word-piece; lengths differ across pairs, so batches carry padding.
@@ -305,9 +305,9 @@ def test_tiny_electra_residual_identities(tmp_path, tokenizer):
 
 
 def test_embedded_model_on_tfc1_pairs():
-    from matchsig.datasets import load_collection
-    from matchsig.diagnostics import make_pairs
-    from matchsig.sampling import sample_pool
+    from matchsig.data.datasets import load_collection
+    from matchsig.analysis.diagnostics import make_pairs
+    from matchsig.data.sampling import sample_pool
 
     emb = CrossEncoder.load("embedded", device="cpu")
     pool = sample_pool(load_collection("demo"), per_grade=1, seed=0)

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 import pyterrier as pt  # the test extra installs it: a missing PyTerrier fails here rather than skipping
 
 from matchsig.cli import app  # noqa: E402
-from matchsig.datasets import load_collection  # noqa: E402
+from matchsig.data.datasets import load_collection  # noqa: E402
 from matchsig.errors import MatchsigError  # noqa: E402
-from matchsig.evaluation import evaluate_scores  # noqa: E402
+from matchsig.data.evaluation import evaluate_scores  # noqa: E402
 from matchsig.pyterrier import (  # noqa: E402
     CrossEncoderScorer,
     evaluate,
@@ -26,8 +26,8 @@ from matchsig.pyterrier import (  # noqa: E402
     to_pyterrier,
     topics_frame,
 )
-from matchsig.runs import read_trec_run  # noqa: E402
-from matchsig.sampling import sample_pool  # noqa: E402
+from matchsig.data.runs import read_trec_run  # noqa: E402
+from matchsig.data.sampling import sample_pool  # noqa: E402
 
 NDCG10 = ir_measures.nDCG @ 10
 

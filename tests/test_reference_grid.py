@@ -13,8 +13,8 @@ import torch
 from _reference import bert_score, torch_reference_ids
 
 from matchsig import Ablation, CrossEncoder
-from matchsig import kernels as K
-from matchsig.ablation import AblationSet
+from matchsig.engine import kernels as K
+from matchsig.engine.ablation import AblationSet
 
 PARTS = ["CLS", "Q", "SEP1", "D", "SEP2"]
 LAYERS, HEADS = 3, 4
@@ -81,7 +81,7 @@ def tiny(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="module")
 def pairs():
     """Real DL19 pairs of different lengths (padding in every batch)."""
-    from matchsig.datasets import load_collection
+    from matchsig.data.datasets import load_collection
 
     demo = load_collection("demo")
     out = []

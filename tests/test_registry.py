@@ -14,13 +14,13 @@ from matchsig import MatchsigError
 from matchsig.experiments import Experiment, Option, RunConfig, Runner, register
 from matchsig.experiments.registry import unregister
 from matchsig.experiments.store import single
-from matchsig.findings import HOLDS, Judge, finding
+from matchsig.analysis.findings import HOLDS, Judge, finding
 
 CALLS: list[str] = []
 
 
 def _toy_claim(run) -> object:
-    frame = run.csv("toy.csv")
+    frame = run.table(Toy, "values")
     if frame is None:
         return finding("toy_claim", "not measured", "toy.csv is missing", "toy.csv exists")
     return finding("toy_claim", HOLDS, f"{len(frame)} queries", "toy.csv exists", queries=len(frame))
@@ -36,6 +36,7 @@ class Toy(Experiment):
     pools = ("main",)
     options = (Option("toy_factor", 2, "--toy-factor", "A factor.", minimum=1),)
     judges = (Judge("toy_claim", "The toy file exists", 100, _toy_claim),)
+    tables = {"values": "toy.csv"}  # its own file: nothing in runfolder.py names it
 
     def units(self, runner):
         _, (_, documents) = runner.pool("main")
@@ -51,10 +52,10 @@ class Toy(Experiment):
         pool, _ = runner.pool("main")
         values = np.concatenate([runner.store.load(u.name) for u in self.units(runner)])
         frame = pd.DataFrame({"qid": [r.qid for r in pool.rows], "value": values}).groupby("qid", sort=False).mean()
-        runner.writer.csv("toy.csv", frame.reset_index())
+        runner.writer.table(self, "values", frame.reset_index())
 
     def section(self, folder, figures):
-        return f'<section id="toy"><h2>{self.title}</h2><p>toy rows: {len(folder.csv("toy.csv"))}</p></section>'
+        return f'<section id="toy"><h2>{self.title}</h2><p>toy rows: {len(folder.table(self, "values"))}</p></section>'
 
 
 @pytest.fixture
@@ -93,6 +94,31 @@ def test_a_registered_toy_experiment_runs_end_to_end(toy, tiny_model, tmp_path):
     # its option is validated like a built-in one
     with pytest.raises(MatchsigError, match="toy_factor must be >= 1, got 0"):
         RunConfig(toy_factor=0).validate()
+
+
+def test_a_declared_table_is_read_through_the_run_folder(tmp_path):
+    from matchsig.analysis.runfolder import RunFolder, RunFolderWriter
+
+    frame = pd.DataFrame({"qid": ["1", "2"], "value": [0.5, 1.5]})
+    writer = RunFolderWriter(tmp_path)
+    assert writer.table(Toy, "values", frame) == tmp_path / "toy.csv"
+
+    class Parquet:
+        name, tables = "pq", {"rows": "pq/rows.parquet", "tsv": "pq/rows.tsv", "absent": "pq/none.csv"}
+
+    writer.table(Parquet, "rows", frame)
+    writer.table(Parquet, "tsv", frame)
+    folder = RunFolder(tmp_path)
+    assert folder.table(Toy, "values")["value"].tolist() == [0.5, 1.5]
+    assert folder.table(Parquet, "rows").equals(frame) and folder.table(Parquet, "tsv")["value"].tolist() == [0.5, 1.5]
+    assert folder.table(Parquet, "absent") is None
+    with pytest.raises(KeyError, match="experiment 'toy' declares no table 'scores' \\(its tables: values\\)"):
+        folder.table(Toy, "scores")
+    # every built-in experiment declares its tables, in files of distinct names
+    from matchsig.experiments import registered
+
+    files = [f for e in registered() for f in e.tables.values()]
+    assert len(files) == len(set(files)) >= 10 and all(e.tables for e in registered())
 
 
 def test_without_registration_the_option_is_unknown():

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from matchsig import paper
-from matchsig.ablation import direction_cells as normalize_direction
-from matchsig.findings import judge, top_matching_heads
+from matchsig.analysis import paper
+from matchsig.engine.ablation import direction_cells as normalize_direction
+from matchsig.experiments.contrast.findings import top_matching_heads
+from matchsig.report import judge
 
 PARTS = paper.PARTS
 L, H, NQ = 6, 4, 60
@@ -182,7 +183,7 @@ def make_run(root: Path, paper_like: bool = True, with_contrast: bool = True, wi
             for level, suffix in ((3, "relevant"), (-1, "easy")):
                 means = pq[pq["level"] == level].groupby(["layer", "head", "direction"])[stat].mean()
                 heads[f"{stat}_{suffix}"] = [means[(r.layer, r.head, r.direction)] for r in heads.itertuples()]
-        heads["kind"] = "none"  # judged again from the tests by matchsig.matching
+        heads["kind"] = "none"  # judged again from the tests by matchsig.analysis.matching
         heads["n_queries"] = queries
         heads.to_csv(root / "contrast" / "heads.csv", index=False)
         pq.to_csv(root / "contrast" / "per_query.csv", index=False)
@@ -251,7 +252,7 @@ def test_findings_are_inconclusive_with_too_few_queries(tmp_path):
 def test_directional_rule_against_scipy():
     from scipy import stats
 
-    from matchsig.findings import STD_MARGIN, directional
+    from matchsig.analysis.findings import STD_MARGIN, directional
 
     rng = np.random.default_rng(4)
     strong = rng.normal(0.5, 1.0, 40)
@@ -312,7 +313,7 @@ def _assert_self_contained(text: str) -> None:
 
 
 def test_report_full_run(tmp_path):
-    from matchsig.figures import FIGURES
+    from matchsig.report.figures import FIGURES
     from matchsig.report import build_report
 
     run_dir = make_run(tmp_path / "run")

@@ -17,10 +17,11 @@ from scipy import stats
 
 from conftest import make_tiny_model, matchsig_cli
 
-from matchsig.datasets import load_collection, read_folder
+from matchsig.data.datasets import load_collection, read_folder
 from matchsig.errors import MatchsigError
-from matchsig.evaluation import evaluate_scores, random_baseline
-from matchsig.runs import RunPool, evaluate_run, pool_from_run, read_trec_run, rerank, with_passages
+from matchsig.data.evaluation import evaluate_scores, random_baseline
+from matchsig.analysis.rerank import rerank
+from matchsig.data.runs import RunPool, evaluate_run, pool_from_run, read_trec_run, with_passages
 
 NDCG10 = ir_measures.nDCG @ 10
 
@@ -341,8 +342,8 @@ def test_ablate_and_layers_on_the_rerank_protocol(folder, run_file, tmp_path, ti
     assert all_layers == pytest.approx(float(table.loc[table.ablation == "D<-D", "ndcg@10"].iloc[0]), abs=1e-6)
     report = (out / "report.html").read_text()
     assert "Re-ranking protocol" in report and "<b>2</b> unjudged" in report
-    from matchsig.figures import _pool_text
-    from matchsig.findings import Run as FinishedRun
+    from matchsig.experiments.plots import _pool_text
+    from matchsig.analysis.runfolder import RunFolder as FinishedRun
 
     assert "re-ranking the top 4 of run.txt (2 unjudged)" in _pool_text(FinishedRun(out))  # figure titles
 

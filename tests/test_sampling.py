@@ -7,9 +7,9 @@ from collections import Counter, namedtuple
 import pytest
 from conftest import SHARED_DATA, needs_shared
 
-from matchsig.datasets import Collection, load_collection
+from matchsig.data.datasets import Collection, load_collection
 from matchsig.errors import MatchsigError
-from matchsig.sampling import EASY_NEGATIVE, Pool, PoolRow, _draw_easy, fingerprint, sample_pool
+from matchsig.data.sampling import EASY_NEGATIVE, Pool, PoolRow, _draw_easy, fingerprint, sample_pool
 
 
 def toy() -> Collection:
@@ -187,7 +187,7 @@ def test_corpus_view_counts_through_the_docstore_and_reports_read_errors(monkeyp
 
 
 def test_pool_round_trips_through_tsv(tmp_path):
-    from matchsig.sampling import read_pool
+    from matchsig.data.sampling import read_pool
 
     pool = sample_pool(toy(), per_grade=3, easy_negatives=2, seed=5)
     path = pool.write_tsv(tmp_path / "pool.tsv")

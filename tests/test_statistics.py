@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from matchsig.errors import MatchsigError
-from matchsig.statistics import change_mark, correct, paired_ttest, register_correction
+from matchsig.analysis.significance import change_mark, correct, paired_ttest, register_correction
 
 
 def test_paired_ttest_matches_scipy_and_pairs_by_qid():
@@ -98,7 +98,7 @@ def test_confidence_interval_matches_scipy():
 
 
 def test_change_marks_and_column_names():
-    from matchsig.statistics import change_mark, corrected_column, decision_column
+    from matchsig.analysis.significance import change_mark, corrected_column, decision_column
 
     assert change_mark(0.01, -0.1) == "*" and change_mark(0.01, 0.1) == "\u2191"
     assert change_mark(0.2, -0.1) == "" and change_mark(0.01, 0.0) == "" and change_mark(0.05, -1, alpha=0.01) == ""

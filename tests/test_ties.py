@@ -1,6 +1,6 @@
 """Tie-aware evaluation (SPEC §6): checked against brute force over all tie orders and ir_measures.
 
-The references here are written independently of matchsig.evaluation: the brute force enumerates
+The references here are written independently of matchsig.data.evaluation: the brute force enumerates
 every order of every tie group with itertools.permutations and scores each complete ranking with
 ir_measures (trec_eval's definitions); tie-free rankings are compared with ir_measures directly.
 """
@@ -14,9 +14,9 @@ import ir_measures
 import numpy as np
 import pytest
 
-from matchsig.datasets import load_collection
-from matchsig.evaluation import TIE_RTOL, evaluate_scores, expected_ndcg, random_baseline, tie_groups
-from matchsig.sampling import Pool, PoolRow, sample_pool
+from matchsig.data.datasets import load_collection
+from matchsig.data.evaluation import TIE_RTOL, evaluate_scores, expected_ndcg, random_baseline, tie_groups
+from matchsig.data.sampling import Pool, PoolRow, sample_pool
 
 MEASURES = ["nDCG@10", "nDCG@3", "nDCG", "P@3", "P(rel=2)@5", "RR", "RR@2", "RR(rel=3)", "AP", "AP@4", "AP(rel=2)"]
 

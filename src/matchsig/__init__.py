@@ -5,18 +5,18 @@
 >>> ce.score(["what is a flea"], ["The cat flea is an insect."], ablation=Ablation.parse("D<-D"))
 """
 
-from .ablation import Ablation
+from .engine.ablation import Ablation
+from .engine.parts import Part
 from .errors import MatchsigError
-from .parts import Part
+from .version import __version__
 
 __all__ = ["Ablation", "CrossEncoder", "MatchsigError", "Part"]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     # Lazy: importing torch and transformers costs seconds; `matchsig --help` should not pay it.
     if name == "CrossEncoder":
-        from .model import CrossEncoder
+        from .engine.model import CrossEncoder
 
         return CrossEncoder
     raise AttributeError(f"module 'matchsig' has no attribute {name!r}")

@@ -189,7 +189,7 @@ def _experiment_command(name: str, experiments: list[str], doc: str, choosable: 
         if run is not None:
             from pathlib import Path
 
-            from .runs import read_trec_run
+            from .data.runs import read_trec_run
 
             read_trec_run(run)  # a bad run file fails here, before a run folder is written
             # Absolute paths, so `matchsig run RUN_DIR/config.json` works from any folder.
@@ -246,7 +246,7 @@ def run_config(
 
 
 def _report(folder) -> None:
-    from .report import build_report
+    from .report.build import build_report
 
     path = build_report(folder)
     typer.echo(f"report: {path}")
@@ -257,7 +257,7 @@ def report(run_dir: str = typer.Argument(..., help="A run folder.")) -> None:
     """Write RUN_DIR/report.html: one self-contained page with tables, figures and findings."""
     from pathlib import Path
 
-    from .runfolder import FILES
+    from .analysis.runfolder import FILES
 
     folder = Path(run_dir)
     if not (folder / FILES.config).is_file():
@@ -316,8 +316,8 @@ def _patch(
     """
     from pathlib import Path
 
-    from .experiments.patching import PatchConfig, run_patch
-    from .runfolder import FILES
+    from .experiments.patching.experiment import PatchConfig, run_patch
+    from .analysis.runfolder import FILES
 
     given = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in options.items() if v is not None and v != []}
     config = PatchConfig(model=model, dataset=dataset, per_grade=_parse_cap(per_grade), seed=seed, device=device,
@@ -334,7 +334,7 @@ def _patch_into(ctx, out, config, say):
     """Add (or resume) the patch experiment in the run of ``out``: the options given on the command line
     override the folder's configuration; those left at their defaults keep the folder's values."""
     from .experiments import Runner, RunConfig
-    from .runfolder import FILES
+    from .analysis.runfolder import FILES
 
     fresh = config.run_config().to_dict()
     sources = {name: ctx.get_parameter_source(name) for name in ctx.params}

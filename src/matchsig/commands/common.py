@@ -42,7 +42,7 @@ def parse_top_k(text: str) -> int | None:
 def measure_options(extra: list[str] | None, batch_size: int) -> list:
     """``--batch-size`` checked and the measures parsed (nDCG@10 first, then ``--measure``'s), so a typo
     fails before a model loads."""
-    from ..evaluation import parse_measures
+    from ..data.evaluation import parse_measures
 
     if batch_size < 1:
         raise MatchsigError(f"bad --batch-size {batch_size}: must be >= 1")

@@ -11,7 +11,7 @@ from .common import CAP_HELP, DATASET_HELP, measure_options, parse_cap, print_js
 
 def _load_for_pools(dataset: str):
     """load_collection, with a stderr note about judged queries that have no text (not pooled)."""
-    from ..datasets import load_collection
+    from ..data.datasets import load_collection
 
     collection = load_collection(dataset)
     missing = collection.untexted_qids()
@@ -45,8 +45,8 @@ def baseline(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """nDCG@10 of a random ranking of the sampled pools (the paper's 'random' reference)."""
-    from ..evaluation import random_baseline
-    from ..sampling import sample_pool
+    from ..data.evaluation import random_baseline
+    from ..data.sampling import sample_pool
 
     cap = parse_cap(per_grade)
     pool = sample_pool(_load_for_pools(dataset), per_grade=cap, easy_negatives=easy_negatives, seed=seed)
@@ -95,15 +95,15 @@ def evaluate(
     """Score the sampled pools with a cross-encoder and report nDCG@10 (and other measures)."""
     import time
 
-    from ..evaluation import evaluate_scores, random_baseline, write_trec_run
-    from ..sampling import sample_pool
+    from ..data.evaluation import evaluate_scores, random_baseline, write_trec_run
+    from ..data.sampling import sample_pool
 
     cap = parse_cap(per_grade)
     measures = measure_options(measure, batch_size)  # fail on a typo before loading a model
     pool = sample_pool(_load_for_pools(dataset), per_grade=cap, easy_negatives=easy_negatives, seed=seed)
     queries, documents = pool.pairs()
 
-    from ..model import CrossEncoder
+    from ..engine.model import CrossEncoder
 
     encoder = CrossEncoder.load(model, device=device, max_length=max_length)
     started = time.perf_counter()

@@ -44,7 +44,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Family, layers x heads, score convention, the parts of an example pair and the self-check of a model."""
-    from ..model import CrossEncoder
+    from ..engine.model import CrossEncoder
 
     ce = CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length)
     info = describe(ce, query, document)

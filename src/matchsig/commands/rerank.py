@@ -28,9 +28,10 @@ def rerank(
     """Re-rank a TREC run with a cross-encoder (optionally ablated); evaluate input vs output, write a run."""
     from pathlib import Path
 
-    from ..ablation import Ablation
-    from ..datasets import load_collection
-    from ..runs import pool_from_run, read_trec_run, rerank as rerank_run, with_passages
+    from ..engine.ablation import Ablation
+    from ..data.datasets import load_collection
+    from ..analysis.rerank import rerank as rerank_run
+    from ..data.runs import pool_from_run, read_trec_run, with_passages
 
     k = parse_top_k(top_k)
     measures = measure_options(measure, batch_size)
@@ -44,7 +45,7 @@ def rerank(
     collection = with_passages(load_collection(dataset), passages or [])
     pool_from_run(trec, collection, k, judged_only=False)  # unknown qids / missing texts fail before the model loads
 
-    from ..model import CrossEncoder
+    from ..engine.model import CrossEncoder
 
     encoder = CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length)
     result = rerank_run(encoder, trec, collection, top_k=k, ablation=cut, measures=measures, batch_size=batch_size,

@@ -30,7 +30,7 @@ def view(
     import time
     from pathlib import Path
 
-    from ..explorer import build_view_data, load_run_pair, read_contrast_heads, render_html, write_view
+    from ..report.explorer import build_view_data, load_run_pair, read_contrast_heads, render_html, write_view
 
     if top_k < 1:
         raise MatchsigError(f"bad --top-k {top_k}: must be >= 1")
@@ -72,7 +72,7 @@ def view(
             notes.append("no contrast run given (--heads or RUN_DIR): no heads are highlighted")
     out = out or "view.html"
 
-    from ..model import CrossEncoder
+    from ..engine.model import CrossEncoder
 
     started = time.perf_counter()
     encoder = _encoder_only(CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length))
@@ -95,7 +95,7 @@ def view(
 def _patching_overlay(path, given: bool, encoder, notes: list[str], meta: dict) -> list[dict]:
     """The page's per-head patching rows from ``path`` (none without it); a table that is not a head table
     is an error when given with --patching, a note when it is merely the run folder's."""
-    from ..explorer import read_patching_heads
+    from ..report.explorer import read_patching_heads
 
     if path is None:
         return []
@@ -125,7 +125,7 @@ def parts(
     as_json: bool = typer.Option(False, "--json", help="Print the tokens and their parts as JSON."),
 ) -> None:
     """Show how a (query, document) pair is tokenised and split into CLS, Q, SEP1, D, SEP2."""
-    from ..model import CrossEncoder
+    from ..engine.model import CrossEncoder
 
     labelled = CrossEncoder.load(model, device="cpu", max_length=max_length).parts(query, document)
     if as_json:

@@ -29,7 +29,7 @@ _CORE_HEAD: tuple[tuple[str, Any], ...] = (
     ("alpha", 0.05),
     ("correction", "holm"),
 )
-#: Core fields after them. ``run``/``top_k``/``passages``: the re-ranking protocol (matchsig.runs): the
+#: Core fields after them. ``run``/``top_k``/``passages``: the re-ranking protocol (matchsig.data.runs): the
 #: main pool is the top ``top_k`` of this TREC run instead of a sample; ``passages`` are extra texts.
 _CORE_TAIL: tuple[tuple[str, Any], ...] = (("chunk_size", 256), ("run", None), ("top_k", None), ("passages", None))
 #: Fields that do not change stored results (where and how fast a run executes; the statistics only
@@ -116,7 +116,7 @@ class RunConfig:
                 raise MatchsigError(f"unknown experiment {name!r}: choose from {', '.join(registry.names())}")
         if not self.datasets:
             raise MatchsigError("no dataset given")
-        from ..statistics import CORRECTIONS
+        from ..analysis.significance import CORRECTIONS
 
         if str(self.correction).lower() not in CORRECTIONS:
             raise MatchsigError(f"unknown correction {self.correction!r}: choose from {', '.join(sorted(CORRECTIONS))}")
@@ -137,7 +137,7 @@ class RunConfig:
         self._check_protocol()
         self.experiments = registry.with_needs(list(self.experiments))
         if self.device is not None:
-            from ..model import _resolve_device
+            from ..engine.model import _resolve_device
 
             _resolve_device(self.device)  # before a run folder is written
 
@@ -171,7 +171,7 @@ def PAPER_CONFIG() -> RunConfig:
     state the analysis sample, up to 20 relevant and 20 hard negatives and 20 easy negatives (from
     the whole corpus) per query for the analysis. The model is not part of the protocol.
     """
-    from ..datasets import PAPER_COLLECTIONS
+    from ..data.datasets import PAPER_COLLECTIONS
 
     return RunConfig(datasets=[PAPER_COLLECTIONS[0]], analysis_datasets=list(PAPER_COLLECTIONS), per_grade=20,
                      contrast_per_grade=20, contrast_easy=20)

@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..ablation import Ablation
-from ..runfolder import COMPARE
+from ..analysis.comparison import compare, decide
+from ..engine.ablation import Ablation
 from .store import Unit, slug
 
 __all__ = ["ablation_rows", "baseline_scores", "compare", "curve_units", "decide", "evaluate", "gather",
@@ -99,7 +99,7 @@ def baseline_scores(runner) -> np.ndarray:
 
 def evaluate(runner, scores: np.ndarray) -> dict[str, float]:
     """Tie-aware per-query nDCG@10 of ``scores`` on the main pool."""
-    from ..evaluation import expected_ndcg
+    from ..data.evaluation import expected_ndcg
 
     pool, _ = runner.pool("main")
     return expected_ndcg(pool, scores, 10)
@@ -115,42 +115,12 @@ def reference(runner) -> tuple[dict[str, float], float]:
 
 def random(runner):
     """The exact random-ranking baseline of the main pool (with the sd of sampled rankings)."""
-    from ..evaluation import random_baseline
+    from ..data.evaluation import random_baseline
 
     if "_random" not in runner.results:
         pool, _ = runner.pool("main")
         runner.results["_random"] = random_baseline(pool, rankings=runner.config.rankings, seed=runner.config.seed)
     return runner.results["_random"]
-
-
-def compare(per_query: dict[str, float], ref: dict[str, float], ref_mean: float, alpha: float) -> dict:
-    """Mean nDCG@10, change against the unablated model, paired t-test p and (1 - alpha) CI of the change."""
-    from ..statistics import paired_ttest
-
-    t = paired_ttest(per_query, ref)
-    low, high = t.ci(alpha)
-    mean = float(np.mean(list(per_query.values())))
-    return {COMPARE.ndcg: mean, COMPARE.delta: mean - ref_mean, COMPARE.ci_low: low, COMPARE.ci_high: high,
-            COMPARE.p_value: t.pvalue, COMPARE.n_queries: t.n}
-
-
-def decide(frame: pd.DataFrame, alpha: float, correction: str, family: np.ndarray | None = None) -> pd.DataFrame:
-    """Add the corrected p column (named for the correction), ``significant`` and ``mark`` (* drop, ↑ rise).
-
-    ``family``: the rows corrected together (default: all); the others keep their raw p (tested alone).
-    """
-    from ..statistics import change_mark, correct, corrected_column, decision_column
-
-    column = corrected_column(correction)
-    if column:
-        mask = np.ones(len(frame), bool) if family is None else family
-        adjusted = frame[COMPARE.p_value].to_numpy(float).copy()
-        adjusted[mask] = correct(list(frame.loc[mask, COMPARE.p_value]), correction)
-        frame[column] = adjusted
-    decided = frame[decision_column(correction)]
-    frame[COMPARE.significant] = decided <= alpha
-    frame[COMPARE.mark] = [change_mark(p, d, alpha) for p, d in zip(decided, frame[COMPARE.delta])]
-    return frame
 
 
 def ablation_rows(runner, rows: Sequence[dict], per_query: Sequence[dict[str, float]],

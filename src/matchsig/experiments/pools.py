@@ -8,8 +8,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from ..data.sampling import EASY_NEGATIVE, Pool, PoolRow
 from ..errors import MatchsigError
-from ..sampling import EASY_NEGATIVE, Pool, PoolRow
 
 __all__ = ["CONTRAST_LEVELS", "Pools", "describe", "protocol_note"]
 
@@ -28,7 +28,7 @@ class Pools:
 
     def collections(self, specs: Sequence[str] | None = None) -> list:
         """The collections of ``specs`` (default: the ablation datasets), each loaded once."""
-        from ..datasets import load_collection
+        from ..data.datasets import load_collection
 
         specs = self.config.datasets if specs is None else specs
         for spec in specs:
@@ -39,7 +39,7 @@ class Pools:
     def sample(self, per_grade: int | None, easy: int, grades: Sequence[int] | None,
                specs: Sequence[str] | None = None) -> tuple[Pool, Texts]:
         """One pool over the datasets ``specs`` (qids must not collide), with its texts in row order."""
-        from ..sampling import sample_pool
+        from ..data.sampling import sample_pool
 
         rows: list[PoolRow] = []
         texts_q: dict[str, str] = {}
@@ -80,7 +80,7 @@ class Pools:
 
     def _run_pool(self) -> tuple[Pool, Texts]:
         """The re-ranking protocol's main pool: the top-k candidates of the configured run."""
-        from ..runs import pool_from_run, read_trec_run, with_passages
+        from ..data.runs import pool_from_run, read_trec_run, with_passages
 
         collection = with_passages(self.collections()[0], self.config.passages or [])
         pool = pool_from_run(read_trec_run(self.config.run), collection, self.config.top_k, self.config.max_queries)
@@ -115,7 +115,7 @@ class Pools:
 
     def frame(self, names: Sequence[str]) -> pd.DataFrame | None:
         """``pools.tsv``: every pair of the pools ``names`` with its texts (a pair in several pools: once)."""
-        from ..runfolder import POOLS
+        from ..analysis.runfolder import POOLS
 
         frames = []
         for name in names:
@@ -136,7 +136,7 @@ def describe(pool: Pool) -> dict:
             "per_grade": pool.per_grade, "easy_negatives": pool.easy_negatives,
             "grade_counts": {str(g): n for g, n in pool.grade_counts().items()}}
     described = pool.describe()
-    if described.get("protocol") == "rerank":  # matchsig.runs.RunPool
+    if described.get("protocol") == "rerank":  # matchsig.data.runs.RunPool
         info.update({k: described[k] for k in ("protocol", "run", "top_k", "run_fingerprint", "judged", "unjudged",
                                                 "unevaluated_queries")})
     return info

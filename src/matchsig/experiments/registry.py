@@ -12,7 +12,7 @@ experiments (as ``ir_measures`` registers measures by name):
 * ``units(runner)``: its work units (stored, resumable, shared out under ``torchrun``) and
   ``collect(runner)``: reads the stored arrays and writes its files into the run folder;
 * ``figures``: {file name: caption} drawn by ``make_figure`` from the run folder's files;
-* ``judges``: its findings (:class:`matchsig.findings.Judge`), judged on a finished run folder;
+* ``judges``: its findings (:class:`matchsig.analysis.findings.Judge`), judged on a finished run folder;
 * ``section(folder, figures)``: its part of ``report.html``.
 
 Adding an experiment = one module defining a subclass + one ``register(MyExperiment())`` line
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import MatchsigError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..findings import Judge
-    from ..runfolder import RunFolder
+    from ..analysis.findings import Judge
+    from ..analysis.runfolder import RunFolder
     from .runner import Runner
 
 __all__ = ["Experiment", "Option", "get", "names", "register", "registered", "unregister"]
@@ -77,6 +77,9 @@ class Experiment:
     pools: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
     figures: dict[str, str] = {}
+    #: The tables it writes, {table name: file in the run folder (.csv, .tsv or .parquet)}: written with
+    #: ``runner.writer.table(self, name, frame)``, read with ``RunFolder.table(experiment, name)``.
+    tables: dict[str, str] = {}
     judges: tuple["Judge", ...] = ()
     #: Part of a run when no experiment list is given (``matchsig experiments``: the paper's four).
     default: bool = True

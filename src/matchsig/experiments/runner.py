@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..analysis.runfolder import FILES, RunFolderWriter
 from ..errors import MatchsigError
-from ..runfolder import FILES, RunFolderWriter
 from . import registry
 from .config import RunConfig
 from .pools import Pools, describe
@@ -27,7 +27,7 @@ __all__ = ["Runner"]
 
 
 class Runner:
-    """A run folder for one :class:`RunConfig` (:mod:`matchsig.runfolder` lists its files)."""
+    """A run folder for one :class:`RunConfig` (:mod:`matchsig.analysis.runfolder` lists its files)."""
 
     def __init__(self, out: str | os.PathLike, config: RunConfig, force: bool = False, progress: bool = True,
                  log: Callable[[str], None] | None = None):
@@ -96,7 +96,7 @@ class Runner:
     @property
     def encoder(self):
         if self._encoder is None:
-            from ..model import CrossEncoder
+            from ..engine.model import CrossEncoder
 
             device = self.config.device
             if device is None and self.dist.world > 1:

@@ -12,9 +12,9 @@ def run_summary(runner, selected: list) -> dict:
     import torch
     import transformers
 
-    from .. import __version__
-    from ..evaluation import TIE_RTOL, TIE_RULE
-    from ..statistics import corrected_column
+    from ..version import __version__
+    from ..data.evaluation import TIE_RTOL, TIE_RULE
+    from ..analysis.significance import corrected_column
 
     enc = runner.encoder
     info = {"name": enc.name, "num_layers": enc.num_layers, "num_heads": enc.num_heads,

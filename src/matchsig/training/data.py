@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..datasets import read_qrels
+from ..data.datasets import read_qrels
 from ..errors import MatchsigError
 from .config import DATA_ENV
 

@@ -156,7 +156,7 @@ def _run_steps(state: _State, prep, cfg: TrainConfig, tokenizer) -> bool:
 
 def _export(state: _State, out: Path, cfg: TrainConfig, prep, summary: dict[str, Any], train_seconds: float, log) -> dict[str, Any]:
     """Save the trained model: whole for the tiny test model, else as a delta in ``out/embedded``."""
-    from ..embedded import export_delta
+    from ..engine.embedded import export_delta
 
     state.model.eval()
     if cfg.tiny:  # test hook: a tiny model has no delta against the real base; save it whole

@@ -21,7 +21,7 @@ def _set_threads(n: int) -> None:
 
 def base_model_dir(cfg: TrainConfig) -> Path:
     """The all-MiniLM-L6-v2 folder both the teacher and the student start from."""
-    from ..embedded import base_model_path
+    from ..engine.embedded import base_model_path
 
     return base_model_path()
 
@@ -30,7 +30,7 @@ def build_student(cfg: TrainConfig):
     """A 2-label ``BertForSequenceClassification`` on the base weights, word embeddings frozen."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from ..embedded import base_state_dict
+    from ..engine.embedded import base_state_dict
 
     path = base_model_dir(cfg)
     config = BertConfig.from_pretrained(str(path))
@@ -62,7 +62,7 @@ def load_tokenizer():
     """The base model's tokenizer (512 positions)."""
     from transformers import AutoTokenizer
 
-    from ..embedded import base_model_path
+    from ..engine.embedded import base_model_path
 
     tok = AutoTokenizer.from_pretrained(str(base_model_path()))
     tok.model_max_length = 512

@@ -1,0 +1,73 @@
+"""Beyond the paper: do the top activation-patching heads coincide with the contrast matching heads?
+
+Judged on ``patching_overlap.csv`` (:func:`matchsig.analysis.head_overlap.compare_heads`, written by the
+``patch`` experiment in a folder that also holds a contrast run), rows of reference ``matching``:
+one test per k of ``overlap_k``. The claim is listed only for run folders with patching results.
+"""
+
+from __future__ import annotations
+
+from ...analysis.findings import FAILS, HOLDS, INCONCLUSIVE, Finding, Judge, _combine, finding, missing
+from ...analysis.runfolder import FILES, RunFolder
+
+__all__ = ["JUDGES", "RULE"]
+
+KEY = "patching_heads_match_contrast"
+RULE = ("Per k (the rows of reference 'matching' in patching_overlap.csv), the overlap of the top-k patching heads "
+        "with the matching heads is tested one-sided against chance twice: hypergeometric (uniform random k heads) "
+        "and layer-stratified exact (random heads keeping each layer's count); each family of k's is corrected with "
+        "the run's correction. A k holds when both corrected p <= alpha; it does not hold when fewer heads are "
+        "shared than chance allows (corrected lower hypergeometric tail P(overlap <= observed) <= alpha); otherwise "
+        "it is inconclusive. The claim holds when every k holds, does not hold when any k does not hold, and is "
+        "inconclusive otherwise, and when the contrast run found no matching head or only matching heads.")
+
+
+def _coincide(run: RunFolder) -> Finding:
+    from scipy.stats import hypergeom
+
+    from ...analysis.significance import correct
+
+    frame = run.patching_overlap
+    if frame is None:
+        why = ("patching_overlap.csv is missing: it needs --site head and a contrast run in the same folder "
+               "(matchsig experiments --experiments contrast,patch)")
+        return missing(KEY, why, RULE)
+    rows = frame[frame["reference"].astype(str) == "matching"].sort_values("k").reset_index(drop=True)
+    if rows.empty:
+        return missing(KEY, f"{FILES.patching_overlap} has no rows of reference 'matching'", RULE)
+    n, m = int(rows["n_heads"].iloc[0]), int(rows["m"].iloc[0])
+    diagnostic = str(rows["diagnostic"].iloc[0])
+    if m == 0 or m == n:
+        what = "no matching head" if m == 0 else f"every one of the {n} heads matching"
+        return finding(KEY, INCONCLUSIVE, f"The contrast run found {what}: an overlap cannot tell anything.", RULE,
+                       diagnostic=diagnostic, m=m, n_heads=n)
+    alpha, method = run.alpha, run.correction
+    p_uniform = correct(rows["p_hypergeom"].astype(float).tolist(), method)
+    p_layer = correct(rows["p_layer_exact"].astype(float).tolist(), method)
+    lower = [float(hypergeom.cdf(int(r.overlap), n, m, int(r.k))) for r in rows.itertuples()]
+    p_lower = correct(lower, method)
+    states, parts, per_k = [], [], []
+    for i, r in enumerate(rows.itertuples()):
+        if p_uniform[i] <= alpha and p_layer[i] <= alpha:
+            state = HOLDS
+        elif p_lower[i] <= alpha:
+            state = FAILS
+        else:
+            state = INCONCLUSIVE
+        states.append(state)
+        per_k.append({"k": int(r.k), "overlap": int(r.overlap), "expected": float(r.expected), "state": state,
+                      "p_hypergeom": p_uniform[i], "p_layer_exact": p_layer[i], "p_lower": p_lower[i]})
+        parts.append(f"k={int(r.k)}: {int(r.overlap)} shared (expected {float(r.expected):.2f}), p {p_uniform[i]:.3g} "
+                     f"uniform, {p_layer[i]:.3g} layer-stratified, lower tail {p_lower[i]:.3g}: {state}")
+    rho = float(rows["spearman_rho"].iloc[0])
+    evidence = (f"{diagnostic}: top-k patching heads vs the {m} matching heads of {n} ({run.corrected} p over the "
+                f"{len(rows)} k's, alpha {alpha:g}): " + "; ".join(parts)
+                + f". Spearman rho(|effect|, contrast size) = {rho:.3f} (p {float(rows['spearman_p'].iloc[0]):.3g}).")
+    return finding(KEY, _combine(states), evidence, RULE, diagnostic=diagnostic, m=m, n_heads=n, per_k=per_k,
+                   spearman_rho=rho)
+
+
+JUDGES = (
+    Judge(KEY, "Top activation-patching heads coincide with the contrast matching heads (beyond the paper)", 15,
+          _coincide, applies=lambda run: run.patching is not None),
+)

@@ -1,0 +1,156 @@
+"""Table 1: nDCG@10 with each direction X<-Y (and X<-*) masked in every layer and head.
+
+Writes ``table1.csv`` (one row per configuration: the unablated model, the exact random ranking and
+the 30 ablations, compared with the unablated model; the correction's family is the 30 ablations),
+``table1_per_query.csv``, ``table1_scores.csv``, ``table1.md`` and ``table1.tex``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ...analysis import paper
+from ...analysis.runfolder import COMPARE, CONTRAST, FILES, POOLS, TABLE1, RunFolder
+from ...engine.ablation import Ablation
+from .. import driver
+from ..html import arrow, esc, missing, num, pval, table
+from ..pools import protocol_note
+from ..registry import Experiment
+from .tables import TABLE1_CELLS, table1_latex, table1_markdown
+
+__all__ = ["Table1"]
+
+
+def cell_label(x: str, y: str) -> str:
+    return f"{x}<-{y}"
+
+
+class Table1(Experiment):
+    name = "table1"
+    title = "Table 1 — whole-model ablations (nDCG@10)"
+    nav = "Table 1"
+    tables = {"table": FILES.table1, "per_query": FILES.table1_per_query, "scores": FILES.table1_scores}
+    pools = ("main",)
+
+    @property
+    def judges(self):
+        from .findings import JUDGES
+
+        return JUDGES
+
+    def cells(self) -> list[tuple[str, Ablation]]:
+        return [(cell_label(x, y), Ablation.parse(cell_label(x, y))) for x, y in TABLE1_CELLS]
+
+    def units(self, runner) -> list:
+        driver.baseline_scores(runner)
+        return driver.grid_units(runner, self.cells())
+
+    def collect(self, runner) -> None:
+        if runner.dist.rank != 0:
+            return
+        labels = [label for label, _ in self.cells()]
+        scores = driver.gather(runner, labels)
+        ref, ref_mean = driver.reference(runner)
+        rnd = driver.random(runner)
+        per_query = {TABLE1.none: ref, **{label: driver.evaluate(runner, s) for label, s in zip(labels, scores)}}
+        rows = [{TABLE1.target: TABLE1.none, TABLE1.source: "", TABLE1.ablation: TABLE1.none},
+                {TABLE1.target: TABLE1.random, TABLE1.source: "", TABLE1.ablation: TABLE1.random}]
+        rows += [{TABLE1.target: x, TABLE1.source: y, TABLE1.ablation: label} for label, (x, y) in zip(labels, TABLE1_CELLS)]
+        # the correction's family is the 30 ablations; the random row is a reference, tested alone
+        family = [False, False] + [True] * len(labels)
+        frame = driver.ablation_rows(runner, rows, [ref, rnd.per_query, *(per_query[l] for l in labels)],
+                                     family=pd.Series(family).to_numpy())
+        frame[COMPARE.lower] = frame[COMPARE.ndcg] < ref_mean
+        self.write(runner, frame, {**per_query, TABLE1.random: rnd.per_query}, [driver.baseline_scores(runner), *scores])
+
+    def write(self, runner, frame: pd.DataFrame, per_query: dict, scores: list) -> None:
+        out = runner.writer
+        out.csv(FILES.table1, frame)
+        pq = pd.DataFrame(per_query)
+        pq.index.name = POOLS.qid
+        out.csv(FILES.table1_per_query, pq, index=True)
+        pool, _ = runner.pool("main")
+        raw = pd.DataFrame(dict(zip([TABLE1.none, *(l for l, _ in self.cells())], scores)))
+        raw.insert(0, POOLS.grade, [r.grade for r in pool.rows])
+        raw.insert(0, POOLS.docid, [r.docid for r in pool.rows])
+        raw.insert(0, POOLS.qid, [r.qid for r in pool.rows])
+        out.csv(FILES.table1_scores, raw)
+        note = protocol_note(pool)
+        out.text(FILES.table1_md, table1_markdown(frame, runner.config, note))
+        out.text(FILES.table1_tex, table1_latex(frame, runner.config, note))
+
+    def section(self, folder: RunFolder, figures: dict[str, Path]) -> str:
+        return section(folder)
+
+
+def section(run: RunFolder) -> str:
+    """Table 1 beside the paper's MonoBERT-large numbers, then every row with its delta and p values."""
+    cells = run.cells()
+    if not cells:
+        return f'<section id="table1"><h2>Table 1 — whole-model ablations</h2>{missing("table1.csv", "table1")}</section>'
+    unablated = run.unablated
+    head = "".join(f"<th>{esc(paper.PART_LABELS[c])}</th>" for c in paper.TABLE1_COLUMNS)
+    rows = []
+    for target in paper.PARTS:
+        tds = []
+        for source in paper.TABLE1_COLUMNS:
+            row = cells.get((target, source))
+            ref = paper.cell(target, source)
+            ref_text = (
+                f'<span class="paper">paper {esc(ref.text())} ({ref.ndcg - paper.UNABLATED:+.2f})</span>'
+                if ref else '<span class="paper">paper –</span>'
+            )
+            if row is None:
+                tds.append(f'<td class="cell">–{ref_text}</td>')
+                continue
+            value = float(row[COMPARE.ndcg])
+            lower = value < unablated if unablated is not None else bool(row.get(COMPARE.lower, False))
+            text = f"{value:.3f}{esc(run.mark(row))}"
+            text = f"<b>{text}</b>" if lower else text
+            delta = value - unablated if unablated is not None else 0.0
+            shade = min(1.0, max(0.0, -delta) / 0.35)
+            style = f' style="background: rgba(214, 96, 77, {0.08 + 0.55 * shade:.2f})"' if delta < -0.005 else ""
+            title = f'{target}<-{source}: nDCG@10 {value:.4f}, delta {delta:+.4f}, {run.p_name} {pval(run.decision_p(row))}'
+            ours = f'<span class="delta">{delta:+.3f}</span>' if unablated is not None else ""
+            tds.append(f'<td class="cell"{style} title="{esc(title)}">{text}{ours}{ref_text}</td>')
+        rows.append(f"<tr><th>{esc(paper.PART_LABELS[target])}</th>{''.join(tds)}</tr>")
+    grid = (
+        f'<table class="grid"><thead><tr><th>X &larr; Y</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+    footer = (
+        f"<p>Unablated model: <b>{num(unablated)}</b> (paper {paper.UNABLATED:.2f}); random ranking: "
+        f"<b>{num(run.random_ndcg)}</b> (exact; paper {paper.RANDOM:.2f}).</p>"
+    )
+    from ...analysis.significance import marks_legend
+
+    n = run.table1[COMPARE.n_queries].max() if COMPARE.n_queries in run.table1 else None
+    legend = (
+        f'<p class="muted">Rows: the attending part X; columns: the attended part Y; "All" = X &larr; * (every source). '
+        f"Each cell: our tie-aware nDCG@10 with the direction masked in every head of every layer, its change from the "
+        f"unablated model, and the paper's MonoBERT-large value (its change from 0.81). <b>Bold</b> = lower than the "
+        f"unablated model; {esc(marks_legend(run.alpha, run.correction, 'the 30 ablations', int(n) if n == n and n else None))}"
+        f" against the unablated model (the paper stars significant drops only, uncorrected: "
+        f"<code>--correction none</code>). Shading grows with the drop.</p>"
+    )
+    frame = run.table1.copy()
+    frame[CONTRAST.direction] = [
+        f"{t}<-{s}" if t.lower() not in ("none", "random") else t for t, s in zip(frame[TABLE1.target], frame[TABLE1.source])
+    ]
+    frame["paper"] = [
+        (paper.cell(t, s).text() if paper.cell(t, s) else "")
+        if t.lower() not in ("none", "random") else (f"{paper.UNABLATED:.2f}" if t.lower() == "none" else f"{paper.RANDOM:.2f}")
+        for t, s in zip(frame[TABLE1.target], frame[TABLE1.source])
+    ]
+    cols = [c for c in (CONTRAST.direction, COMPARE.ndcg, "paper", COMPARE.delta, COMPARE.ci_low, COMPARE.ci_high, COMPARE.p_value, run.p_name, COMPARE.mark,
+                        COMPARE.lower, COMPARE.n_queries) if c in frame]
+    cols = list(dict.fromkeys(cols))
+    signed = lambda v: f"{float(v):+.4f}"  # noqa: E731
+    full = table(frame[cols], {CONTRAST.direction: arrow, COMPARE.ndcg: lambda v: num(v, 4), COMPARE.delta: signed, COMPARE.ci_low: signed,
+                                COMPARE.ci_high: signed, COMPARE.p_value: pval, run.p_name: pval})
+    return f"""
+<section id="table1"><h2>Table 1 — whole-model ablations (nDCG@10)</h2>
+{legend}{grid}{footer}
+<details><summary>Every ablation with its delta and p values</summary>{full}</details>
+</section>"""

@@ -1,0 +1,1 @@
+"""Faces onto other toolkits (layer 5): :mod:`.pyterrier`."""
