@@ -50,6 +50,12 @@ def matchsig_attention(
         # Outside matchsig: behave exactly like transformers' SDPA attention with its own mask.
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+        position_bias = kwargs.pop("position_bias", None)
+        if position_bias is not None:  # T5: SDPA's front end does not know the relative-position bias
+            if attention_mask is not None and attention_mask.dtype == torch.bool:
+                attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype,
+                                             device=query.device).masked_fill_(~attention_mask, float("-inf"))
+            attention_mask = position_bias if attention_mask is None else attention_mask + position_bias
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
     if ctx.probe is not None:
@@ -59,7 +65,11 @@ def matchsig_attention(
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     layer = getattr(module, "_matchsig_layer", None)
     block = ctx.blocks[layer] if (ctx.blocks is not None and layer is not None) else None
-    call = Call(query, key, value, _bias(module, attention_mask, query, ctx), scaling, ctx, block)
+    bias = _bias(module, attention_mask, query, ctx)
+    position_bias = kwargs.get("position_bias")
+    if position_bias is not None:  # T5's relative-position bias is part of the scores, per head
+        bias = bias + position_bias.to(bias.dtype)
+    call = Call(query, key, value, bias, scaling, ctx, block)
     hooks = ctx.hooks if layer is not None else None
     if not hooks:
         return KERNELS.run(ctx.kernel, call)[0], None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ..errors import MatchsigError
 
 #: Where a family reads its score: the first token's state, the mean over real tokens, the last token.
-READOUTS = ("first", "mean", "last")
+READOUTS = ("first", "mean", "last", "decoder")
 
 
 def _first(config) -> str:
@@ -63,7 +63,10 @@ class Family:
     registering an attention function; ``refuses(config)``: why a variant is not supported, or None;
     ``part_names``: the names of the five part slots; ``template``: a decoder's default prompt
     (:class:`matchsig.engine.prompts.PromptTemplate`; None: the tokenizer's pair template); ``lm_template``:
-    the default prompt of a causal LM of the family scored yes/no (:mod:`matchsig.engine.scoring_heads`)."""
+    the default prompt of a causal LM of the family scored yes/no (:mod:`matchsig.engine.scoring_heads`);
+    ``causal``: a causal mask makes directions into an earlier part impossible; ``start_patch(layers,
+    first)``: a context manager that lets a forward start at layer ``first`` (state the stack computes
+    in its first layer only, as T5's relative-position bias)."""
 
     name: str
     model_types: tuple[str, ...]
@@ -78,6 +81,8 @@ class Family:
     lm_template: object | None = None
     install: Callable[[object], None] | None = None
     refuses: Callable[[object], str | None] = lambda config: None
+    causal: bool = False
+    start_patch: Callable | None = None
 
     @property
     def decoder(self) -> bool:
@@ -195,7 +200,7 @@ def _decoder_family() -> Family:
         readout=lambda config: "last", model_mask=_declared_window_or_causal,
         sites={"hook_attn_out": "self_attn.o_proj", "hook_mlp_out": "mlp.down_proj", "hook_resid_post": ""},
         part_names=DECODER_PART_NAMES, template=SEQUENCE_CLASSIFICATION, lm_template=QWEN3_RERANKER,
-        refuses=_decoder_refuses,
+        refuses=_decoder_refuses, causal=True,
         notes="causal decoder; *ForSequenceClassification: score head on the last token, default prompt "
               "'query: q / document: d</s>'; *ForCausalLM: logit('yes') - logit('no') at the last token, default "
               "prompt Qwen3-Reranker's; parts PRE q MID d LAST; the model's causal (and sliding-window) masks are "
@@ -204,3 +209,23 @@ def _decoder_family() -> Family:
 
 
 register_family(_decoder_family())
+
+
+def _t5_family() -> Family:
+    from . import t5
+
+    return Family(
+        "t5", ("t5",), ("castorini/monot5-base-msmarco", "castorini/monot5-large-msmarco",
+                        "castorini/monot5-3b-msmarco (PyTerrier: pyterrier_t5's MonoT5ReRanker)"),
+        readout=lambda config: "decoder",
+        sites={"hook_attn_out": "layer.0.SelfAttention.o", "hook_resid_mid": "layer.0",
+               "hook_mlp_out": "layer.1.DenseReluDense.wo", "hook_resid_post": ""},
+        part_names=t5.T5_PART_NAMES, template=t5.MONOT5, refuses=t5.refuses, start_patch=t5.shared_position_bias,
+        notes="monoT5 (T5ForConditionalGeneration): score = log-softmax over the 'false'/'true' logits at the first "
+              "decoder step, read as log P(true) (pyterrier_t5's); prompt 'Query: q Document: d Relevant:'; parts PRE "
+              "q MID d POST; the encoder's self-attention is cut (relative-position bias kept), the decoder keeps the "
+              "model's own attention (cross-attention directions DEC<-... are not supported yet)",
+    )
+
+
+register_family(_t5_family())

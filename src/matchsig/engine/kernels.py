@@ -382,7 +382,7 @@ def _correction(ctx: "ForwardContext", block: torch.Tensor) -> tuple[torch.Tenso
 def _corrected(query, key, value, out_full, lse, block, ctx: "ForwardContext", scaling,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """Post-softmax zeroing of ``block`` from one fused pass (``out_full``, ``lse``); (B, T, H, D).
-    ``bias``: the pass's additive mask, needed only when it is per row ((B, 1, T, T))."""
+    ``bias``: the pass's additive mask, needed only when it is per row ((B, 1 or H, T, T))."""
     coef, keep = _correction(ctx, block)
     pos, _ = _small_columns(ctx)
     b, h, _, d = query.shape
@@ -393,7 +393,7 @@ def _corrected(query, key, value, out_full, lse, block, ctx: "ForwardContext", s
     p.mul_(scaling).sub_(lse[..., None])
     t = 1 if bias is None else bias.shape[-2]
     if t > 1:  # a per-row mask (sliding window, causal): the small columns' own entries of it
-        p.add_(bias.gather(3, pos[:, None, None, :].expand(b, 1, t, -1)).float())
+        p.add_(bias.gather(3, pos[:, None, None, :].expand(b, bias.shape[1], t, -1)).float())
     p.exp_().mul_(coef)
     out = torch.matmul(p, vs).addcmul_(out_full.float(), keep)
     return out.transpose(1, 2).contiguous().to(query.dtype)

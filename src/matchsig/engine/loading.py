@@ -49,7 +49,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 def load_pretrained(name_or_path: str | os.PathLike, device: str | torch.device | None = None,
                     dtype: str | torch.dtype | None = None):
     """``(model, tokenizer, name)`` of ``"embedded"``, a local Hugging Face folder, or a hub id."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
     dt = resolve_dtype(dtype)
     resolve_device(device)  # an unavailable device fails before any weights are read
@@ -79,14 +79,15 @@ def load_pretrained(name_or_path: str | os.PathLike, device: str | torch.device 
 
     family = family_for(config)  # an architecture matchsig has not verified is refused before any weights are read
     causal_lm = family.decoder and any(a.endswith("ForCausalLM") for a in archs)
-    if archs and not causal_lm and not any(a.endswith("ForSequenceClassification") for a in archs):
+    seq2seq = family.name == "t5"  # its family refuses anything but T5ForConditionalGeneration
+    if archs and not (causal_lm or seq2seq) and not any(a.endswith("ForSequenceClassification") for a in archs):
         raise MatchsigError(
             f"model {name} has no sequence-classification head (its config declares {', '.join(archs)}); "
             "a cross-encoder needs *ForSequenceClassification weights"
         )
     try:
         kwargs = {"dtype": dt} if dt is not None else {}
-        auto = AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification
+        auto = AutoModelForCausalLM if causal_lm else AutoModelForSeq2SeqLM if seq2seq else AutoModelForSequenceClassification
         model, info = auto.from_pretrained(
             name, output_loading_info=True, attn_implementation=family.hf_attention, **kwargs
         )

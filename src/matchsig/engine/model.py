@@ -81,6 +81,10 @@ class CrossEncoder:
 
             model = YesNoHead(model, tokenizer)
             template = template if template is not None else self.family.lm_template
+        elif self.family.name == "t5":
+            from .t5 import TrueFalseHead
+
+            model = TrueFalseHead(model, tokenizer)  # refuses anything but T5ForConditionalGeneration
         cfg = model.config
         num_labels = getattr(cfg, "num_labels", None)
         if num_labels not in (1, 2):
@@ -147,9 +151,13 @@ class CrossEncoder:
         a decoder's spec names PRE, Q, MID, D, LAST, and one whose every direction a causal mask makes
         impossible (into an earlier part, e.g. ``Q<-D``) is refused in one line."""
         if isinstance(value, str) and self.template is not None:
+            if self.family.name == "t5":
+                from .t5 import check_spec
+
+                check_spec(value)
             value = translate_spec(value, self.part_names)
         ab = as_ablation(value)
-        if self.template is not None:
+        if self.family.causal:
             cells = {d for m in getattr(ab, "members", (ab,)) for d in m.directions}
             if cells and all(int(y) > int(x) for x, y in cells):
                 names = ", ".join(sorted(f"{self.part_names[x]}<-{self.part_names[y]}" for x, y in cells))
@@ -395,13 +403,15 @@ class CrossEncoder:
             kwargs["hidden_states"] = hidden
             return args, kwargs
 
+        patch = self.family.start_patch(layers, first_layer) if self.family.start_patch else contextlib.nullcontext()
         setattr(encoder, attr, nn.ModuleList(list(layers)[first_layer:]))
         # on the first layer run, not the encoder: a family's layer list may sit in a module whose
         # forward takes token ids (ModernBERT), but every layer takes the hidden states first; prepended,
         # so that a resid_pre hook of that layer sees (and may replace) the start state
         handle = layers[first_layer].register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
         try:
-            yield
+            with patch:
+                yield
         finally:
             handle.remove()
             setattr(encoder, attr, layers)

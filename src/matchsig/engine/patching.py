@@ -306,7 +306,7 @@ def _last_layer_cls_only(ce) -> Iterator[bool]:
 def _check_cls_only(ce, batch: "Batch", full: np.ndarray) -> bool:
     """Whether this model's scores with :func:`_last_layer_cls_only` equal its full forward's (fp32/fp64 only;
     a model whose head reads other rows, or another layer structure, is patched with full forwards)."""
-    if ce.model.dtype not in (torch.float32, torch.float64):
+    if next(ce.model.parameters()).dtype not in (torch.float32, torch.float64):  # scoring heads have no .dtype
         return False
     with _last_layer_cls_only(ce) as active:
         if not active:
