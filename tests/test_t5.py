@@ -134,19 +134,21 @@ def _reference_scores(model, tok, q, d, parts: list[str], cuts: dict[int, set], 
     AttentionInterface.register("t5_ref_cut", _cut_eager)
     ref = _t5(tok).double().eval()
     ref.load_state_dict(model.state_dict())
-    ref.encoder.config._attn_implementation = "t5_ref_cut"
+    ref.set_attn_implementation("t5_ref_cut")
     n, h = len(parts), ref.config.num_heads
     _CUT.clear()
-    for layer, block in enumerate(ref.encoder.block):
+    for layer, (block, dec) in enumerate(zip(ref.encoder.block, ref.decoder.block)):
         if layer not in layers:
             continue
         m = torch.zeros(1, h, n, n, dtype=torch.bool)
-        for i in range(n):
+        cross = torch.zeros(1, h, 1, n, dtype=torch.bool)  # the decoder token's reads of the encoder
+        for hh in heads:
             for j in range(n):
-                if (parts[i], parts[j]) in cuts:
-                    for hh in heads:
-                        m[0, hh, i, j] = True
+                cross[0, hh, 0, j] = ("DEC", parts[j]) in cuts
+                for i in range(n):
+                    m[0, hh, i, j] = (parts[i], parts[j]) in cuts
         _CUT[id(block.layer[0].SelfAttention)] = m
+        _CUT[id(dec.layer[1].EncDecAttention)] = cross
     ids = torch.tensor([tok(f"Query: {q} Document: {d} Relevant:")["input_ids"]])
     rel, nrel = tok.encode("true")[0], tok.encode("false")[0]
     with torch.inference_mode():
@@ -156,6 +158,7 @@ def _reference_scores(model, tok, q, d, parts: list[str], cuts: dict[int, set], 
 
 @pytest.mark.parametrize("spec,layers,heads", [
     ("D<-Q", None, None), ("Q<-D,D<-D", [1, 2], None), ("POST<-*", None, [0, 3]), ("MID<-PRE,D<-POST", [0], [1]),
+    ("DEC<-D", None, None), ("DEC<-Q,DEC<-POST", [1], [2]), ("DEC<-Q,D<-Q", [0, 2], None),
 ])
 def test_ablations_equal_the_float64_reference(ce, model, tok, spec, layers, heads):
     from matchsig import Ablation
@@ -175,6 +178,17 @@ def test_ablations_equal_the_float64_reference(ce, model, tok, spec, layers, hea
         # T5 does not scale q.k: fp32 rounding of its larger scores reaches ~1e-5 (both kernels, measured)
         assert abs(got[i] - want) <= 2e-5 and abs(eager[i] - want) <= 2e-5, (spec, i, got[i], eager[i], want)
     assert np.abs(got - ce.score(QS, DS)).max() > 1e-4  # the cut changes scores
+
+
+def test_the_decoder_reading_nothing_makes_every_score_equal(ce):
+    """DEC<-* in every layer: the decoder token reads no encoder state, so no pair differs from another."""
+    got = ce.score(QS, DS, ablation="DEC<-*")
+    assert np.ptp(got) <= 1e-6 and np.ptp(ce.score(QS, DS)) > 1e-3
+    per_row = ce.score_many(QS, DS, ["none", "DEC<-*", "DEC<-D"])  # rows of one batch cut differently
+    # rows cut differently share the explicit cross-attention: fp32 rounding of T5's unscaled scores (~2e-6)
+    np.testing.assert_allclose(per_row[1], got, atol=1e-5)
+    np.testing.assert_allclose(per_row[2], ce.score(QS, DS, ablation="DEC<-D"), atol=1e-5)
+    np.testing.assert_allclose(per_row[0], ce.score(QS, DS), atol=1e-5)
 
 
 def test_layer_curves_start_mid_stack_with_the_relative_position_bias(ce):
@@ -211,10 +225,12 @@ def test_refusals_are_one_line(ce, tok, monkeypatch):
 
     from matchsig.engine import attention
 
-    for spec, match in (("DEC<-Q", "cross-attention directions"), ("CLS<-Q", "part CLS is an encoder part")):
+    for spec, match in (("Q<-DEC", "DEC can only be cut as a target"), ("CLS<-Q", "part CLS is an encoder part")):
         with pytest.raises(MatchsigError, match=match) as err:
             ce.score(QS[:1], DS[:1], ablation=spec)
         assert "\n" not in str(err.value)
+    with pytest.raises(MatchsigError, match="runs after the whole encoder"):
+        ce.score_layer_curve(QS[:1], DS[:1], "DEC<-D")
 
     def no_bias(*args, **kwargs):  # the bug the self-check is for: T5's relative-position bias dropped
         kwargs.pop("position_bias", None)
@@ -224,3 +240,15 @@ def test_refusals_are_one_line(ce, tok, monkeypatch):
     with pytest.raises(MatchsigError, match="differ from the model's own sdpa forward") as err:
         CrossEncoder(_t5(tok), tok, device="cpu", max_length=160)
     assert "\n" not in str(err.value) and "(t5)" in str(err.value)
+
+
+def test_dec_is_refused_in_a_model_without_a_decoder(tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=48, num_labels=1)).eval()
+    enc = CrossEncoder(bert, tokenizer, device="cpu")
+    with pytest.raises(MatchsigError, match="part DEC is an encoder-decoder's decoder token") as err:
+        enc.score(QS[:1], DS[:1], ablation="DEC<-Q")  # row PAD of the blocks: it would cut nothing, silently
+    assert "\n" not in str(err.value)

@@ -46,17 +46,8 @@ def matchsig_attention(
     ctx = _current.get()
     if scaling is None:
         scaling = query.size(-1) ** -0.5
-    if ctx is None:
-        # Outside matchsig: behave exactly like transformers' SDPA attention with its own mask.
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        position_bias = kwargs.pop("position_bias", None)
-        if position_bias is not None:  # T5: SDPA's front end does not know the relative-position bias
-            if attention_mask is not None and attention_mask.dtype == torch.bool:
-                attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype,
-                                             device=query.device).masked_fill_(~attention_mask, float("-inf"))
-            attention_mask = position_bias if attention_mask is None else attention_mask + position_bias
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    if ctx is None:  # outside matchsig: the model's own attention
+        return own_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
     if ctx.probe is not None:
         ctx.probe.append((module, query.shape[1]))
@@ -86,6 +77,26 @@ def matchsig_attention(
     if replaced is not None:
         out = replaced.to(out.dtype).contiguous()
     return out, None
+
+
+def additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A transformers attention mask (bool: True = attend, or already additive) as an additive one."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def own_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs):
+    """Exactly transformers' SDPA attention with the model's own mask (and T5's relative-position
+    bias, which SDPA's front end does not know: it is added to the mask)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_bias = kwargs.pop("position_bias", None)
+    if position_bias is not None:
+        mask = additive(attention_mask, query.dtype)
+        attention_mask = position_bias if mask is None else mask + position_bias
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
 def _bias(module: torch.nn.Module, attention_mask: torch.Tensor | None, query: torch.Tensor,

@@ -32,12 +32,15 @@ class ForwardContext:
     ``hooks``: named intervention sites (:mod:`matchsig.engine.hooks`), ``{"blocks.3.attn.hook_z": fn, ...}``;
     each ``fn(activation, hook)`` may return a replacement. The attention sites (``attn.hook_pattern``,
     ``attn.hook_stats``, ``attn.hook_z``) are applied in this module, the others by module hooks.
+    ``cross[l]``: None, or a (B or 1, H, 6) bool tensor of the encoder parts the decoder token may not read
+    in decoder layer l's cross-attention (monoT5's ``DEC<-Y``, :mod:`matchsig.engine.t5`).
     ``probe``: when a list, attention modules append ``(module, heads)`` in call order (used once,
     when a model is loaded, to number the layers).
     """
 
     part_ids: torch.Tensor
     blocks: list[torch.Tensor | None] | None = None
+    cross: list[torch.Tensor | None] | None = None
     kernel: str = "auto"
     input_ids: torch.Tensor | None = None
     hooks: Mapping[str, Callable] | None = None

@@ -36,8 +36,9 @@ from .loading import EMBEDDED, load_pretrained  # noqa: F401  (EMBEDDED: kept im
 from .loading import resolve_device as _resolve_device
 from .parts import PAD, PairLayout, probe_layout
 from .progress import _progress
-from .prompts import translate_spec
+from .prompts import check_padding, translate_spec
 from .selfcheck import SelfCheck, self_check
+from .t5 import check_decoder_part, split_blocks
 
 
 @dataclass
@@ -100,7 +101,7 @@ class CrossEncoder:
         self.template = template if template is not None else self.family.template
         self.layout: PairLayout | None = None if self.template is not None else probe_layout(tokenizer)
         if self.template is not None:
-            _decoder_padding(model, tokenizer, self.name)
+            check_padding(model, tokenizer, self.name)
         self._own_attention = getattr(cfg, "_attn_implementation", None) or self.family.hf_attention
         if self._own_attention == ATTN_NAME:
             self._own_attention = self.family.hf_attention
@@ -151,12 +152,9 @@ class CrossEncoder:
         a decoder's spec names PRE, Q, MID, D, LAST, and one whose every direction a causal mask makes
         impossible (into an earlier part, e.g. ``Q<-D``) is refused in one line."""
         if isinstance(value, str) and self.template is not None:
-            if self.family.name == "t5":
-                from .t5 import check_spec
-
-                check_spec(value)
             value = translate_spec(value, self.part_names)
         ab = as_ablation(value)
+        check_decoder_part(self, ab)
         if self.family.causal:
             cells = {d for m in getattr(ab, "members", (ab,)) for d in m.directions}
             if cells and all(int(y) > int(x) for x, y in cells):
@@ -255,8 +253,11 @@ class CrossEncoder:
         ``kernel``: a kernel order (:mod:`matchsig.kernels`); ``start=(l, hidden)``: run layers l..
         only, from ``hidden``, the (B, T, d_model) input of layer l. The grad mode is the caller's.
         """
+        cross = None
+        if blocks is not None and self.family.name == "t5":  # row DEC of each block cuts the decoder's reads
+            blocks, cross = split_blocks(blocks)
         ctx = ForwardContext(part_ids=batch.part_ids, blocks=blocks, kernel=KERNELS.check(kernel),
-                             input_ids=batch.input_ids, hooks=hooks)
+                             input_ids=batch.input_ids, hooks=hooks, cross=cross)
         extra = {"output_hidden_states": True} if output_hidden_states else {}
         with use_context(ctx), (self._start_at(*start) if start is not None else contextlib.nullcontext()):
             return self.model(**batch.model_inputs, **extra)
@@ -356,6 +357,7 @@ class CrossEncoder:
         """
         KERNELS.check(kernel)
         ab = self.ablation(ablation)
+        check_decoder_part(self, ab, curve=True)
         if ab.layers is not None:
             raise MatchsigError(f"layer curve of {ab.name}: give the directions and heads only, the layers vary")
         enc = encoded if encoded is not None else self.encode(queries, documents)
@@ -481,15 +483,3 @@ class CrossEncoder:
         bar.close()
         return AttentionStats(values, names)
 
-
-def _decoder_padding(model: nn.Module, tokenizer, name: str) -> None:
-    """A decoder's score head finds the last real token by the pad id: it needs one, distinct from
-    the end-of-sequence token its prompt may end with."""
-    if tokenizer.pad_token_id is None:
-        raise MatchsigError(f"model {name}: its tokenizer has no padding token; set tokenizer.pad_token "
-                            "(not the end-of-sequence token) before loading")
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if model.config.pad_token_id != tokenizer.pad_token_id:
-        raise MatchsigError(f"model {name}: config pad_token_id {model.config.pad_token_id} differs from the "
-                            f"tokenizer's {tokenizer.pad_token_id}")

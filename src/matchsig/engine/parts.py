@@ -30,11 +30,21 @@ PART_NAMES: tuple[str, ...] = tuple(p.name for p in Part)
 PAD = len(PARTS)
 
 
-def parse_part(token: str) -> Part:
+class DecoderPart(IntEnum):
+    """An encoder-decoder reranker's decoder token (monoT5), as the *target* of a cross-attention
+    direction ``DEC<-Y``. It is row ``PAD`` of a layer's cut block: in the encoder that row holds
+    padding queries, which reach no real token, so the row is free; only models with a decoder read it."""
+
+    DEC = PAD
+
+
+def parse_part(token: str) -> Part | DecoderPart:
     """``"d"`` -> ``Part.D``; raises ``ValueError`` naming the token and listing the valid parts."""
     name = token.strip().upper()
     if name in PART_NAMES:
         return Part[name]
+    if name == DecoderPart.DEC.name:
+        return DecoderPart.DEC
     raise ValueError(f"unknown part {token.strip()!r}: valid parts are {', '.join(PART_NAMES)} (and * for all)")
 
 

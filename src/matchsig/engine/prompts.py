@@ -119,3 +119,16 @@ def translate_spec(spec: str, names: Sequence[str]) -> str:
         raise MatchsigError(f"ablation {spec!r}: part {foreign[0].upper()} is an encoder part; this model's parts are "
                             f"{', '.join(names)}")
     return re.sub(r"[A-Za-z][A-Za-z0-9]*", lambda m: to_slot.get(m.group(0).upper(), m.group(0)), spec)
+
+
+def check_padding(model, tokenizer, name: str) -> None:
+    """A decoder's score head finds the last real token by the pad id: it needs one, distinct from
+    the end-of-sequence token its prompt may end with."""
+    if tokenizer.pad_token_id is None:
+        raise MatchsigError(f"model {name}: its tokenizer has no padding token; set tokenizer.pad_token "
+                            "(not the end-of-sequence token) before loading")
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.config.pad_token_id != tokenizer.pad_token_id:
+        raise MatchsigError(f"model {name}: config pad_token_id {model.config.pad_token_id} differs from the "
+                            f"tokenizer's {tokenizer.pad_token_id}")
