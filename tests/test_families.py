@@ -519,7 +519,7 @@ def test_inspect_and_experiments_on_family_folders(tmp_path, qtok, mb_folder):
     res = matchsig_cli("ablate", "--model", str(folder), "--dataset", "demo", "--per-grade", "1", "--max-queries", "2",
                        "--out", str(tmp_path / "run"))
     errors = [line for line in res.stderr.splitlines() if line.startswith("matchsig: error:")]
-    assert res.returncode == 2 and len(errors) == 1 and "decoder reranker" in errors[0]
+    assert res.returncode == 2 and len(errors) == 1 and "prompt-based reranker (decoder family" in errors[0]
     assert "Traceback" not in res.stderr
 
 

@@ -252,3 +252,28 @@ def test_dec_is_refused_in_a_model_without_a_decoder(tokenizer):
     with pytest.raises(MatchsigError, match="part DEC is an encoder-decoder's decoder token") as err:
         enc.score(QS[:1], DS[:1], ablation="DEC<-Q")  # row PAD of the blocks: it would cut nothing, silently
     assert "\n" not in str(err.value)
+
+
+def test_loaded_from_a_folder_by_name_and_inspected(tmp_path, ce, model, tok):
+    """The real loading path (AutoModelForSeq2SeqLM from a Hugging Face folder), inspect, and the experiments'
+    one-line refusal."""
+    import json
+
+    from conftest import matchsig_cli
+
+    own = _t5(tok)
+    own.load_state_dict(model.state_dict())
+    own.config.architectures = ["T5ForConditionalGeneration"]
+    own.save_pretrained(tmp_path / "monot5")
+    tok.save_pretrained(tmp_path / "monot5")
+    loaded = CrossEncoder.load(tmp_path / "monot5", device="cpu", max_length=160)
+    np.testing.assert_allclose(loaded.score(QS, DS), ce.score(QS, DS), atol=1e-6)
+    res = matchsig_cli("inspect", "--model", str(tmp_path / "monot5"), "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert (info["family"], info["readout"], info["layers"], info["heads"]) == ("t5", "decoder", 3, 4)
+    assert info["parts"][0][1] == "PRE" and info["parts"][-1] == ["</s>", "POST"]
+    res = matchsig_cli("ablate", "--model", str(tmp_path / "monot5"), "--dataset", "demo", "--per-grade", "1",
+                       "--max-queries", "2", "--out", str(tmp_path / "run"))
+    errors = [line for line in res.stderr.splitlines() if line.startswith("matchsig: error:")]
+    assert res.returncode == 2 and len(errors) == 1 and "prompt-based reranker (t5 family" in errors[0]

@@ -113,7 +113,8 @@ def _patching_overlay(path, given: bool, encoder, notes: list[str], meta: dict) 
 
 def _encoder_only(encoder):
     if encoder.family.decoder:
-        raise MatchsigError(f"model {encoder.name} is a decoder reranker: the explorer shows encoder parts only (for now)")
+        raise MatchsigError(f"model {encoder.name} is a prompt-based reranker ({encoder.family.name}): the explorer shows "
+                            "encoder pair parts only (for now)")
     return encoder
 
 

@@ -108,9 +108,9 @@ class Runner:
                                         max_length=self.config.max_length)
             if encoder.family.decoder:  # tables, findings and report speak of CLS, SEP1, SEP2
                 raise MatchsigError(
-                    f"model {encoder.name} is a decoder reranker (parts {', '.join(encoder.part_names)}): the "
-                    "experiments do not run on decoder rerankers yet; use the Python API (score, score_many, "
-                    "score_layer_curve, attention_stats, patch)")
+                    f"model {encoder.name} is a prompt-based reranker ({encoder.family.name} family, parts "
+                    f"{', '.join(encoder.part_names)}): the experiments do not run on prompt-based rerankers yet; use "
+                    "the Python API (score, score_many, score_layer_curve, attention_stats, patch)")
             self._encoder = encoder
         return self._encoder
 
