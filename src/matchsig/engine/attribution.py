@@ -102,9 +102,11 @@ def _attribute_chunk(ce, enc_b, enc_p, chunk, kind, layer_list, head_list, pos_l
     batch_b, batch_p = ce.collate(enc_b, chunk), ce.collate(enc_p, chunk)
     names = {layer: site_name(kind, layer) for layer in layer_list}
     embed = site_name("hook_resid_pre", 0)
-    base_acts, result.baseline[chunk] = _cached_run(ce, batch_b, names, embed)
-    pert_acts, result.perturbed[chunk] = _cached_run(ce, batch_p, names, embed)
     reps = result.steps
+    pert_acts, result.perturbed[chunk] = _cached_run(ce, batch_p, names, embed)
+    # atp differentiates at the baseline run itself, so its gradient run also yields the baseline's
+    # activations and scores; ig's runs are on the path, so the baseline needs a run of its own
+    base_acts, result.baseline[chunk] = _cached_run(ce, batch_b, names, embed) if reps > 1 else ({}, 0.0)
     rows = torch.arange(len(chunk), device=ce.device).repeat_interleave(reps)
     alphas = ((torch.arange(reps, device=ce.device, dtype=torch.float32) + 0.5) / reps).repeat(len(chunk))
     live: dict[int, torch.Tensor] = {}
@@ -125,8 +127,11 @@ def _attribute_chunk(ce, enc_b, enc_p, chunk, kind, layer_list, head_list, pos_l
     hooks[embed] = start
     with _frozen(ce.model), torch.enable_grad():
         out = ce.forward(batch_b.select(rows) if reps > 1 else batch_b, hooks=hooks)
-        grads = torch.autograd.grad(_scores(ce, out.logits).sum(), [live[layer] for layer in layer_list],
-                                    allow_unused=True)
+        scores = _scores(ce, out.logits)
+        grads = torch.autograd.grad(scores.sum(), [live[layer] for layer in layer_list], allow_unused=True)
+    if reps == 1:
+        base_acts = {layer: live[layer].detach() for layer in layer_list}
+        result.baseline[chunk] = scores.detach().double().cpu().numpy()
     real = (batch_b.part_ids != PAD).double()  # (B, T): padding is never patched
     for li, (layer, grad) in enumerate(zip(layer_list, grads)):
         g = torch.zeros_like(live[layer]) if grad is None else grad
