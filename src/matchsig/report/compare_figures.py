@@ -34,7 +34,7 @@ def _colour(names: list[str], name: str):
 def _legend(fig, names: list[str]) -> None:
     handles = [plt.Line2D([], [], color=_colour(names, n), marker="o", label=plain_label(n)) for n in names]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(names), 4), frameon=False,
-               bbox_to_anchor=(0.5, -0.02))
+               bbox_to_anchor=(0.5, 0.0))
 
 
 def plot_curves(comparison: Comparison, path: Path) -> Path | None:

@@ -179,10 +179,11 @@ def _section_heads(c: Comparison, figures: dict[str, Path]) -> str:
         share = {k: float(part[k].mean()) for k in ("matching", *HEAD_KINDS)}
         rows.append({"run": name, "layers": len(part), **share})
     summary = table(pd.DataFrame(rows), {k: lambda v: num(v, 2) for k in ("matching", *HEAD_KINDS)})
+    bins = figure(figures, "contrast_bins.png", "Mean Cohen's d_z (relevant vs easy) per depth bin, one bar per run.")
     return (f'<section id="heads"><h2>Matching heads by depth</h2><p class="muted">Per layer, the fraction of its '
             f"heads that are matching heads ({', '.join(map(arrow, DIRECTIONS))} or either), and of each kind, as "
             "each run classified them (its alpha and correction). Below: the share of all heads (either direction). "
-            f"<code>heads_by_layer.csv</code>.</p>{body}{summary}{_bins_table(c)}</section>")
+            f"<code>heads_by_layer.csv</code>.</p>{body}{summary}{_bins_table(c)}{bins}</section>")
 
 
 def _finding_cell(row: pd.Series | None) -> str:
