@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_tiny_model
+import torch
+from conftest import SHARED_DATA, make_tiny_model, needs_shared
 
 import matchsig
 from matchsig import MatchsigError
@@ -24,6 +25,7 @@ SETTINGS = dict(datasets=["demo"], per_grade=2, max_queries=5, contrast_per_grad
                 batch_size=8, rankings=20)
 HOSTILE = 'x<script>alert("pwn")</script><img src=y onerror=alert(2)> $a$ & _b'
 NOT_CELLS = ("qid", "none", "random")
+torch_equal = torch.equal
 
 
 def _run(out: Path, model: str, experiments: list[str], **extra) -> Path:
@@ -55,7 +57,8 @@ def _per_query(run: Path) -> pd.DataFrame:
 def _fractions(run: Path) -> dict[str, float]:
     pq = _per_query(run)
     original, random = pq["none"].to_numpy().mean(), pq["random"].to_numpy().mean()
-    return {c: (original - pq[c].to_numpy().mean()) / (original - random) for c in pq.columns if c not in NOT_CELLS}
+    gap = original - random if original > random else np.nan  # no better than random: undefined
+    return {c: (original - pq[c].to_numpy().mean()) / gap for c in pq.columns if c not in NOT_CELLS}
 
 
 def _expected_p(a: np.ndarray, b: np.ndarray) -> float:
@@ -310,3 +313,74 @@ def test_page_in_chromium(browser, runs, tmp_path):
     assert len(images) == 3 and all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#table1 table.grid tbody tr")) == 30
     assert "The runs scored different pools" in browser.find_element(By.ID, "runs").text
+
+
+# ---- a checkpoint series (matchsig train --save-steps) ------------------------------------------
+
+
+@needs_shared("trec-dl-2019", "trec-dl-2020")
+def test_a_checkpoint_series_of_a_tiny_training(tmp_path):
+    from safetensors.torch import load_file
+
+    from matchsig.training import TrainConfig, train
+
+    common = dict(tiny=True, limit_queries=2, steps=4, list_size=4, lists_distill=1, probe_pairs=32, micro_batch=8,
+                  bf16=False, dropout=0.1, max_length=64)
+    out = tmp_path / "train"
+    assert train(SHARED_DATA, out, TrainConfig(**common, save_steps=[4, 0, 2]), log=lambda m: None)["finished"]
+    saved = {p.name: load_file(p / "model.safetensors") for p in sorted((out / "checkpoints").iterdir())}
+    assert list(saved) == ["step-000000", "step-000002", "step-000004"]
+    assert json.loads((out / "checkpoints" / "step-000002" / "checkpoint.json").read_text())["step"] == 2
+    final = load_file(out / "model" / "model.safetensors")  # the exported model is the last checkpoint
+    assert all(torch_equal(final[k], saved["step-000004"][k]) for k in final)
+    assert not all(torch_equal(saved["step-000000"][k], saved["step-000004"][k]) for k in final)
+    # stopped after 2 steps and resumed: the same checkpoints (save_steps is not part of the recipe)
+    (tmp_path / "b").mkdir()
+    shutil.copy(out / "prepared.pt", tmp_path / "b" / "prepared.pt")
+    train(SHARED_DATA, tmp_path / "b", TrainConfig(**common, save_steps=[2, 4], stop_after_steps=2), log=lambda m: None)
+    train(SHARED_DATA, tmp_path / "b", TrainConfig(**common, save_steps=[4]), log=lambda m: None)
+    again = load_file(tmp_path / "b" / "checkpoints" / "step-000004" / "model.safetensors")
+    assert all(torch_equal(again[k], saved["step-000004"][k]) for k in final)
+    with pytest.raises(MatchsigError, match="--save-steps 5"):
+        train(SHARED_DATA, tmp_path / "c", TrainConfig(**common, save_steps=[5]), log=lambda m: None)
+
+    runs = [_run(tmp_path / f"run{s}", str(out / "checkpoints" / f"step-{s:06d}"), ["table1", "contrast"],
+                 max_queries=3, max_length=64) for s in (0, 2, 4)]
+    result = matchsig.compare(runs, out=tmp_path / "cmp")
+    assert result.steps == [0, 2, 4] and result.names == ["step-000000", "step-000002", "step-000004"]
+    series = pd.read_csv(tmp_path / "cmp" / "series.csv").set_index("step")
+    last = _fractions(runs[-1])
+    for step, run in zip((0, 2, 4), runs):
+        mine = _fractions(run)
+        x = np.array([mine[c] for c in last]), np.array([last[c] for c in last])
+        ok = np.isfinite(x[0]) & np.isfinite(x[1])
+        if ok.sum() >= 3:
+            assert series.loc[step, "r_final"] == pytest.approx(np.corrcoef(x[0][ok], x[1][ok])[0, 1], abs=1e-9)
+            assert series.loc[step, "mad_final"] == pytest.approx(np.abs(x[0][ok] - x[1][ok]).mean(), abs=1e-9)
+        else:
+            assert np.isnan(series.loc[step, "r_final"])
+        heads = pd.read_csv(run / "contrast" / "heads.csv")
+        share = heads[heads["kind"] != "none"].groupby("layer")["head"].nunique().sum() / (heads["layer"].nunique() * 12)
+        assert series.loc[step, "matching"] == pytest.approx(share)
+    assert "Checkpoint series" in (tmp_path / "cmp" / "compare.html").read_text()
+    assert (tmp_path / "cmp" / "figures" / "series.png").is_file()
+
+
+def test_series_similarity_to_the_last_step_by_value(runs, tmp_path):
+    """Runs given explicit steps (--series): each one's Table 1 pattern against the last step's, re-derived."""
+    order = [runs["four"], runs["two_again"], runs["two"]]
+    result = matchsig.compare(order, names=["a", "b", "c"], steps=[20, 0, 10], out=tmp_path / "c")
+    series = result.series
+    assert list(series["step"]) == [0, 10, 20] and list(series["run"]) == ["b", "c", "a"]
+    last = _fractions(runs["four"])
+    for _, row in series.iterrows():
+        mine = _fractions(order[["a", "b", "c"].index(row["run"])])
+        x, y = np.array([mine[c] for c in last]), np.array([last[c] for c in last])
+        assert np.isfinite(x).all() and np.isfinite(y).all()
+        assert row["r_final"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-9)
+        assert row["mad_final"] == pytest.approx(np.abs(x - y).mean(), abs=1e-9)
+    assert series.iloc[-1]["r_final"] == pytest.approx(1.0) and series.iloc[-1]["mad_final"] == 0
+    assert series.iloc[0]["r_final"] == pytest.approx(series.iloc[1]["r_final"])  # the same model twice
+    assert np.isnan(series.iloc[0]["matching"])  # two_again ran no contrast: no head share, not 0
+    with pytest.raises(MatchsigError, match="2 steps for 3"):
+        matchsig.compare(order, steps=[0, 1])

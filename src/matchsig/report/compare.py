@@ -33,15 +33,17 @@ def _findings(run: RunFolder) -> tuple[list[dict], str]:
 
 
 def compare(runs: Sequence[str | Path], out: str | Path | None = None, names: Sequence[str] | None = None,
-            alpha: float = 0.05, correction: str = "holm", bins: int = 3) -> Comparison:
+            alpha: float = 0.05, correction: str = "holm", bins: int = 3,
+            steps: Sequence[int] | None = None) -> Comparison:
     """Compare run folders of any models and collections (see :mod:`matchsig.analysis.crossrun` for every number).
 
     ``names`` label the runs (default: the models' names); ``alpha`` and ``correction`` decide the paired tests
-    across runs that share a pool; ``bins`` is the number of depth bins of the contrast effects. With ``out``, writes
+    across runs that share a pool; ``bins`` is the number of depth bins of the contrast effects; ``steps`` makes the
+    runs a checkpoint series (x = step; read from ``step-NNNNNN`` model folders when not given). With ``out``, writes
     ``out/compare.html`` (self-contained), ``out/compare.json``, one CSV per table and ``out/figures/*.png``.
     """
     opened = open_runs([str(r) for r in runs], names)
-    comparison = compare_runs(opened, alpha=alpha, correction=correction, bins=bins)
+    comparison = compare_runs(opened, alpha=alpha, correction=correction, bins=bins, steps=steps)
     found, sources = {}, {}
     for name, run in opened:
         found[name], sources[name] = _findings(run)
@@ -69,7 +71,7 @@ def write_comparison(comparison: Comparison, out: str | Path) -> Path:
     sources = comparison.sources
     payload = {"runs": _records(comparison.cards), "alpha": comparison.alpha, "correction": comparison.correction,
                "notes": comparison.notes, "unpaired": comparison.skipped, "findings_sources": sources,
-               "figure_errors": errors, **{file.removesuffix(".csv"): _records(frame)
+               "figure_errors": errors, "steps": comparison.steps, **{file.removesuffix(".csv"): _records(frame)
                                            for file, frame in comparison.tables().items() if file != "runs.csv"}}
     writer.json("compare.json", payload)
     return writer.text("compare.html", render_compare(comparison, figures, sources, errors))

@@ -128,12 +128,46 @@ def plot_bins(comparison: Comparison, path: Path) -> Path | None:
     return path
 
 
+#: The Table 1 cells a series plot follows (those present).
+SERIES_CELLS = ("D<-D", "Q<-D", "D<-Q", "CLS<-D", "D<-*", "CLS<-*")
+
+
+def plot_series(comparison: Comparison, path: Path) -> Path | None:
+    """A checkpoint series against the training step: nDCG@10, the gap removed by a few Table 1 cells, the share
+    of matching heads."""
+    if comparison.steps is None or comparison.series.empty:
+        return None
+    s = comparison.series
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(s["step"], s["unablated"], "-o", ms=3, label="unablated")
+    axes[0].plot(s["step"], s["random"], ":", label="random ranking")
+    axes[0].set_ylabel("nDCG@10")
+    t1 = comparison.table1.merge(s[["run", "step"]], on="run")
+    for cell in [c for c in SERIES_CELLS if c in set(t1["ablation"])]:
+        part = t1[t1["ablation"] == cell].sort_values("step")
+        axes[1].plot(part["step"], part["removed"], "-o", ms=3, label=plain_label(cell))
+    axes[1].axhline(0, color="#999", lw=0.8, ls="--")
+    axes[1].set_ylabel("gap removed")
+    for k, style in (("matching", "-o"), ("syntactic", ":"), ("semantic", "--")):
+        axes[2].plot(s["step"], s[k], style, ms=3, label=k)
+    axes[2].set_ylabel("share of all heads")
+    for ax, title in zip(axes, ("Effectiveness", "Table 1 cells", "Matching heads (either direction)")):
+        ax.set_xlabel("training step")
+        ax.set_title(title)
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def compare_figures(comparison: Comparison, folder: Path, errors: dict[str, str]) -> dict[str, Path]:
     """Draw every figure the comparison has data for into ``folder``: {file name: path}; a figure that fails is
     recorded in ``errors`` (the page says why) instead of costing the page."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, draw in (("curves.png", plot_curves), ("heads.png", plot_heads), ("contrast_bins.png", plot_bins)):
+    for name, draw in (("curves.png", plot_curves), ("heads.png", plot_heads), ("contrast_bins.png", plot_bins),
+                       ("series.png", plot_series)):
         try:
             path = draw(comparison, folder / name)
         except Exception as exc:  # noqa: BLE001

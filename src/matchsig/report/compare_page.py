@@ -231,6 +231,19 @@ def _section_patching(c: Comparison) -> str:
             f"<code>patching_top.csv</code>.</p>{table(c.patching, formats)}{overlap}</section>")
 
 
+def _section_series(c: Comparison, figures: dict[str, Path]) -> str:
+    if c.steps is None:
+        return ""
+    body = figure(figures, "series.png", "The checkpoint series against the training step.")
+    formats = {k: (lambda v: num(v, 3)) for k in ("unablated", "random", "r_final", "mad_final")}
+    formats.update({k: (lambda v: num(v, 2)) for k in ("matching", *HEAD_KINDS)})
+    return (f'<section id="series"><h2>Checkpoint series</h2><p class="muted">The runs as steps of one training '
+            "(x = step): when do the Table 1 pattern and the matching heads emerge? <i>matching</i> and the kinds: "
+            "share of all heads that are matching heads in either direction; <i>r_final</i>, <i>mad_final</i>: "
+            "Pearson r and mean absolute difference between the run's gap fractions and the last step's, over the "
+            f"Table 1 cells. <code>series.csv</code>.</p>{body}{table(c.series, formats)}</section>")
+
+
 def render_compare(c: Comparison, figures: dict[str, Path], sources: dict[str, str],
                    errors: dict[str, str] | None = None) -> str:
     """The page's HTML text (``sources``: where each run's findings came from; ``errors``: figures not drawn)."""
@@ -239,11 +252,12 @@ def render_compare(c: Comparison, figures: dict[str, Path], sources: dict[str, s
     figs = Figures(figures)
     figs.errors = dict(errors or {})
     sections = [("runs", "Runs"), ("table1", "Table 1"), ("layers", "Figure 1"), ("heads", "Matching heads"),
-                ("findings", "Findings")] + ([("patching", "Patching")] if not c.patching.empty else [])
+                ("findings", "Findings")] + ([("patching", "Patching")] if not c.patching.empty else []) \
+        + ([("series", "Series")] if c.steps is not None else [])
     nav = "".join(f'<a href="#{a}">{t}</a>' for a, t in sections)
     names = ", ".join(f'<span class="runname">{esc(n)}</span>' for n in c.names)
     body = "".join([_section_runs(c), _section_table1(c), _section_layers(c, figs), _section_heads(c, figs),
-                    _section_findings(c, sources), _section_patching(c)])
+                    _section_findings(c, sources), _section_patching(c), _section_series(c, figs)])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
