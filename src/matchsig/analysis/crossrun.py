@@ -202,7 +202,9 @@ def paired_tests(runs: Sequence[tuple[str, RunFolder]], correction: str = "holm"
         da, db = _per_query_changes(a), _per_query_changes(b)
         pair = []
         for label in [c for c in da.columns if c in db.columns]:
-            test = paired_ttest(da[label].to_dict(), db[label].to_dict())
+            # a query whose nDCG@10 is undefined in either run (NaN) has no pair
+            both = pd.concat([da[label], db[label]], axis=1, join="inner").dropna()
+            test = paired_ttest(both.iloc[:, 0].to_numpy(float), both.iloc[:, 1].to_numpy(float))
             pair.append({"run_a": na, "run_b": nb, "ablation": label, "delta_a": float(da[label].mean()),
                          "delta_b": float(db[label].mean()), "mean_diff": test.mean_diff, "t": test.statistic,
                          "p_value": test.pvalue, "n_queries": test.n})

@@ -31,9 +31,11 @@ def _colour(names: list[str], name: str):
     return COLOURS[names.index(name) % len(COLOURS)]
 
 
-def _legend(fig, names: list[str]) -> None:
-    handles = [plt.Line2D([], [], color=_colour(names, n), marker="o", label=plain_label(n)) for n in names]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(names), 4), frameon=False,
+def _legend(fig, names: list[str], frame=None) -> None:
+    """One entry per run (those with rows in ``frame`` when given), in the runs' colours."""
+    shown = [n for n in names if frame is None or n in set(frame["run"])]
+    handles = [plt.Line2D([], [], color=_colour(names, n), marker="o", label=plain_label(n)) for n in shown]
+    fig.legend(handles=handles, loc="lower center", ncol=max(1, min(len(shown), 4)), frameon=False,
                bbox_to_anchor=(0.5, 0.0))
 
 
@@ -64,7 +66,7 @@ def plot_curves(comparison: Comparison, path: Path) -> Path | None:
     for ax in axes[-1]:
         ax.set_xlabel("layers cut / L")
     fig.suptitle("Figure 1 across runs: fraction of the original - random gap removed (0 = none, 1 = random)")
-    _legend(fig, comparison.names)
+    _legend(fig, comparison.names, frame)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path)
     plt.close(fig)
@@ -93,7 +95,7 @@ def plot_heads(comparison: Comparison, path: Path) -> Path | None:
         ax.set_xlabel("layer centre / L")
     axes[0][0].set_ylabel("fraction of the layer's heads")
     fig.suptitle("Matching heads per layer: solid = matching, dotted = syntactic, dashed = semantic")
-    _legend(fig, comparison.names)
+    _legend(fig, comparison.names, frame)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path)
     plt.close(fig)
@@ -121,7 +123,7 @@ def plot_bins(comparison: Comparison, path: Path) -> Path | None:
         ax.set_title(plain_label(direction))
         ax.set_xlabel("depth bin (layer centre / L)")
     axes[0][0].set_ylabel("mean d_z, relevant vs easy")
-    _legend(fig, comparison.names)
+    _legend(fig, comparison.names, frame)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path)
     plt.close(fig)
