@@ -45,7 +45,8 @@ def runs(tmp_path_factory, tokenizer) -> dict[str, Path]:
         # fraction of the gap is defined
         make_tiny_model(models[layers], tokenizer, seed=0, layers=layers)
     full = ["table1", "layers", "contrast"]
-    return {"two": _run(root / "two", str(models[2]), full), "four": _run(root / "four", str(models[4]), full),
+    four = _run(root / "four", str(models[4]), [*full, "patch"], pairs=3, min_delta=0.0, overlap_permutations=200)
+    return {"two": _run(root / "two", str(models[2]), full), "four": four,
             "two_again": _run(root / "two_again", str(models[2]), ["table1", "layers"]),
             "other_pool": _run(root / "other_pool", str(models[2]), ["table1"], seed=1)}
 
@@ -189,6 +190,21 @@ def test_matching_heads_and_contrast_bins_by_value(runs):
             assert kinds.loc[layer, "depth"] == pytest.approx((layer + 0.5) / depth)
             assert kinds.loc[layer, "matching"] == here.loc[here["kind"] != "none", "head"].nunique() / 4
             assert kinds.loc[layer, "syntactic"] == here.loc[here["kind"] == "syntactic", "head"].nunique() / 4
+
+
+def test_patching_summaries_of_the_runs_that_have_them(runs, tmp_path):
+    out = tmp_path / "c"
+    result = matchsig.compare([runs["two"], runs["four"]], out=out, names=["L2", "L4"])
+    patching = pd.read_csv(runs["four"] / "patching.csv")
+    top = patching.loc[patching["effect_mean"].abs().sort_values(ascending=False).index[:5]]
+    mine = pd.read_csv(out / "patching_top.csv")
+    assert set(mine["run"]) == {"L4"} and len(mine) == 5  # the 2-layer run has no patching
+    assert mine[["layer", "head"]].values.tolist() == top[["layer", "head"]].values.tolist()
+    assert np.allclose(mine["effect_mean"], top["effect_mean"]) and np.allclose(mine["depth"], (top["layer"] + 0.5) / 4)
+    overlap = pd.read_csv(runs["four"] / "patching_overlap.csv")
+    assert np.allclose(result.overlap["p_hypergeom"], overlap["p_hypergeom"]) and set(result.overlap["run"]) == {"L4"}
+    page = (out / "compare.html").read_text()
+    assert '<section id="patching">' in page and 'href="#patching"' in page
 
 
 def test_different_pools_get_no_paired_test_and_the_page_says_why(runs, tmp_path):
