@@ -263,6 +263,17 @@ def test_bad_input_is_one_line(runs, tmp_path):
     assert isinstance(res.exception, MatchsigError)
 
 
+def test_a_malformed_file_is_left_out_with_a_note(runs, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs["four"], damaged)
+    heads = pd.read_csv(damaged / "contrast" / "heads.csv")
+    heads.drop(columns=["t_relevant"]).to_csv(damaged / "contrast" / "heads.csv", index=False)
+    result = matchsig.compare([runs["two"], damaged], names=["ok", "damaged"], out=tmp_path / "c")
+    assert set(result.bins["run"]) == {"ok"} and set(result.heads["run"]) == {"ok", "damaged"}
+    assert any(n.startswith("damaged: the contrast effects") and "t_relevant" in n for n in result.notes)
+    assert "damaged: the contrast effects" in (tmp_path / "c" / "compare.html").read_text()
+
+
 def test_default_names_are_unique(runs):
     result = matchsig.compare([runs["two"], runs["two_again"], runs["four"]])
     assert len(set(result.names)) == 3 and result.names[0] != result.names[1]

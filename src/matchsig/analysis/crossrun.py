@@ -27,7 +27,6 @@ Every number here comes from the run folders' own files, read through :class:`Ru
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -40,17 +39,16 @@ import pandas as pd
 from ..errors import MatchsigError
 from .matching import classify
 from .runfolder import COMPARE, CONTRAST, FILES, LAYERS, PATCHING, TABLE1, RunFolder, as_float
+from .series import HEAD_KINDS, series, series_steps
 from .significance import correct, correction_label, paired_ttest
 
-__all__ = ["Comparison", "align_curves", "series", "series_steps", "compare_runs", "contrast_bins", "curves", "findings_matrix", "gap_table",
+__all__ = ["Comparison", "align_curves", "compare_runs", "contrast_bins", "curves", "findings_matrix", "gap_table",
            "head_kinds", "open_runs", "paired_tests", "patching_summary", "pool_fingerprint", "run_card"]
 
 #: Per-query columns of ``table1_per_query.csv`` that are not ablations.
 _NOT_CELLS = ("qid", TABLE1.none, TABLE1.random)
 #: The contrast directions whose matching heads are counted.
 DIRECTIONS = ("Q<-D", "D<-Q")
-#: Matching-head kinds, in display order (``none`` = not a matching head).
-HEAD_KINDS = ("syntactic", "semantic", "unclassified")
 
 
 # ---- opening the runs ----------------------------------------------------------------------------
@@ -350,59 +348,6 @@ def findings_matrix(findings: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["key", "claim", "run", "verdict", "queries", "power", "mde"])
 
 
-# ---- a checkpoint series -------------------------------------------------------------------------
-
-#: A model folder of ``matchsig train --save-steps`` (``.../checkpoints/step-000100``).
-_STEP = re.compile(r"step-0*(\d+)/?$")
-
-
-def series_steps(runs: Sequence[tuple[str, RunFolder]], steps: Sequence[int] | None = None) -> list[int] | None:
-    """The x value (training step) of each run: ``steps`` when given, else read from the models' folder names
-    (``step-NNNNNN``, as ``matchsig train --save-steps`` writes them) when every run has one; None otherwise."""
-    if steps is not None:
-        if len(steps) != len(runs):
-            raise MatchsigError(f"--series gives {len(steps)} steps for {len(runs)} run folders")
-        return [int(x) for x in steps]
-    found = [_STEP.search(str(r.model_info.get("name") or r.config.get("model") or "")) for _, r in runs]
-    return [int(m.group(1)) for m in found] if all(found) else None
-
-
-def _similarity(a: pd.Series, b: pd.Series) -> tuple[float, float]:
-    """Pearson r and mean |a - b| of two runs' gap fractions over the cells both define."""
-    both = pd.concat([a, b], axis=1, join="inner").dropna()
-    if len(both) == 0:
-        return math.nan, math.nan
-    x, y = both.iloc[:, 0].to_numpy(float), both.iloc[:, 1].to_numpy(float)
-    r = float(np.corrcoef(x, y)[0, 1]) if len(both) >= 3 and x.std() > 0 and y.std() > 0 else math.nan
-    return r, float(np.abs(x - y).mean())
-
-
-def series(comparison: "Comparison", steps: Sequence[int]) -> pd.DataFrame:
-    """Per run of a series, by step: the baselines, the share of all heads that are matching heads (either
-    direction, and by kind), and how close its Table 1 pattern (gap fractions) is to the last step's: Pearson r
-    and the mean absolute difference over the cells."""
-    order = sorted(range(len(steps)), key=lambda i: steps[i])
-    final = comparison.names[order[-1]]
-    removed = (comparison.table1.pivot(index="ablation", columns="run", values="removed")
-               if len(comparison.table1) else pd.DataFrame())
-    cards = comparison.cards.set_index("name")
-    rows = []
-    for i in order:
-        name = comparison.names[i]
-        row = {"run": name, "step": steps[i], "unablated": cards.loc[name, "unablated"],
-               "random": cards.loc[name, "random"]}
-        either = comparison.heads[(comparison.heads["run"] == name) & (comparison.heads["direction"] == "either")] \
-            if len(comparison.heads) else pd.DataFrame()
-        for k in ("matching", *HEAD_KINDS):
-            row[k] = float(either[k].mean()) if len(either) else math.nan
-        if name in removed and final in removed:
-            row["r_final"], row["mad_final"] = _similarity(removed[name], removed[final])
-        else:
-            row["r_final"], row["mad_final"] = math.nan, math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 # ---- everything ----------------------------------------------------------------------------------
 
 
@@ -450,6 +395,18 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _each(runs: Sequence[tuple[str, RunFolder]], fn, what: str, notes: list[str], *args) -> list:
+    """``fn(name, run, *args)`` per run; a run whose files are malformed is left out of that part with a note (one
+    old or damaged run must not cost the comparison of the others)."""
+    out = []
+    for name, run in runs:
+        try:
+            out.append(fn(name, run, *args))
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            notes.append(f"{name}: {what} could not be read from {run.path} ({type(exc).__name__}: {exc}); left out")
+    return out
+
+
 def compare_runs(runs: Sequence[tuple[str, RunFolder]], alpha: float = 0.05, correction: str = "holm",
                  bins: int = 3, steps: Sequence[int] | None = None) -> Comparison:
     """The comparison of ``runs`` (from :func:`open_runs`); a checkpoint series when ``steps`` are given or the
@@ -462,20 +419,21 @@ def compare_runs(runs: Sequence[tuple[str, RunFolder]], alpha: float = 0.05, cor
     correct([], correction)  # an unknown correction is a one-line error before any work
     names = [n for n, _ in runs]
     paired, skipped = paired_tests(runs, correction, alpha)
-    curve = _concat([curves(n, r) for n, r in runs])
-    patch = [patching_summary(n, r) for n, r in runs]
     notes = [f"{n}: no Table 1 (table1_per_query.csv / table1.csv)" for n, r in runs
              if r.table1_per_query is None and r.table1 is None]
     notes += [f"{n}: the model does not beat a random ranking on its pool (unablated {o:.3f} <= random {x:.3f}): "
               "its gap fractions are undefined" for n, r in runs for o, x in [baselines(r)]
               if o is not None and x is not None and o <= x]
+    curve = _concat(_each(runs, curves, "Figure 1 (layers.csv)", notes))
+    patch = _each(runs, patching_summary, "patching (patching.csv)", notes)
     comparison = Comparison(
         names=names, cards=pd.DataFrame([run_card(n, r) for n, r in runs]),
-        table1=_concat([gap_table(n, r) for n, r in runs]), paired=paired, skipped=skipped, curves=curve,
+        table1=_concat(_each(runs, gap_table, "Table 1", notes)), paired=paired, skipped=skipped, curves=curve,
         aligned=align_curves(curve) if len(curve) else align_curves(pd.DataFrame()),
-        heads=_concat([head_kinds(n, r) for n, r in runs]), bins=_concat([contrast_bins(n, r, bins) for n, r in runs]),
+        heads=_concat(_each(runs, head_kinds, "the matching heads (contrast/heads.csv)", notes)),
+        bins=_concat(_each(runs, contrast_bins, "the contrast effects (contrast/heads.csv)", notes, bins)),
         patching=_concat([p[0] for p in patch]), overlap=_concat([p[1] for p in patch]),
         alpha=alpha, correction=correction, notes=notes, steps=steps)
     if steps is not None:
-        comparison.series = series(comparison, steps)
+        comparison.series = series(names, comparison.cards, comparison.table1, comparison.heads, steps)
     return comparison
