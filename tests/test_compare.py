@@ -130,6 +130,14 @@ def test_two_models_on_one_pool_fractions_and_tests_by_value(runs, tmp_path):
     for column in ("mean_diff", "p_value", "p_corrected"):
         assert np.allclose(paired[column], expected.loc[paired.index, column], rtol=1e-9, atol=1e-12), column
     assert list(paired["significant"]) == list(paired["p_corrected"] <= 0.05)
+    from scipy import stats
+
+    a, b = _fractions(runs["two"]), _fractions(runs["four"])
+    x, y = np.array(list(a.values())), np.array([b[c] for c in a])
+    agree = pd.read_csv(out / "agreement.csv").iloc[0]
+    assert agree["cells"] == 30 and agree["pearson_r"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-9)
+    assert agree["spearman_rho"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-9)
+    assert agree["mad"] == pytest.approx(np.abs(x - y).mean(), abs=1e-9)
     payload = json.loads((out / "compare.json").read_text())
     assert [r["name"] for r in payload["runs"]] == ["L2", "L4"] and payload["unpaired"] == []
     assert payload["runs"][0]["layers"] == 2 and payload["runs"][1]["layers"] == 4

@@ -39,10 +39,10 @@ import pandas as pd
 from ..errors import MatchsigError
 from .matching import classify
 from .runfolder import COMPARE, CONTRAST, FILES, LAYERS, PATCHING, TABLE1, RunFolder, as_float
-from .series import HEAD_KINDS, series, series_steps
+from .series import HEAD_KINDS, pattern_similarity, series, series_steps
 from .significance import correct, correction_label, paired_ttest
 
-__all__ = ["Comparison", "align_curves", "compare_runs", "contrast_bins", "curves", "findings_matrix", "gap_table",
+__all__ = ["Comparison", "agreement", "align_curves", "compare_runs", "contrast_bins", "curves", "findings_matrix", "gap_table",
            "head_kinds", "open_runs", "paired_tests", "patching_summary", "pool_fingerprint", "run_card"]
 
 #: Per-query columns of ``table1_per_query.csv`` that are not ablations.
@@ -160,6 +160,18 @@ def gap_table(name: str, run: RunFolder) -> pd.DataFrame:
                      "mark": "" if row is None else run.mark(row), "from": source})
     return pd.DataFrame(rows, columns=["run", "ablation", "target", "source", "ndcg@10", "delta", "removed",
                                        "unablated", "random", "mark", "from"])
+
+
+def agreement(table1: pd.DataFrame) -> pd.DataFrame:
+    """Per pair of runs: how alike their Table 1 patterns are (:func:`~matchsig.analysis.series.pattern_similarity`
+    of their gap fractions): does the ranking of the cells hold across models, whatever the pools?"""
+    columns = ["run_a", "run_b", "cells", "pearson_r", "spearman_rho", "mad"]
+    if table1.empty:
+        return pd.DataFrame(columns=columns)
+    removed = table1.pivot(index="ablation", columns="run", values="removed")
+    rows = [{"run_a": a, "run_b": b, **pattern_similarity(removed[a], removed[b])}
+            for a, b in combinations(list(dict.fromkeys(table1["run"])), 2)]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _per_query_changes(run: RunFolder) -> pd.DataFrame | None:
@@ -361,6 +373,7 @@ class Comparison:
     table1: pd.DataFrame
     paired: pd.DataFrame
     skipped: list[dict[str, str]]
+    agreement: pd.DataFrame
     curves: pd.DataFrame
     aligned: pd.DataFrame
     heads: pd.DataFrame
@@ -384,6 +397,7 @@ class Comparison:
     def tables(self) -> dict[str, pd.DataFrame]:
         """The CSV files of the comparison, by file name."""
         return {"runs.csv": self.cards, "table1.csv": self.table1, "paired.csv": self.paired,
+                "agreement.csv": self.agreement,
                 "curves.csv": self.curves, "curves_aligned.csv": self.aligned, "heads_by_layer.csv": self.heads,
                 "contrast_bins.csv": self.bins, "patching_top.csv": self.patching,
                 "patching_overlap.csv": self.overlap, "findings.csv": self.findings,
@@ -426,9 +440,10 @@ def compare_runs(runs: Sequence[tuple[str, RunFolder]], alpha: float = 0.05, cor
               if o is not None and x is not None and o <= x]
     curve = _concat(_each(runs, curves, "Figure 1 (layers.csv)", notes))
     patch = _each(runs, patching_summary, "patching (patching.csv)", notes)
+    table1 = _concat(_each(runs, gap_table, "Table 1", notes))
     comparison = Comparison(
-        names=names, cards=pd.DataFrame([run_card(n, r) for n, r in runs]),
-        table1=_concat(_each(runs, gap_table, "Table 1", notes)), paired=paired, skipped=skipped, curves=curve,
+        names=names, cards=pd.DataFrame([run_card(n, r) for n, r in runs]), table1=table1, paired=paired,
+        skipped=skipped, agreement=agreement(table1), curves=curve,
         aligned=align_curves(curve) if len(curve) else align_curves(pd.DataFrame()),
         heads=_concat(_each(runs, head_kinds, "the matching heads (contrast/heads.csv)", notes)),
         bins=_concat(_each(runs, contrast_bins, "the contrast effects (contrast/heads.csv)", notes, bins)),

@@ -15,7 +15,7 @@ from ..errors import MatchsigError
 from .matching import KINDS
 from .runfolder import RunFolder
 
-__all__ = ["series", "series_steps"]
+__all__ = ["pattern_similarity", "series", "series_steps"]
 
 #: Matching-head kinds (``none``, not a matching head, left out).
 HEAD_KINDS = tuple(k for k in KINDS if k != "none")
@@ -35,14 +35,22 @@ def series_steps(runs: Sequence[tuple[str, RunFolder]], steps: Sequence[int] | N
     return [int(m.group(1)) for m in found] if all(found) else None
 
 
-def _similarity(a: pd.Series, b: pd.Series) -> tuple[float, float]:
-    """Pearson r and mean |a - b| of two runs' gap fractions over the cells both define."""
+def pattern_similarity(a: pd.Series, b: pd.Series) -> dict[str, float]:
+    """How alike two runs' Table 1 patterns are, over the cells both define (gap fractions, indexed by ablation):
+    ``cells``, Pearson ``pearson_r``, Spearman ``spearman_rho`` (NaN with fewer than 3 cells or a constant
+    pattern) and the mean absolute difference ``mad``."""
+    from scipy import stats
+
     both = pd.concat([a, b], axis=1, join="inner").dropna()
+    out = {"cells": len(both), "pearson_r": math.nan, "spearman_rho": math.nan, "mad": math.nan}
     if len(both) == 0:
-        return math.nan, math.nan
+        return out
     x, y = both.iloc[:, 0].to_numpy(float), both.iloc[:, 1].to_numpy(float)
-    r = float(np.corrcoef(x, y)[0, 1]) if len(both) >= 3 and x.std() > 0 and y.std() > 0 else math.nan
-    return r, float(np.abs(x - y).mean())
+    out["mad"] = float(np.abs(x - y).mean())
+    if len(both) >= 3 and x.std() > 0 and y.std() > 0:
+        out["pearson_r"] = float(np.corrcoef(x, y)[0, 1])
+        out["spearman_rho"] = float(stats.spearmanr(x, y).statistic)
+    return out
 
 
 def series(names: Sequence[str], cards: pd.DataFrame, table1: pd.DataFrame, heads: pd.DataFrame,
@@ -64,7 +72,8 @@ def series(names: Sequence[str], cards: pd.DataFrame, table1: pd.DataFrame, head
         for k in ("matching", *HEAD_KINDS):
             row[k] = float(either[k].mean()) if len(either) else math.nan
         if name in removed and final in removed:
-            row["r_final"], row["mad_final"] = _similarity(removed[name], removed[final])
+            sim = pattern_similarity(removed[name], removed[final])
+            row["r_final"], row["mad_final"] = sim["pearson_r"], sim["mad"]
         else:
             row["r_final"], row["mad_final"] = math.nan, math.nan
         rows.append(row)

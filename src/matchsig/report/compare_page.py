@@ -113,8 +113,18 @@ def _section_table1(c: Comparison) -> str:
             f"</table></div>{_paired_html(c)}</section>")
 
 
+def _agreement_html(c: Comparison) -> str:
+    if c.agreement.empty:
+        return ""
+    formats = {"pearson_r": lambda v: num(v, 2), "spearman_rho": lambda v: num(v, 2), "mad": lambda v: num(v, 2)}
+    return ("<h3>Do the patterns agree?</h3><p class=\"muted\">Per pair of runs, over the cells both define: Pearson r "
+            "and Spearman &rho; of their gap fractions (does the same ablation hurt most in both models?) and the "
+            "mean absolute difference of the fractions. Descriptive, no test: it needs no shared pool. "
+            f"<code>agreement.csv</code>.</p>{table(c.agreement, formats)}")
+
+
 def _paired_html(c: Comparison) -> str:
-    parts = ["<h3>Paired tests across runs</h3>"]
+    parts = [_agreement_html(c), "<h3>Paired tests across runs</h3>"]
     for s in c.skipped:
         parts.append(f'<p class="note">No paired test of <b>{esc(s["run_a"])}</b> vs <b>{esc(s["run_b"])}</b>: '
                      f"{esc(s['reason'])}.</p>")
