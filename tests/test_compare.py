@@ -141,6 +141,11 @@ def test_two_models_on_one_pool_fractions_and_tests_by_value(runs, tmp_path):
     payload = json.loads((out / "compare.json").read_text())
     assert [r["name"] for r in payload["runs"]] == ["L2", "L4"] and payload["unpaired"] == []
     assert payload["runs"][0]["layers"] == 2 and payload["runs"][1]["layers"] == 4
+    for card, run in zip(payload["runs"], (runs["two"], runs["four"])):
+        pq = _per_query(run)
+        assert card["unablated"] == pytest.approx(pq["none"].mean()) and card["random"] == pytest.approx(pq["random"].mean())
+        summary = json.loads((run / "summary.json").read_text())
+        assert card["queries"] == summary["pools"]["main"]["queries"] == len(pq)
     assert payload["runs"][0]["fingerprint"] == payload["runs"][1]["fingerprint"]
 
 
@@ -192,6 +197,17 @@ def test_matching_heads_and_contrast_bins_by_value(runs):
                 values = [d_z[(l, h, direction)] for l in layers for h in range(4)]
                 assert got.loc[(b, direction), "d_z"] == pytest.approx(np.mean(values), rel=1e-5)
                 assert got.loc[(b, direction), "abs_d_z"] == pytest.approx(np.mean(np.abs(values)), rel=1e-5)
+                rows = heads[heads["layer"].isin(layers) & (heads["direction"] == direction)]
+                assert got.loc[(b, direction), "heads"] == len(rows) == 4 * len(layers)
+                assert got.loc[(b, direction), "delta_relevant"] == pytest.approx(rows["delta_relevant"].mean())
+                assert got.loc[(b, direction), "matching"] == pytest.approx((rows["kind"] != "none").mean())
+        mine = result.heads[result.heads["run"] == name].set_index(["layer", "direction"])
+        for layer in range(depth):
+            for direction in ("Q<-D", "D<-Q"):
+                here = heads[(heads["layer"] == layer) & (heads["direction"] == direction)]
+                for kind in ("syntactic", "semantic", "unclassified"):
+                    assert mine.loc[(layer, direction), kind] == (here["kind"] == kind).sum() / 4
+                assert mine.loc[(layer, direction), "matching"] == (here["kind"] != "none").sum() / 4
         kinds = result.heads[(result.heads["run"] == name) & (result.heads["direction"] == "either")].set_index("layer")
         for layer in range(depth):
             here = heads[heads["layer"] == layer]
@@ -225,6 +241,16 @@ def test_different_pools_get_no_paired_test_and_the_page_says_why(runs, tmp_path
     assert "no paired test was computed" in page
     assert pd.read_csv(out / "paired.csv").empty
     assert json.loads((out / "compare.json").read_text())["unpaired"][0]["run_b"] == "seed1"
+    # runs that record no fingerprint (older summaries) are not paired either, even on what may be one pool
+    bare = []
+    for key in ("two", "two_again"):
+        bare.append(shutil.copytree(runs[key], tmp_path / f"bare_{key}"))
+        summary = json.loads((bare[-1] / "summary.json").read_text())
+        del summary["pools"]["main"]["fingerprint"]
+        (bare[-1] / "summary.json").write_text(json.dumps(summary))
+    result = matchsig.compare(bare, out=tmp_path / "bare", names=["a", "b"])
+    assert result.paired.empty and "no pool fingerprint" in result.skipped[0]["reason"]
+    assert "No run records a pool fingerprint" in (tmp_path / "bare" / "compare.html").read_text()
 
 
 def test_findings_matrix_reads_findings_json_and_judges_the_others(runs, tmp_path):

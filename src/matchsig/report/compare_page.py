@@ -60,6 +60,10 @@ def _pool_warning(c: Comparison) -> str:
     if len(groups) == 1 and "not recorded" not in groups:
         return ('<p class="muted">All runs scored the same main pool (one fingerprint): Table 1 cells are compared '
                 "by paired t-tests across runs.</p>")
+    if len(groups) == 1:
+        return ('<div class="note"><b>No run records a pool fingerprint</b> (summary.json), so it cannot be shown '
+                "that they scored the same pairs: no paired test compares them; read their gap fractions side by "
+                "side as an unpaired comparison only.</div>")
     return ('<div class="note"><b>The runs scored different pools.</b> Main pool fingerprints: '
             + "; ".join(parts) + ". Runs with different fingerprints scored different query-passage pairs, so no "
             "paired test compares them (their per-query changes do not pair): read their gap fractions side by side "
