@@ -445,3 +445,14 @@ def test_series_similarity_to_the_last_step_by_value(runs, tmp_path):
     assert np.isnan(series.iloc[0]["matching"])  # two_again ran no contrast: no head share, not 0
     with pytest.raises(MatchsigError, match="2 steps for 3"):
         matchsig.compare(order, steps=[0, 1])
+
+
+def test_train_save_steps_bad_input_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from matchsig.cli import app
+
+    for value, message in (("10,x", "bad --save-steps"), ("0,999", "--save-steps 999: must lie in 0 .. 320")):
+        res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "t"), "--data", str(tmp_path),
+                                       "--save-steps", value])
+        assert isinstance(res.exception, MatchsigError) and message in str(res.exception)
