@@ -10,7 +10,7 @@ from .engine.parts import Part
 from .errors import MatchsigError
 from .version import __version__
 
-__all__ = ["Ablation", "CrossEncoder", "MatchsigError", "Part"]
+__all__ = ["Ablation", "CrossEncoder", "MatchsigError", "Part", "compare"]
 
 
 def __getattr__(name: str):
@@ -19,4 +19,8 @@ def __getattr__(name: str):
         from .engine.model import CrossEncoder
 
         return CrossEncoder
+    if name == "compare":
+        from .report.compare import compare
+
+        return compare
     raise AttributeError(f"module 'matchsig' has no attribute {name!r}")

@@ -20,6 +20,7 @@ from .commands.common import (  # shared with the commands of commands/
     parse_cap as _parse_cap,
     parse_top_k as _parse_top_k,
 )
+from .commands.compare import compare
 from .commands.evaluate import baseline, evaluate
 from .commands.inspect_model import inspect as inspect_command
 from .commands.rerank import rerank
@@ -291,6 +292,11 @@ def demo(
 for _command in (view, train, parts):
     app.command()(_command)
 app.command("inspect")(inspect_command)
+
+
+# ---- compare: several run folders side by side (commands/compare.py, report/compare.py) ------------
+
+app.command()(compare)
 
 
 # ---- patch: activation patching on diagnostic pairs (experiments/patching.py) ---------------------

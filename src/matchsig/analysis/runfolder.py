@@ -287,6 +287,11 @@ class RunFolder:
         return self._get(FILES.summary, lambda: _read_json(self.path / FILES.summary))
 
     @property
+    def findings(self) -> dict:
+        """``findings.json`` (written by the report), {} when missing or unreadable."""
+        return self._get(FILES.findings, lambda: _read_json(self.path / FILES.findings))
+
+    @property
     def table1(self) -> pd.DataFrame | None:
         def load():
             frame = _read_csv(self.path / FILES.table1)

@@ -20,6 +20,9 @@ def train(
     steps: int = typer.Option(None, "--steps", help="Optimizer steps of the schedule (default: the recipe's)."),
     lr: float = typer.Option(None, "--lr", help="Learning rate of the encoder (default: the recipe's)."),
     threads: int = typer.Option(2, "--threads", help="CPU threads."),
+    save_steps: str = typer.Option(None, "--save-steps", help="Also save the model whole after these steps "
+                                   "(comma-separated; 0 = before the first step) in OUT/checkpoints/step-NNNNNN/, "
+                                   "Hugging Face folders for --model (a checkpoint series for `matchsig compare`)."),
 ) -> None:
     """Fine-tune all-MiniLM-L6-v2 into the MonoBERT-style cross-encoder shipped as 'embedded'.
 
@@ -43,5 +46,10 @@ def train(
         cfg.steps = steps
     if lr is not None:
         cfg.lr = lr
+    if save_steps is not None:
+        try:
+            cfg.save_steps = [int(s) for s in save_steps.split(",") if s.strip()]
+        except ValueError:
+            raise MatchsigError(f"bad --save-steps {save_steps!r}: expected comma-separated step numbers") from None
     summary = run_training(data_dir, Path(out), cfg, log=lambda msg: typer.echo(msg, err=True))
     print_json(summary)

@@ -53,11 +53,14 @@ class TrainConfig:
     tiny: bool = False
     limit_queries: int = 0
     stop_after_steps: int = 0  # test hook: stop this invocation after that many steps (like --minutes)
+    # steps after which the model is also saved whole (OUT/checkpoints/step-NNNNNN/, a Hugging Face folder); 0 = the
+    # model training starts from (after the head probe). Not part of the recipe: saving changes no weight.
+    save_steps: list[int] = dataclasses.field(default_factory=list)
 
     def recipe(self) -> dict[str, Any]:
         """The settings that change the trained model (not how long or on how many threads)."""
         d = dataclasses.asdict(self)
-        for k in ("minutes", "checkpoint_minutes", "threads", "teacher_batch", "stop_after_steps"):
+        for k in ("minutes", "checkpoint_minutes", "threads", "teacher_batch", "stop_after_steps", "save_steps"):
             d.pop(k)
         return d
 

@@ -118,7 +118,40 @@ class _State:
         os.replace(tmp, self.ckpt)
 
 
-def _run_steps(state: _State, prep, cfg: TrainConfig, tokenizer) -> bool:
+#: Where ``--save-steps`` checkpoints go, inside the training folder.
+CHECKPOINTS = "checkpoints"
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    """The folder of the model saved after ``step`` steps (``--save-steps``)."""
+    return Path(out) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def check_save_steps(cfg: TrainConfig) -> list[int]:
+    """``cfg.save_steps`` sorted, each within 0 .. steps (else a one-line error)."""
+    steps = sorted({int(s) for s in cfg.save_steps})
+    bad = [s for s in steps if not 0 <= s <= cfg.steps]
+    if bad:
+        raise MatchsigError(f"--save-steps {bad[0]}: must lie in 0 .. {cfg.steps} (the run's --steps)")
+    return steps
+
+
+def _save_model(state: _State, out: Path, cfg: TrainConfig, tokenizer) -> None:
+    """Save the model as it is after ``state.step`` steps as a loadable Hugging Face folder (once: a resumed run
+    keeps the folder it wrote before), with ``checkpoint.json`` saying which step of which recipe it is."""
+    folder = checkpoint_dir(out, state.step)
+    if folder.is_dir():
+        return
+    tmp = folder.with_name(folder.name + ".tmp")
+    state.model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    info = {"step": state.step, "steps": cfg.steps, "seed": cfg.seed, "fingerprint": cfg.fingerprint(),
+            "train_seconds": round(state.seconds(), 1)}
+    (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, folder)
+
+
+def _run_steps(state: _State, prep, cfg: TrainConfig, tokenizer, out: Path | None = None) -> bool:
     """Train until ``cfg.steps``; False when ``--minutes`` (or the test hook) stopped it first."""
     from tqdm import tqdm
 
@@ -140,6 +173,8 @@ def _run_steps(state: _State, prep, cfg: TrainConfig, tokenizer) -> bool:
         state.opt.step()
         state.sched.step()
         state.step += 1
+        if out is not None and state.step in cfg.save_steps:
+            _save_model(state, out, cfg, tokenizer)
         loss_value = loss.item()
         run_loss = loss_value if run_loss is None else 0.98 * run_loss + 0.02 * loss_value
         bar.update(1)
@@ -186,6 +221,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     _set_threads(cfg.threads)
     t_start = time.time()
+    cfg.save_steps = check_save_steps(cfg)
     _check_recipe(out, cfg)
     tokenizer = load_tokenizer()
     prep = prepare(Path(data_dir), out, cfg, tokenizer, log)
@@ -195,7 +231,9 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, log=print) -> dict[str, A
     if not state.resume(cfg.steps, log):
         init_head(model, prep, cfg, tokenizer, log)
         torch.manual_seed(cfg.seed)
-    finished = _run_steps(state, prep, cfg, tokenizer)
+        if 0 in cfg.save_steps:
+            _save_model(state, out, cfg, tokenizer)
+    finished = _run_steps(state, prep, cfg, tokenizer, out)
     train_seconds = state.seconds()
     summary = {"step": state.step, "steps": cfg.steps, "train_seconds": round(train_seconds, 1), "finished": state.step >= cfg.steps}
     if not finished:
