@@ -68,6 +68,6 @@ def _coincide(run: RunFolder) -> Finding:
 
 
 JUDGES = (
-    Judge(KEY, "Top activation-patching heads coincide with the contrast matching heads (beyond the paper)", 15,
+    Judge(KEY, "Top activation-patching heads coincide with the contrast matching heads (beyond the paper)", 18,
           _coincide, applies=lambda run: run.patching is not None),
 )
