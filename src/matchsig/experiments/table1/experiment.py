@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from ...analysis import paper
-from ...analysis.runfolder import COMPARE, CONTRAST, FILES, POOLS, TABLE1, RunFolder
+from ...analysis.comparison import bold
+from ...analysis.runfolder import COMPARE, CONTRAST, FILES, POOLS, TABLE1, RunFolder, as_float
 from ...engine.ablation import Ablation
 from .. import driver
 from ..html import arrow, esc, missing, num, pval, table
@@ -106,7 +107,8 @@ def section(run: RunFolder) -> str:
                 tds.append(f'<td class="cell">–{ref_text}</td>')
                 continue
             value = float(row[COMPARE.ndcg])
-            lower = value < unablated if unablated is not None else bool(row.get(COMPARE.lower, False))
+            delta = value - unablated if unablated is not None else (as_float(row.get(COMPARE.delta)) or 0.0)
+            lower = bold(delta, run.mark(row))
             text = f"{value:.3f}{esc(run.mark(row))}"
             text = f"<b>{text}</b>" if lower else text
             delta = value - unablated if unablated is not None else 0.0
@@ -130,7 +132,7 @@ def section(run: RunFolder) -> str:
         f'<p class="muted">Rows: the attending part X; columns: the attended part Y; "All" = X &larr; * (every source). '
         f"Each cell: our tie-aware nDCG@10 with the direction masked in every head of every layer, its change from the "
         f"unablated model, and the paper's MonoBERT-large value (its change from 0.81). <b>Bold</b> = lower than the "
-        f"unablated model; {esc(marks_legend(run.alpha, run.correction, 'the 30 ablations', int(n) if n == n and n else None))}"
+        f"unablated model by at least 0.001 or significantly; {esc(marks_legend(run.alpha, run.correction, 'the 30 ablations', int(n) if n == n and n else None))}"
         f" against the unablated model (the paper stars significant drops only, uncorrected: "
         f"<code>--correction none</code>). Shading grows with the drop.</p>"
     )
