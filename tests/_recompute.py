@@ -202,14 +202,23 @@ def _floats(column: pd.Series) -> np.ndarray:
     return np.array([float(v) if str(v).strip() != "" else np.nan for v in column], float)
 
 
-def check_mde(frame: pd.DataFrame, sds, n: int, family, cfg: dict, what: str) -> None:
-    """``mde``: the change a two-sided paired t-test detects with 80% power (statsmodels' TTestPower) at alpha,
+def check_mde(frame: pd.DataFrame, diffs, family, cfg: dict, what: str) -> None:
+    """``ci_low, ci_high``: the (1 - alpha) Student-t CI of the mean per-query change (scipy.stats.t.interval);
+    ``mde``: the change a two-sided paired t-test detects with 80% power (statsmodels' TTestPower) at alpha,
     or alpha / the family's size for a corrected family; none where the differences do not vary."""
     from statsmodels.stats.power import TTestPower
 
     family = np.asarray(family, bool)
     size = int(family.sum()) if cfg["correction"] not in (None, "none") else 1
-    for i, sd in enumerate(sds):
+    lows, highs = _floats(frame["ci_low"]), _floats(frame["ci_high"])
+    for i, d in enumerate(diffs):
+        d = np.asarray(d, float)
+        n, sd = len(d), float(np.std(d, ddof=1))
+        if sd > 0:
+            low, high = stats.t.interval(1 - cfg["alpha"], n - 1, loc=d.mean(), scale=stats.sem(d))
+            assert abs(lows[i] - low) <= 1e-9 and abs(highs[i] - high) <= 1e-9, (what, i, lows[i], low)
+        else:
+            assert lows[i] == highs[i] and abs(lows[i] - d.mean()) <= 1e-12, (what, i)  # no variation: the point
         got = float(_floats(frame["mde"])[i])
         if not sd > 0:
             assert np.isnan(got), (what, i, got)
@@ -307,8 +316,7 @@ def check_table1(run_dir: Path, ce) -> dict:
     # the family of the correction is the 30 ablations; "none" and "random" are tested alone
     family = [l in TABLE1_LABELS for l in rows]
     check_family(table, [p_values[l] for l in rows], [deltas[l] for l in rows], family, cfg, "table1")
-    check_mde(table, [float(np.std(per_query[l].to_numpy() - none.to_numpy(), ddof=1)) for l in rows], len(none),
-              family, cfg, "table1")
+    check_mde(table, [per_query[l].to_numpy() - none.to_numpy() for l in rows], family, cfg, "table1")
     assert abs(summary["unablated_ndcg@10"] - none.mean()) <= 1e-12
     rnd = summary["random_ndcg@10"]
     assert abs(rnd["mean"] - per_query["random"].mean()) <= 1e-12 and rnd["exact"] is True
@@ -383,9 +391,9 @@ def check_layers(run_dir: Path, ce) -> None:
         assert abs(float(row["delta"]) - (per.mean() - none.mean())) <= 1e-9, what
         p_raw.append(expected_p(per[none.index].to_numpy(), none.to_numpy()))
         delta.append(per.mean() - none.mean())
-        sds.append(float(np.std(per[none.index].to_numpy() - none.to_numpy(), ddof=1)))
+        sds.append(per[none.index].to_numpy() - none.to_numpy())
     check_family(layers, p_raw, delta, np.ones(len(layers), bool), cfg, "layers")
-    check_mde(layers, sds, len(none), np.ones(len(layers), bool), cfg, "layers")
+    check_mde(layers, sds, np.ones(len(layers), bool), cfg, "layers")
 
 
 # ---- contrast ---------------------------------------------------------------------------------------------
@@ -535,7 +543,7 @@ def check_heads(run_dir: Path, ce) -> pd.DataFrame:
     stored = [_stored_scores(run_dir, f"scores/{label}") for label in labels]
     fresh = ce.score_many(qs, ds, [AblationSet.heads(MATCH, hs) for hs in sets], batch_size=cfg["batch_size"])
     np.testing.assert_allclose(np.stack(stored), fresh, atol=2e-5, rtol=0)
-    p_raw, delta = [], []
+    p_raw, delta, diffs = [], [], []
     for i, s in enumerate(stored):
         per = pd.Series(tie_aware_ndcg(pool, s)[0])
         row = frame.iloc[i]
@@ -543,7 +551,9 @@ def check_heads(run_dir: Path, ce) -> pd.DataFrame:
         assert abs(float(row["delta"]) - (per.mean() - none.mean())) <= 1e-9
         p_raw.append(expected_p(per[none.index].to_numpy(), none.to_numpy()))
         delta.append(per.mean() - none.mean())
+        diffs.append(per[none.index].to_numpy() - none.to_numpy())
     check_family(frame, p_raw, delta, np.ones(len(frame), bool), cfg, "heads")
+    check_mde(frame, diffs, np.ones(len(frame), bool), cfg, "heads")
     return frame
 
 

@@ -48,8 +48,8 @@ def mde(sd: float, n: int, alpha: float, alternative: str = "two-sided", tests: 
         power: float = POWER) -> float:
     """Minimal detectable mean difference at ``power`` of a t-test of ``n`` values with standard deviation ``sd``,
     tested at ``alpha`` within a corrected family of ``tests`` (NaN when ``sd`` or ``n`` cannot give one)."""
-    if sd is None or not math.isfinite(sd) or n is None or n < 2:
-        return float("nan")
+    if sd is None or not math.isfinite(sd) or sd <= 0 or n is None or n < 2:
+        return float("nan")  # no variation (every value equal): the t-test is degenerate, no MDE
     return effect_size(int(n), family_alpha(alpha, tests), alternative, power) * float(sd)
 
 

@@ -322,7 +322,8 @@ def _matching_per_query(run: RunFolder) -> pd.DataFrame | None:
     table = sub.pivot_table(index=[CONTRAST.qid] + keys, columns=CONTRAST.level, values="max", aggfunc="mean")
     if not {3, 0, -1} <= set(table.columns):
         return None
-    return table.reset_index().merge(rows, on=keys)
+    # a query counts where it has all three levels (relevant, hard and easy passages)
+    return table.dropna(subset=[3, 0, -1]).reset_index().merge(rows, on=keys)
 
 
 SELECTION = ("Heads and signs are those of the contrast run (chosen on the same queries: the per-query means are "

@@ -114,7 +114,9 @@ def section(run: RunFolder) -> str:
             delta = value - unablated if unablated is not None else 0.0
             shade = min(1.0, max(0.0, -delta) / 0.35)
             style = f' style="background: rgba(214, 96, 77, {0.08 + 0.55 * shade:.2f})"' if delta < -0.005 else ""
-            title = f'{target}<-{source}: nDCG@10 {value:.4f}, delta {delta:+.4f}, {run.p_name} {pval(run.decision_p(row))}'
+            mde = as_float(row.get(COMPARE.mde))
+            title = (f'{target}<-{source}: nDCG@10 {value:.4f}, delta {delta:+.4f}, {run.p_name} '
+                     f'{pval(run.decision_p(row))}' + (f', MDE (80% power) {mde:.3f}' if mde is not None else ''))
             ours = f'<span class="delta">{delta:+.3f}</span>' if unablated is not None else ""
             tds.append(f'<td class="cell"{style} title="{esc(title)}">{text}{ours}{ref_text}</td>')
         rows.append(f"<tr><th>{esc(paper.PART_LABELS[target])}</th>{''.join(tds)}</tr>")
