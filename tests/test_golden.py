@@ -2,7 +2,10 @@
 
 ``tests/golden/demo/`` holds the files of a demo run made with commit d197c62 (before the experiments
 became registered plug-ins): ``table1.csv``, ``layers.csv``, ``contrast/heads.csv``, ``heads.csv`` and
-``findings.json``. The real demo configuration (embedded model, all 43 DL19 queries) runs again here,
+``findings.json``. Issue 22 (one verdict engine, power) added the ``mde`` column to the three ranking
+tables and blanked ``p_holm`` of Table 1's two reference rows (none, random: tested alone, never in
+the corrected column): those cells and the new column come from a demo run of that branch, every
+other cell of the CSVs is still d197c62's; ``findings.json`` is that run's (new verdict engine). The real demo configuration (embedded model, all 43 DL19 queries) runs again here,
 through the command line, and every file is compared: floats to 1e-6 absolute or 5e-5 relative
 (scores move by float rounding when batches are composed differently, and fp32 kernels differ by
 CPU), everything else exactly (labels, marks, kinds, verdicts, counts, the words of the findings'
