@@ -63,6 +63,11 @@ def _is_float(column: pd.Series) -> bool:
     return len(text) > 0 and numbers.notna().all() and text.str.contains(r"[.eE]|nan|inf", regex=True).any()
 
 
+def _floats(column: pd.Series) -> np.ndarray:
+    """A float column read as text: an empty cell (no value, e.g. no MDE or no corrected p) is NaN."""
+    return np.array([float(v) if v != "" else np.nan for v in column], float)
+
+
 def _compare_frames(mine: pd.DataFrame, golden: pd.DataFrame, name: str) -> None:
     assert list(mine.columns) == list(golden.columns), name
     assert len(mine) == len(golden), name
@@ -70,9 +75,8 @@ def _compare_frames(mine: pd.DataFrame, golden: pd.DataFrame, name: str) -> None
         a, b = mine[column], golden[column]
         if _is_float(b):
             assert ((a == "") == (b == "")).all(), f"{name}: {column}: empty cells differ"
-            np.testing.assert_allclose(pd.to_numeric(a.replace("", "nan")).to_numpy(float),
-                                       pd.to_numeric(b.replace("", "nan")).to_numpy(float), atol=ATOL, rtol=RTOL,
-                                       equal_nan=True, err_msg=f"{name}: {column}")
+            np.testing.assert_allclose(_floats(a), _floats(b), atol=ATOL, rtol=RTOL, equal_nan=True,
+                                       err_msg=f"{name}: {column}")
         else:
             assert a.tolist() == b.tolist(), f"{name}: {column}"
 
