@@ -148,11 +148,14 @@ def section(run: RunFolder) -> str:
         for t, s in zip(frame[TABLE1.target], frame[TABLE1.source])
     ]
     cols = [c for c in (CONTRAST.direction, COMPARE.ndcg, "paper", COMPARE.delta, COMPARE.ci_low, COMPARE.ci_high, COMPARE.p_value, run.p_name, COMPARE.mark,
-                        COMPARE.lower, COMPARE.n_queries) if c in frame]
+                        COMPARE.mde, COMPARE.lower, COMPARE.n_queries) if c in frame]
     cols = list(dict.fromkeys(cols))
     signed = lambda v: f"{float(v):+.4f}"  # noqa: E731
+    if COMPARE.mark in frame:  # an empty mark reads as NaN
+        frame[COMPARE.mark] = frame[COMPARE.mark].fillna("")
     full = table(frame[cols], {CONTRAST.direction: arrow, COMPARE.ndcg: lambda v: num(v, 4), COMPARE.delta: signed, COMPARE.ci_low: signed,
-                                COMPARE.ci_high: signed, COMPARE.p_value: pval, run.p_name: pval})
+                                COMPARE.ci_high: signed, COMPARE.p_value: pval, run.p_name: pval,
+                                COMPARE.mde: lambda v: num(v, 3)})
     return f"""
 <section id="table1"><h2>Table 1 — whole-model ablations (nDCG@10)</h2>
 {legend}{grid}{footer}
