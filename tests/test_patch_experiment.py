@@ -273,3 +273,18 @@ def test_min_delta_is_relative_and_cis_are_clustered_by_query(tiny, tmp_path):
     np.testing.assert_allclose(got["ci_low"], np.quantile(means, 0.025, axis=0), atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(got["ci_high"], np.quantile(means, 0.975, axis=0), atol=1e-5, rtol=1e-4)
     assert (got["n_queries"] == len(labels)).all() and len(labels) < kept.sum()  # fewer clusters than pairs
+
+
+def test_overlap_claim_states_the_uncertainty_of_the_top_k_cut(overlap_run):
+    """Each k names the k-th and (k+1)-th heads by |effect| with their bootstrap CIs, re-derived from patching.csv."""
+    found = json.loads((overlap_run / "findings.json").read_text())["findings"]
+    claim = next(f for f in found if f["key"] == "patching_heads_match_contrast")
+    patch = pd.read_csv(overlap_run / "patching.csv")
+    order = patch.assign(a=patch["effect_mean"].abs()).sort_values(["a", "layer", "head"], ascending=[False, True, True])
+    for entry in claim["data"]["per_k"]:
+        k = entry["k"]
+        a, b = order.iloc[k - 1], order.iloc[k]
+        lows = [0.0 if r["ci_low"] <= 0 <= r["ci_high"] else min(abs(r["ci_low"]), abs(r["ci_high"])) for r in (a, b)]
+        highs = [max(abs(r["ci_low"]), abs(r["ci_high"])) for r in (a, b)]
+        assert entry["top_k_separated"] == (lows[0] > highs[1])
+        assert f"cut between head {int(a['layer'])}/{int(a['head'])}" in claim["evidence"]

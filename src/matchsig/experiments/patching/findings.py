@@ -28,6 +28,28 @@ RULE = ("Per k (the rows of reference 'matching' in patching_overlap.csv), the o
         "matching head or only matching heads.")
 
 
+def _cut(run: RunFolder, k: int) -> tuple[str, bool | None]:
+    """The uncertainty of the top-k choice: the k-th and (k+1)-th heads by |effect_mean| with their cluster-bootstrap
+    CIs; separated when the k-th's CI of |effect| lies wholly above the (k+1)-th's (None: no CIs in the table)."""
+    frame = run.patching
+    if frame is None or "ci_low" not in frame or len(frame) <= k:
+        return "", None
+    order = frame.assign(_a=frame["effect_mean"].abs()).sort_values(["_a", "layer", "head"],
+                                                                     ascending=[False, True, True])
+    a, b = order.iloc[k - 1], order.iloc[k]
+
+    def abs_range(row) -> tuple[float, float]:
+        low, high = float(row["ci_low"]), float(row["ci_high"])
+        return (0.0 if low <= 0 <= high else min(abs(low), abs(high))), max(abs(low), abs(high))
+
+    separated = bool(abs_range(a)[0] > abs_range(b)[1])
+    text = (f" (cut between head {int(a['layer'])}/{int(a['head'])}, {float(a['effect_mean']):+.3f} "
+            f"[{float(a['ci_low']):+.3f}, {float(a['ci_high']):+.3f}], and {int(b['layer'])}/{int(b['head'])}, "
+            f"{float(b['effect_mean']):+.3f} [{float(b['ci_low']):+.3f}, {float(b['ci_high']):+.3f}]: "
+            + ("separated" if separated else "the CIs overlap, the top-k set is uncertain") + ")")
+    return text, separated
+
+
 def _coincide(run: RunFolder) -> Finding:
     from scipy.stats import binom
 
@@ -62,11 +84,13 @@ def _coincide(run: RunFolder) -> Finding:
         else:
             state = INCONCLUSIVE
         states.append(state)
+        cut, separated = _cut(run, int(r.k))
         per_k.append({"k": int(r.k), "overlap": int(r.overlap), "expected": float(r.expected), "state": state,
-                      "p_hypergeom": p_uniform[i], "p_layer_exact": p_layer[i], "p_lower": p_lower[i]})
-        parts.append(f"k={int(r.k)}: {int(r.overlap)} shared (expected {float(r.expected):.2f}), p {p_uniform[i]:.3g} "
-                     f"uniform, {p_layer[i]:.3g} layer-stratified, below the bound {bound:.2f} x {int(r.k)} = "
-                     f"{bound * int(r.k):.2f}: p {p_lower[i]:.3g}: {state}")
+                      "p_hypergeom": p_uniform[i], "p_layer_exact": p_layer[i], "p_lower": p_lower[i],
+                      "top_k_separated": separated})
+        parts.append(f"k={int(r.k)}{cut}: {int(r.overlap)} shared (expected {float(r.expected):.2f}), p "
+                     f"{p_uniform[i]:.3g} uniform, {p_layer[i]:.3g} layer-stratified, below the bound {bound:.2f} x "
+                     f"{int(r.k)} = {bound * int(r.k):.2f}: p {p_lower[i]:.3g}: {state}")
     rho = float(rows["spearman_rho"].iloc[0])
     evidence = (f"{diagnostic}: top-k patching heads vs the {m} matching heads of {n} ({run.corrected} p over the "
                 f"{len(rows)} k's, alpha {alpha:g}): " + "; ".join(parts)
