@@ -197,9 +197,41 @@ def expected_mark(significant: bool, delta: float) -> str:
     return DROP if delta < 0 else RISE
 
 
+def _floats(column: pd.Series) -> np.ndarray:
+    """A float column read with keep_default_na=False: an empty cell is NaN."""
+    return np.array([float(v) if str(v).strip() != "" else np.nan for v in column], float)
+
+
+def check_mde(frame: pd.DataFrame, diffs, family, cfg: dict, what: str) -> None:
+    """``ci_low, ci_high``: the (1 - alpha) Student-t CI of the mean per-query change (scipy.stats.t.interval);
+    ``mde``: the change a two-sided paired t-test detects with 80% power (statsmodels' TTestPower) at alpha,
+    or alpha / the family's size for a corrected family; none where the differences do not vary."""
+    from statsmodels.stats.power import TTestPower
+
+    family = np.asarray(family, bool)
+    size = int(family.sum()) if cfg["correction"] not in (None, "none") else 1
+    lows, highs = _floats(frame["ci_low"]), _floats(frame["ci_high"])
+    for i, d in enumerate(diffs):
+        d = np.asarray(d, float)
+        n, sd = len(d), float(np.std(d, ddof=1))
+        if sd > 0:
+            low, high = stats.t.interval(1 - cfg["alpha"], n - 1, loc=d.mean(), scale=stats.sem(d))
+            assert abs(lows[i] - low) <= 1e-9 and abs(highs[i] - high) <= 1e-9, (what, i, lows[i], low)
+        else:
+            assert lows[i] == highs[i] and abs(lows[i] - d.mean()) <= 1e-12, (what, i)  # no variation: the point
+        got = float(_floats(frame["mde"])[i])
+        if not sd > 0:
+            assert np.isnan(got), (what, i, got)
+            continue
+        alpha = cfg["alpha"] / (size if family[i] else 1)
+        dz = TTestPower().solve_power(nobs=n, alpha=alpha, power=0.8, alternative="two-sided")
+        assert abs(got - dz * sd) <= 1e-6 * dz * sd, (what, i, got, dz * sd)
+
+
 def check_family(frame: pd.DataFrame, p_raw, delta, family, cfg: dict, what: str) -> np.ndarray:
     """``p_value``, the corrected column (named after the run's correction, statsmodels over ``family``;
-    rows outside the family keep their raw p), ``significant`` and ``mark`` (* drop, ↑ rise). Returns
+    rows outside the family have none: their p is in ``p_value`` only), ``significant`` and ``mark``
+    (* drop, ↑ rise); an uncorrected run has the Holm view beside it (``p_holm``, ``mark_holm``). Returns
     the p-values decisions are taken on."""
     method, alpha = cfg["correction"], cfg["alpha"]
     p_raw, delta, family = np.asarray(p_raw, float), np.asarray(delta, float), np.asarray(family, bool)
@@ -207,12 +239,17 @@ def check_family(frame: pd.DataFrame, p_raw, delta, family, cfg: dict, what: str
     extra = {c for c in frame.columns if c.startswith("p_") and c != "p_value"}
     name = corrected_name(method)
     decide = p_raw.copy()
-    if name is None:
-        assert not extra, (what, extra)
+    stored = np.full(len(p_raw), np.nan)
+    stored[family] = corrected(p_raw[family], "holm" if name is None else method)
+    if name is None:  # the paper's test decides; Holm's view beside it
+        assert extra == {"p_holm"}, (what, extra)
+        np.testing.assert_allclose(_floats(frame["p_holm"]), stored, atol=1e-12, rtol=0, err_msg=what)
+        view = [expected_mark(f and p <= alpha, d) for f, p, d in zip(family, stored, delta)]
+        assert [str(v) if v == v else "" for v in frame["mark_holm"]] == view, what
     else:
         assert extra == {name}, (what, extra, name)
-        decide[family] = corrected(p_raw[family], method)
-        np.testing.assert_allclose(frame[name].astype(float), decide, atol=1e-12, rtol=0, err_msg=what)
+        decide[family] = stored[family]
+        np.testing.assert_allclose(_floats(frame[name]), stored, atol=1e-12, rtol=0, err_msg=what)
     significant = decide <= alpha
     assert [_bool(v) for v in frame["significant"]] == list(significant), what
     marks = [expected_mark(s, d) for s, d in zip(significant, delta)]
@@ -277,8 +314,9 @@ def check_table1(run_dir: Path, ce) -> dict:
             assert f"{x}<-{y}" == label
     assert p_values["none"] == 1.0
     # the family of the correction is the 30 ablations; "none" and "random" are tested alone
-    check_family(table, [p_values[l] for l in rows], [deltas[l] for l in rows], [l in TABLE1_LABELS for l in rows],
-                 cfg, "table1")
+    family = [l in TABLE1_LABELS for l in rows]
+    check_family(table, [p_values[l] for l in rows], [deltas[l] for l in rows], family, cfg, "table1")
+    check_mde(table, [per_query[l].to_numpy() - none.to_numpy() for l in rows], family, cfg, "table1")
     assert abs(summary["unablated_ndcg@10"] - none.mean()) <= 1e-12
     rnd = summary["random_ndcg@10"]
     assert abs(rnd["mean"] - per_query["random"].mean()) <= 1e-12 and rnd["exact"] is True
@@ -290,7 +328,8 @@ def check_table1(run_dir: Path, ce) -> dict:
 
 
 def _check_layouts(run_dir: Path, table: pd.DataFrame, cfg: dict) -> None:
-    """table1.md and table1.tex: every cell's value, mark and bold (lower than the unablated model)."""
+    """table1.md and table1.tex: every cell's value, mark and bold (lower than the unablated model by at least
+    0.001, or significantly)."""
     import re
 
     caption_word = {"none": "uncorrected", "holm": "Holm-corrected", "bonferroni": "Bonferroni-corrected"}
@@ -307,7 +346,10 @@ def _check_layouts(run_dir: Path, table: pd.DataFrame, cfg: dict) -> None:
         assert len(md_cells) == len(tex_cells) == 6, (x, md_cells, tex_cells)
         for y, md_cell, tex_cell in zip(PARTS + ["*"], md_cells, tex_cells):
             row = table.loc[f"{x}<-{y}"]
-            value, mark, low = f"{float(row['ndcg@10']):.3f}", str(row["mark"]), _bool(row["lower"])
+            value, mark = f"{float(row['ndcg@10']):.3f}", str(row["mark"])
+            delta = float(row["delta"])
+            # bold: lower by at least 0.001, or a significant drop
+            low = _bool(row["lower"]) and (delta <= -0.001 or mark == DROP)
             m = re.fullmatch(r"(\*\*)?([0-9.]+)(\\\*|" + RISE + r")?(\*\*)?", md_cell)
             assert m and m.group(2) == value and md_marks[m.group(3) or ""] == mark and bool(m.group(1)) == low, \
                 (x, y, md_cell, value, mark, low)
@@ -341,7 +383,7 @@ def check_layers(run_dir: Path, ce) -> None:
     for d, curve in zip(FIGURE1, fresh):
         assert stored[d].shape == curve.shape, d
         np.testing.assert_allclose(stored[d], curve, atol=2e-5, rtol=0, err_msg=d)
-    p_raw, delta = [], []
+    p_raw, delta, sds = [], [], []
     for _, row in layers.iterrows():
         per = pd.Series(tie_aware_ndcg(pool, stored[row["direction"]][int(row["layer"])])[0])
         what = (row["direction"], row["layer"])
@@ -349,7 +391,9 @@ def check_layers(run_dir: Path, ce) -> None:
         assert abs(float(row["delta"]) - (per.mean() - none.mean())) <= 1e-9, what
         p_raw.append(expected_p(per[none.index].to_numpy(), none.to_numpy()))
         delta.append(per.mean() - none.mean())
+        sds.append(per[none.index].to_numpy() - none.to_numpy())
     check_family(layers, p_raw, delta, np.ones(len(layers), bool), cfg, "layers")
+    check_mde(layers, sds, np.ones(len(layers), bool), cfg, "layers")
 
 
 # ---- contrast ---------------------------------------------------------------------------------------------
@@ -499,7 +543,7 @@ def check_heads(run_dir: Path, ce) -> pd.DataFrame:
     stored = [_stored_scores(run_dir, f"scores/{label}") for label in labels]
     fresh = ce.score_many(qs, ds, [AblationSet.heads(MATCH, hs) for hs in sets], batch_size=cfg["batch_size"])
     np.testing.assert_allclose(np.stack(stored), fresh, atol=2e-5, rtol=0)
-    p_raw, delta = [], []
+    p_raw, delta, diffs = [], [], []
     for i, s in enumerate(stored):
         per = pd.Series(tie_aware_ndcg(pool, s)[0])
         row = frame.iloc[i]
@@ -507,7 +551,9 @@ def check_heads(run_dir: Path, ce) -> pd.DataFrame:
         assert abs(float(row["delta"]) - (per.mean() - none.mean())) <= 1e-9
         p_raw.append(expected_p(per[none.index].to_numpy(), none.to_numpy()))
         delta.append(per.mean() - none.mean())
+        diffs.append(per[none.index].to_numpy() - none.to_numpy())
     check_family(frame, p_raw, delta, np.ones(len(frame), bool), cfg, "heads")
+    check_mde(frame, diffs, np.ones(len(frame), bool), cfg, "heads")
     return frame
 
 

@@ -134,6 +134,30 @@ def test_evaluate_with_a_tiny_model(tiny_model, tmp_path):
     assert len(run) == len(pool)
     ranks = {(r.query_id, r.doc_id) for r in run}
     assert ranks == {(r.qid, r.docid) for r in pool}
+    # the JSON's nDCG@10 re-derived: ir_measures on the run file for queries without tied scores, the tie-aware
+    # definition (each rank of a tie group gets the group's mean gain; ties within 1e-6 relative, chained) by
+    # hand for the others; every query counts
+    import numpy as np
+
+    qrels = pool.qrels()
+    per = {m.query_id: m.value for m in ir_measures.iter_calc([ir_measures.nDCG @ 10], qrels, run)}
+    values, tied_queries = [], 0
+    for qid in pool.qids:
+        docs = sorted(((r.score, r.doc_id) for r in run if r.query_id == qid), reverse=True)
+        scores = np.array([d[0] for d in docs])
+        gains = np.array([max(qrels[qid].get(d[1], 0), 0) for d in docs], float)
+        group = np.cumsum(np.r_[True, np.abs(np.diff(scores)) > 1e-6 * np.maximum(np.abs(scores[1:]), np.abs(scores[:-1]))])
+        if group[-1] == len(scores):
+            values.append(per.get(qid, 0.0))
+            continue
+        tied_queries += 1
+        mean_gain = np.array([gains[group == k].mean() for k in group])
+        ideal = np.sort(np.array(list(qrels[qid].values()), float))[::-1][:10]
+        disc = 1 / np.log2(np.arange(2, 12))
+        idcg = float(ideal @ disc[:len(ideal)])
+        values.append(float(mean_gain[:10] @ disc[:min(10, len(mean_gain))]) / idcg if idcg > 0 else 0.0)
+    assert tied_queries > 0  # both routes are exercised
+    assert out["ndcg@10"] == pytest.approx(np.mean(values), abs=1e-9)
 
 
 def test_evaluate_rejects_a_bad_measure_before_loading_a_model():

@@ -134,7 +134,10 @@ def test_overlap_in_report_and_findings(overlap_run):
     rows = pd.read_csv(overlap_run / "patching_overlap.csv").query("reference == 'matching'").sort_values("k")
     n, m = 12, int(rows["m"].iloc[0])
     assert 0 < m < n
-    lower = [float(hypergeom(n, m, int(k)).cdf(o)) for k, o in zip(rows["k"], rows["overlap"])]  # uncorrected run
+    from scipy.stats import binom
+
+    bound = m / n + 0.5 * (1 - m / n)  # half way from the chance share to all: the stated equivalence bound
+    lower = [float(binom(int(k), bound).cdf(o)) for k, o in zip(rows["k"], rows["overlap"])]  # uncorrected run
     assert [d["p_lower"] for d in claim[0]["data"]["per_k"]] == pytest.approx(lower)
     states = ["holds" if up <= 0.3 and lay <= 0.3 else "does not hold" if low <= 0.3 else "inconclusive"
               for up, lay, low in zip(rows["p_hypergeom"], rows["p_layer_exact"], lower)]
@@ -151,13 +154,17 @@ def test_overlap_claim_follows_its_rule(tmp_path):
 
     shape = (12, 12)
     flat = [(l, h) for l in range(12) for h in range(12)]
-    cases = {"holds": flat[::9][:16], "does not hold": [x for x in flat if x[1] >= 2]}  # 16 spread / 120 matching
-    for verdict, matching in cases.items():
-        run = tmp_path / verdict.replace(" ", "_")
+    spread = flat[::9][:16]
+    cases = {"holds": spread, "does not hold": [x for x in flat if x[1] >= 2],  # 16 spread / 120 matching
+             "at chance": spread}  # 16 matching, the top 8 share 1 of them: chance (8 x 16 / 144 = 0.9)
+    for name, matching in cases.items():
+        verdict = "does not hold" if name == "at chance" else name
+        run = tmp_path / name.replace(" ", "_")
         (run / "contrast").mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"alpha": 0.05, "correction": "holm"}))
         effects = np.zeros(shape)
-        top = matching[:8] if verdict == "holds" else [x for x in flat if x[1] < 2][:8]
+        top = (matching[:8] if name == "holds" else [x for x in flat if x[1] < 2][:8] if name == "does not hold"
+               else [spread[0]] + [x for x in flat if x not in spread][:7])
         for rank, (l, h) in enumerate(top):
             effects[l, h] = 1.0 - 0.01 * rank
         _patching(effects).to_csv(run / "patching.csv", index=False)
@@ -165,7 +172,7 @@ def test_overlap_claim_follows_its_rule(tmp_path):
         compare_heads(run / "patching.csv", run / "contrast" / "heads.csv", [4, 8], n_permutations=500).to_csv(
             run / "patching_overlap.csv", index=False)
         claim = [f for f in judge(run, write=False) if f.key == "patching_heads_match_contrast"]
-        assert [f.verdict for f in claim] == [verdict], claim
+        assert [f.verdict for f in claim] == [verdict], (name, claim)
     # a folder without patching results does not list the claim at all (the demo's checklist is unchanged)
     (run / "patching.csv").unlink()
     assert not [f for f in judge(run, write=False) if f.key == "patching_heads_match_contrast"]
@@ -228,3 +235,56 @@ def test_torchrun_two_processes_share_the_patch_chunks(tiny, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(out / "pairs.tsv", sep="\t"), pd.read_csv(tmp_path / "one" / "pairs.tsv", sep="\t"))
     stored = sorted(p.name for p in (out / "store" / "patch").glob("*.npy"))
     assert stored == ["00000.npy", "00001.npy", "00002.npy"]  # 6 pairs in chunks of 2: every chunk once, none lost
+
+
+def test_min_delta_is_relative_and_cis_are_clustered_by_query(tiny, tmp_path):
+    """A run with min_delta > 0: the pairs kept are those moved by min_delta x the sd of the baseline scores,
+    and each site's CI is the cluster bootstrap over queries, re-derived with a plain seeded loop."""
+    config = PatchConfig(model=tiny, dataset="demo", diagnostic="tfc1", site="head", pairs=4, per_grade=1,
+                         chunk_size=4, min_delta=0.1, device="cpu")
+    out = tmp_path / "rel"
+    table = pd.read_csv(run_patch(out, config, progress=False))
+    pairs = read_pairs(out / "pairs.tsv")
+    ce = CrossEncoder.load(tiny, device="cpu")
+    q, b, p = pairs.queries(), pairs.baselines(), pairs.perturbeds()
+    # the same chunks of 4 pairs as the run, so rounding is identical
+    chunks = [ce.patch(q[k:k + 4], b[k:k + 4], p[k:k + 4], site="z") for k in range(0, len(q), 4)]
+    base = np.concatenate([np.asarray(r.baseline, float) for r in chunks])
+    pert = np.concatenate([np.asarray(r.perturbed, float) for r in chunks])
+    kept = np.abs(pert - base) >= 0.1 * np.std(base, ddof=1)
+    assert 0 < kept.sum() < len(kept), "the test needs a min_delta that drops some pairs and keeps some"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs_moved"] == int(kept.sum())
+    assert summary["min_delta_absolute"] == pytest.approx(0.1 * np.std(base, ddof=1), rel=1e-5)
+    qids = np.array([t.qid for t in pairs.triples])
+    effect = np.concatenate([np.asarray(r.effect, float) for r in chunks])
+    effects = effect[kept][..., 0].reshape(int(kept.sum()), -1)  # (pairs kept, layer x head)
+    got = table.sort_values(["layer", "head"]).reset_index(drop=True)
+    np.testing.assert_allclose(got["effect_mean"], effects.mean(0), atol=1e-5, rtol=1e-4)
+    # the cluster bootstrap by its definition: resample b draws query counts, the mean over the drawn pairs
+    labels = sorted(set(qids[kept]))
+    rng = np.random.default_rng(config.seed)
+    means = []
+    for _ in range(2000):
+        counts = dict(zip(labels, rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)))))
+        w = np.array([counts[x] for x in qids[kept]], float)
+        means.append((w[:, None] * effects).sum(0) / w.sum())
+    means = np.array(means)
+    np.testing.assert_allclose(got["ci_low"], np.quantile(means, 0.025, axis=0), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(got["ci_high"], np.quantile(means, 0.975, axis=0), atol=1e-5, rtol=1e-4)
+    assert (got["n_queries"] == len(labels)).all() and len(labels) < kept.sum()  # fewer clusters than pairs
+
+
+def test_overlap_claim_states_the_uncertainty_of_the_top_k_cut(overlap_run):
+    """Each k names the k-th and (k+1)-th heads by |effect| with their bootstrap CIs, re-derived from patching.csv."""
+    found = json.loads((overlap_run / "findings.json").read_text())["findings"]
+    claim = next(f for f in found if f["key"] == "patching_heads_match_contrast")
+    patch = pd.read_csv(overlap_run / "patching.csv")
+    order = patch.assign(a=patch["effect_mean"].abs()).sort_values(["a", "layer", "head"], ascending=[False, True, True])
+    for entry in claim["data"]["per_k"]:
+        k = entry["k"]
+        a, b = order.iloc[k - 1], order.iloc[k]
+        lows = [0.0 if r["ci_low"] <= 0 <= r["ci_high"] else min(abs(r["ci_low"]), abs(r["ci_high"])) for r in (a, b)]
+        highs = [max(abs(r["ci_low"]), abs(r["ci_high"])) for r in (a, b)]
+        assert entry["top_k_separated"] == (lows[0] > highs[1])
+        assert f"cut between head {int(a['layer'])}/{int(a['head'])}" in claim["evidence"]

@@ -1,47 +1,53 @@
 """The paper's findings, judged on a run folder, with stated rules scaled to the model's depth.
 
-:func:`judge` reads a run folder (:class:`matchsig.analysis.runfolder.RunFolder`) and returns one
-:class:`Finding` per claim: SPEC §5's eight findings, the significance claims of Table 1, the
-early/middle vs last layers claim of Figure 3 and the three claims of Figure 4. Each registered
-experiment declares its claims (:class:`Judge`: ``matchsig.experiments.table1.findings``,
-``layers_findings``, ``contrast_findings``); this module holds the shared decision rules. Each has a verdict (``holds``, ``does not hold``, ``inconclusive``,
-``not measured``), the rule that decided it, the evidence, the paper's sentence and the number of
-queries it rests on. The same goes to ``RUN_DIR/findings.json``.
+:func:`matchsig.report.checklist.judge` reads a run folder (:class:`matchsig.analysis.runfolder.RunFolder`)
+and returns one :class:`Finding` per claim: SPEC §5's eight findings, the significance claims of Table 1,
+the Figure 1-4 claims and the three further claims of §3.1-3.2. Each registered experiment declares its
+claims (:class:`Judge`: ``matchsig.experiments.table1.findings``, ``layers``, ``contrast``, ``patching``);
+every claim is decided by the one verdict engine of :mod:`matchsig.analysis.verdicts` (effect, ordering,
+equivalence, bound, proportion; equivalence and bounds by one-sided tests, "does not hold" only on a
+significant violation). Each has a verdict (``holds``, ``does not hold``, ``inconclusive``, ``not
+measured``), the rule that decided it, the evidence, the paper's sentence, the number of queries it
+rests on, its minimal detectable effect at 80% power (``mde``, in the units of the claim's margin) and
+whether a decided verdict is ``underpowered`` (its margin below the MDE). The same goes to
+``RUN_DIR/findings.json``.
 
-Verdicts follow one principle (:func:`directional`): a claim that an effect exists *holds* when its
-test is significant in the claimed direction at the run's alpha; it *does not hold* when the test is
-significant the other way or when the (1 - alpha) confidence interval rules out an effect as large
-as a margin (:data:`MARGIN` = 0.02 nDCG@10 for rankings; a standardised medium effect, Cohen's
-d_z = :data:`STD_MARGIN`, for attention statistics); otherwise it is *inconclusive* (too few queries
-for the effect size, or p between alpha and a clear no). Claims of *no* effect are the mirror image.
-Table 1 and layer-curve cells use the run's corrected p-values (column named for the correction)
-and the stored confidence intervals; matching heads follow :mod:`matchsig.analysis.matching`. Layer numbers
-of the paper's 24-layer model are scaled by proportion: the "last layers" 20-23 of 24 are
-l >= floor(20 L / 24).
+Margins: :data:`MARGIN` = 0.02 nDCG@10 for rankings, :data:`DROP` for a layer ablation that hurts, a
+standardised medium effect (Cohen's d_z = :data:`STD_MARGIN`) for attention statistics. Table 1 and
+layer-curve cells use the run's corrected p-values (column named for the correction) for "significant
+drop" and their stored CIs for the one-sided "harmless" test (a conjunction of one-sided tests, each
+at alpha: an intersection-union test needs no correction). Layer boundaries come from one table of
+the paper's layer numbers (:data:`PAPER_LAYERS`, as fractions of its 24 layers) applied to any depth
+(:func:`first_layer`).
 """
 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from . import paper
-from .runfolder import COMPARE, FILES, RunFolder
+from .runfolder import COMPARE, RunFolder, as_float
+from .verdicts import (FAILS, HOLDS, INCONCLUSIVE, MIN_QUERIES, NOT_MEASURED, STD_MARGIN, VERDICTS, Sample, Test,
+                       combine, effect)
 
 __all__ = [
+    "DECISION_TEXT",
     "Finding",
     "Judge",
+    "PAPER_LAYERS",
     "RunFolder",
     "VERDICTS",
+    "cell_sample",
     "directional",
-    "judge",
-    "judges",
+    "first_layer",
+    "finding",
+    "missing",
 ]
 
 
@@ -49,89 +55,44 @@ __all__ = [
 MARGIN = 0.02
 #: A layer ablation "hurts" when it loses significantly more than this much nDCG@10.
 DROP = 0.02
-#: A SEP ablation "changes something" when its significant change exceeds this.
-SEP_NOOP = 0.01
-#: Margin for attention statistics, in standard deviations of the per-query differences (Cohen's d_z).
-STD_MARGIN = 0.5
-#: Fewer queries than this: inconclusive.
-MIN_QUERIES = 5
+
+_combine = combine  # the experiments' findings modules use this name
 
 
-# ---- directions ---------------------------------------------------------------------------------
+# ---- layer boundaries: one table of the paper's layer numbers (of 24), scaled to any depth -------------
+
+#: Where each range of layers the paper names begins, as its layer number in the 24-layer MonoBERT-large
+#: (layers indexed from 0): the CLS ablations hurt only in "the 2 last layers" (22-23); D<-D "does not hurt
+#: before layers 11/12"; "the last layers (20 to 23)"; the first half ("early to middle layers", 0-11).
+PAPER_LAYERS = {"cls_last": 22, "dd_onset": 11, "late": 20, "second_half": 12}
 
 
-#: The CLS ablations of Figure 1 that finding 5 concerns.
-CLS_DIRECTIONS = (frozenset({("CLS", "*")}), frozenset({("CLS", "Q"), ("CLS", "D")}))
+def first_layer(name: str, num_layers: int) -> int:
+    """The first layer of range ``name`` on a model of ``num_layers``: floor(paper layer x L / 24), the layer
+    that holds the paper's boundary belonging to the later range, and at most L - 1 (never empty)."""
+    fraction = PAPER_LAYERS[name] / paper.NUM_LAYERS
+    return int(min(num_layers - 1, max(0, math.floor(fraction * num_layers + 1e-9))))
 
 
-# ---- decisions ----------------------------------------------------------------------------------
-
-HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
-VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED)
-
-
-def _combine(states: list[str]) -> str:
-    """All parts hold -> holds; any part fails -> does not hold; otherwise inconclusive."""
-    if any(s == FAILS for s in states):
-        return FAILS
-    if states and all(s == HOLDS for s in states):
-        return HOLDS
-    return INCONCLUSIVE
-
-
-@dataclass
-class Test:
-    """A directional claim on per-query differences ``d`` (claim: mean > 0), decided by :func:`directional`."""
-
-    state: str
-    n: int
-    mean: float
-    p: float
-    ci: tuple[float, float]
-    margin: float
-    alpha: float = 0.05
-
-    def text(self) -> str:
-        if self.n < MIN_QUERIES:
-            return f"only {self.n} queries (fewer than {MIN_QUERIES}): cannot decide"
-        return (f"mean {self.mean:+.4g} over {self.n} queries, {100 * (1 - self.alpha):g}% CI "
-                f"[{self.ci[0]:+.4g}, {self.ci[1]:+.4g}], p={self.p:.3g}, margin {self.margin:.3g}")
+def layer_text(name: str, num_layers: int | None) -> str:
+    """"l >= floor(22 L / 24) (= 5)": a boundary as the rules print it."""
+    text = f"floor({PAPER_LAYERS[name]} L / {paper.NUM_LAYERS})"
+    return text + (f" = {first_layer(name, num_layers)}" if num_layers else "")
 
 
 def directional(d: np.ndarray, alpha: float, margin: float | None = None) -> Test:
-    """Decide a claim "the mean of ``d`` is > 0" from per-query values.
+    """The claim "the mean of ``d`` is > 0" (an effect claim of :func:`matchsig.analysis.verdicts.effect`)."""
+    return effect(d, alpha, margin)
 
-    * holds: two-sided one-sample t-test p <= alpha with a positive mean;
-    * does not hold: p <= alpha with a negative mean, or the upper bound of the (1 - alpha)
-      confidence interval of the mean lies below ``margin`` (the data rule out an effect of that
-      size): ``margin`` is given in the data's units (nDCG@10: :data:`MARGIN`) or, when None, is a
-      standardised medium effect, :data:`STD_MARGIN` x the standard deviation of ``d`` (Cohen's d_z = 0.5);
-    * inconclusive otherwise, and with fewer than :data:`MIN_QUERIES` queries.
-    """
-    from .significance import mean_ci_half_width, one_sample_ttest
 
-    d = np.asarray(d, dtype=float)
-    d = d[~np.isnan(d)]
-    n = len(d)
-    if n < MIN_QUERIES:
-        return Test(INCONCLUSIVE, n, float(d.mean()) if n else float("nan"), float("nan"), (float("nan"),) * 2,
-                    float("nan"), alpha)
-    mean, sd = float(d.mean()), float(d.std(ddof=1))
-    if sd == 0:
-        p = 1.0 if mean == 0 else 0.0
-        ci = (mean, mean)
-    else:
-        p = float(one_sample_ttest(d)[1])
-        half = mean_ci_half_width(sd, n, alpha)
-        ci = (mean - half, mean + half)
-    m = float(margin) if margin is not None else STD_MARGIN * sd
-    if p <= alpha:
-        state = HOLDS if mean > 0 else FAILS
-    elif ci[1] < m:
-        state = FAILS
-    else:
-        state = INCONCLUSIVE
-    return Test(state, n, mean, p, ci, m, alpha)
+def cell_sample(row: pd.Series, alpha: float) -> Sample | None:
+    """The per-query change of a ranking table's row (mean, sd from its stored (1 - alpha) CI, n), or None."""
+    delta, low, high = as_float(row.get(COMPARE.delta)), as_float(row.get(COMPARE.ci_low)), as_float(row.get(COMPARE.ci_high))
+    n = as_float(row.get(COMPARE.n_queries))
+    if delta is None or n is None:
+        return None
+    return Sample.from_ci(delta, low, high, int(n), alpha) if low is not None and high is not None else \
+        Sample(delta, float("nan"), int(n))
 
 
 @dataclass
@@ -151,6 +112,8 @@ class Finding:
     paper: str = ""
     data: dict = field(default_factory=dict)
     queries: int | None = None
+    mde: float | None = None
+    underpowered: bool = False
 
     @property
     def holds(self) -> bool | None:
@@ -178,9 +141,20 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def finding(key: str, verdict: str, evidence: str, rule: str, queries: int | None = None, **data) -> Finding:
-    """A :class:`Finding` of claim ``key`` (its checklist name is filled in by :func:`judge`)."""
-    return Finding("", verdict, evidence, key, rule, paper.STATEMENTS.get(key, ""), data, queries)
+def finding(key: str, verdict: str, evidence: str, rule: str, queries: int | None = None,
+            tests: list | tuple = (), **data) -> Finding:
+    """A :class:`Finding` of claim ``key`` (its checklist name is filled in by the checklist).
+
+    ``tests``: the :class:`~matchsig.analysis.verdicts.Test` s the verdict rests on; the finding's MDE is the
+    largest of theirs, and it is underpowered when the verdict is decided and one of the tests that agree
+    with it is."""
+    mdes = [t.mde for t in tests if t.mde is not None and math.isfinite(t.mde)]
+    agree = [t for t in tests if t.state == verdict]
+    # holds: every part holds, so one weak part weakens it; does not hold: weak only when every failing part is
+    under = bool(agree) and (any(t.underpowered for t in agree) if verdict == HOLDS else
+                             verdict == FAILS and all(t.underpowered for t in agree))
+    return Finding("", verdict, evidence, key, rule, paper.STATEMENTS.get(key, ""), data, queries,
+                   max(mdes) if mdes else None, under)
 
 
 def missing(key: str, what: str, rule: str) -> Finding:
@@ -197,8 +171,13 @@ def queries_of(run: RunFolder, frame: pd.DataFrame | None) -> int | None:
 
 
 DECISION_TEXT = (
-    "Verdicts: holds / does not hold / inconclusive. A claim that an effect exists holds when its test is "
-    "significant in the claimed direction; it does not hold when the test is significant the other way, or when "
-    "the (1 - alpha) confidence interval rules out an effect as large as the margin; otherwise it is inconclusive "
-    "(too few queries for the effect size, or p between alpha and a clear no)."
+    "Verdicts: holds / does not hold / inconclusive. A claim that an effect exists holds when its two-sided test "
+    "is significant in the claimed direction; it does not hold when the test is significant the other way, or when "
+    "a one-sided test at alpha rules out an effect as large as the margin (the (1 - 2 alpha) CI ends below it). "
+    "Claims that an effect is absent (equivalence) or bounded are decided by one-sided tests at alpha (TOST): they "
+    "hold when the tests reject every value outside the claim, and do not hold only on a significant violation. "
+    "Shares of heads are decided on the range their own tests leave open. Otherwise inconclusive (too few queries "
+    "for the effect size, or a mean near a margin). Each finding states the minimal detectable effect (MDE) of its "
+    "test at 80% power; a holds / does not hold resting on an effect below the MDE is labelled underpowered (the "
+    "margin it rules in or out; for a significant effect and claims without a margin, the observed |mean|)."
 )

@@ -131,4 +131,10 @@ STATEMENTS = {
     "dq_entropy_late_similar": "\u00ab Contrairement \u00e0 la direction Q <- D, les distributions pour les passages "
     "pertinents et non pertinents sont davantage similaires pour cette direction [D <- Q] \u00bb: semantic matching "
     "flows from the document to the query, which the paper gives as the reason CLS<-Q hurts more than CLS<-D (Figure 4).",
+    "qd_dq_alone_keep_signal": "\u00ab les ablations D \u2190 Q ou Q \u2190 D ne d\u00e9truisent pas \u00e0 elles seules le signal de "
+    "pertinence \u00bb (\u00a73.2, citing \u00a73.1: Table 1 Q<-D 0.80, D<-Q 0.79 vs 0.81, random 0.48).",
+    "hard_same_pattern_weaker": "\u00ab La comparaison des passages pertinents aux n\u00e9gatifs difficiles (r = 0) confirme "
+    "ces observations, m\u00eame si les diff\u00e9rences sont plus faibles \u00bb (\u00a73.2, Figure 2, not shown in the paper).",
+    "late_differences_smaller": "\u00ab contrairement aux derni\u00e8res couches o\u00f9 chaque t\u00eate pr\u00e9sente une diff\u00e9rence (bien "
+    "que plus petite en magnitude) \u00bb (\u00a73.2, Figure 2b).",
 }

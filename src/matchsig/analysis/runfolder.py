@@ -74,6 +74,7 @@ class _Compare:
     significant: str = "significant"
     mark: str = "mark"
     lower: str = "lower"
+    mde: str = "mde"  # minimal detectable change at 80% power (analysis.comparison.row_mde)
 
 
 @dataclass(frozen=True)

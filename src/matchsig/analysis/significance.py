@@ -211,9 +211,12 @@ def marks_legend(alpha: float, correction: str | None, family: str, n_queries: i
     """The caption sentence explaining the marks, e.g. for Table 1 (``family`` = "the 30 ablations")."""
     over = f" over {n_queries} queries" if n_queries else ""
     corr = correction_label(correction)
-    scope = f", {corr} over {family}" if corr != "uncorrected" else f", uncorrected (family: {family})"
-    return (f"{DROP_MARK}: significant drop, {RISE_MARK}: significant increase (two-sided paired t-test{over}"
+    scope = f", {corr} over {family}" if corr != "uncorrected" else f", uncorrected as in the paper (family: {family})"
+    text = (f"{DROP_MARK}: significant drop, {RISE_MARK}: significant increase (two-sided paired t-test{over}"
             f"{scope}, p <= {alpha:g})")
+    if corr == "uncorrected":
+        text += f"; the Holm-corrected view over {family} is beside it (columns p_holm, mark_holm)"
+    return text
 
 
 def corrected_column(correction: str | None, prefix: str = "p") -> str | None:

@@ -67,6 +67,11 @@ def rerank(
     for m, test in result.tests.items():
         rows.append((m, f"{result.input_mean[m]:.4f} -> {result.output_mean[m]:.4f} "
                         f"(paired t-test p = {test.pvalue:.3g})"))
+    if result.ties:
+        t_in, t_out = result.ties["input"], result.ties["output"]
+        rows.append(("ties (tie-aware evaluation)", f"input {t_in['tied_candidates']} tied candidates in "
+                     f"{t_in['queries_with_ties']} queries; output {t_out['tied_candidates']} (ranked by "
+                     f"{result.ties['ranked_by']})"))
     rows += [
         ("pairs / second", f"{result.pairs_per_second:.1f}" if result.pairs_per_second else "-"),
         ("written", out),

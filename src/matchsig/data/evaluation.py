@@ -86,22 +86,24 @@ def parse_measures(measures: Iterable[object] | str | None = None) -> list:
     return parsed
 
 
-def rank(pool: Pool, scores: Sequence[float] | np.ndarray) -> dict[str, list[tuple[str, float]]]:
-    """Per query, [(docid, score)] best first, ties broken by docid ascending.
+def rank(pool: Pool, scores: Sequence[float] | np.ndarray,
+         keys: Sequence[float] | np.ndarray | None = None) -> dict[str, list[tuple[str, float]]]:
+    """Per query, [(docid, score)] best first (by ``keys`` when given, else by score), ties broken by docid
+    ascending.
 
     For run files and displays, which need one order; measures do not use it (they are tie-aware).
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(scores) != len(pool.rows):
+    order = scores if keys is None else np.asarray(keys, dtype=np.float64).reshape(-1)
+    if len(scores) != len(pool.rows) or len(order) != len(pool.rows):
         raise MatchsigError(f"got {len(scores)} scores for a pool of {len(pool.rows)} pairs")
-    if np.isnan(scores).any():
+    if np.isnan(scores).any() or np.isnan(order).any():
         raise MatchsigError("scores contain NaN")
-    ranked: dict[str, list[tuple[str, float]]] = {}
-    for row, score in zip(pool.rows, scores):
-        ranked.setdefault(row.qid, []).append((row.docid, float(score)))
-    for qid, docs in ranked.items():
-        docs.sort(key=lambda item: (-item[1], item[0]))
-    return ranked
+    ranked: dict[str, list[tuple[float, str, float]]] = {}
+    for row, score, key in zip(pool.rows, scores, order):
+        ranked.setdefault(row.qid, []).append((float(key), row.docid, float(score)))
+    return {qid: [(d, s) for _, d, s in sorted(docs, key=lambda item: (-item[0], item[1]))]
+            for qid, docs in ranked.items()}
 
 
 def _tie_free_run(ranked: Mapping[str, list[tuple[str, float]]]) -> dict[str, dict[str, float]]:
@@ -404,8 +406,10 @@ def random_baseline(pool: Pool, rankings: int = 1000, seed: int = 0, k: int = 10
 # ---- TREC runs ---------------------------------------------------------------------------------
 
 
-def write_trec_run(path: str | Path, pool: Pool, scores: Sequence[float] | np.ndarray, run_name: str = "matchsig") -> Path:
-    """Write ``qid Q0 docid rank score run_name`` lines, best first, ties broken by docid.
+def write_trec_run(path: str | Path, pool: Pool, scores: Sequence[float] | np.ndarray, run_name: str = "matchsig",
+                   keys: Sequence[float] | np.ndarray | None = None) -> Path:
+    """Write ``qid Q0 docid rank score run_name`` lines, best first (by ``keys`` when given: the ranking keys of
+    scores that saturate), ties broken by docid.
 
     Scores are written exactly as given; tools that re-rank by score (trec_eval) break ties
     their own way, the rank column keeps ours.
@@ -415,7 +419,7 @@ def write_trec_run(path: str | Path, pool: Pool, scores: Sequence[float] | np.nd
         path.parent.mkdir(parents=True, exist_ok=True)
     tag = "_".join(run_name.split()) or "matchsig"  # the tag is one whitespace-free column
     with open(path, "w", encoding="utf-8") as fh:
-        for qid, docs in rank(pool, scores).items():
+        for qid, docs in rank(pool, scores, keys).items():
             for position, (docid, score) in enumerate(docs, 1):
                 fh.write(f"{qid} Q0 {docid} {position} {score!r} {tag}\n")
     return path

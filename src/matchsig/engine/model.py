@@ -268,6 +268,13 @@ class CrossEncoder:
         out = torch.log_softmax(logits, dim=-1)[:, 1] if self.num_labels == 2 else logits[:, 0]
         return out.cpu().numpy().astype(np.float64)
 
+    def margins_from_logits(self, logits: torch.Tensor) -> np.ndarray:
+        """Ranking keys (float64) that order pairs as the scores do without saturating: logit 1 minus logit 0 for
+        2 labels (log P(relevant) = -log(1 + exp(-margin)) is monotone in it, but in fp32 it rounds to exactly
+        0 for margins above ~16.6, tying confident pairs), the one logit otherwise."""
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).cpu().numpy().astype(np.float64)
+        return logits[:, 1] - logits[:, 0] if self.num_labels == 2 else logits[:, 0]
+
     def _block_tensors(self, ablations: Sequence[Ablation]) -> list[list[torch.Tensor | None]]:
         """Per ablation, per layer: (1, H, 6, 6) bool tensors on the device or None."""
         out = []
@@ -301,11 +308,13 @@ class CrossEncoder:
 
     def score_many(self, queries: Sequence[str], documents: Sequence[str], ablations: Sequence[Ablation | str | None],
                    batch_size: int = 32, progress: bool = False, kernel: str = "auto",
-                   encoded: Encoded | None = None) -> np.ndarray:
+                   encoded: Encoded | None = None, margins: np.ndarray | None = None) -> np.ndarray:
         """Scores of every pair under every ablation: array (len(ablations), n_pairs).
 
         Work items (ablation, pair) are sorted by length and batched together, so several
         configurations of the same pairs share batches; each row carries its own cut blocks.
+        ``margins``: an array of the same shape to fill with the ranking keys of the same forwards
+        (:meth:`margins_from_logits`), for rankings that must not tie on saturated scores.
         """
         KERNELS.check(kernel)
         abls = [self.ablation(a) for a in ablations]
@@ -324,6 +333,8 @@ class CrossEncoder:
                 logits = self.forward(self.collate(enc, pairs), blocks=self._row_blocks(blocks, kinds),
                                       kernel=kernel).logits
                 out[kinds, pairs] = self.scores_from_logits(logits)
+                if margins is not None:
+                    margins[kinds, pairs] = self.margins_from_logits(logits)
                 bar.update(len(rows))
         bar.close()
         return out

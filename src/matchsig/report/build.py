@@ -179,8 +179,10 @@ the exact sample (query, passage, grade triples): two runs with the same fingerp
 def _section_findings(run: RunFolder, findings: list[Finding]) -> str:
     rows = []
     for f in findings:
+        power = ('<div class="small"><span class="badge maybe">underpowered</span></div>' if f.underpowered else "")
+        power += f'<div class="small muted">MDE {f.mde:.3g}</div>' if f.mde is not None else ""
         rows.append(
-            f"<tr><td>{_verdict_badge(f.verdict)}</td><td>{'–' if f.queries is None else _e(f.queries)}</td>"
+            f"<tr><td>{_verdict_badge(f.verdict)}{power}</td><td>{'–' if f.queries is None else _e(f.queries)}</td>"
             f"<td><b>{arrow(f.name)}</b>"
             f'<div class="small muted">Rule: {arrow(f.rule)}</div>'
             + (f'<div class="small paperline">Paper: {arrow(f.paper)}</div>' if f.paper else "")
@@ -190,8 +192,9 @@ def _section_findings(run: RunFolder, findings: list[Finding]) -> str:
 <section id="findings"><h2>Findings checklist (the paper's claims)</h2>
 <p class="muted">Each claim of the paper judged on this run, with a criterion scaled to the model's depth
 (L = {_e(run.num_layers or '?')} layers; the paper's model has 24). {_e(DECISION_TEXT)} "Not measured": the
-experiment it needs was not run. <i>Queries</i>: how many queries the verdict rests on. The same verdicts are in
-<code>findings.json</code>.</p>
+experiment it needs was not run. <i>Queries</i>: how many queries the verdict rests on. <i>MDE</i>: the minimal
+detectable effect of the claim's test at 80% power (in the units of its margin; d_z for shares of heads).
+The same verdicts are in <code>findings.json</code>.</p>
 <table class="findings"><thead><tr><th>verdict</th><th>queries</th><th>finding</th><th>evidence</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 </section>"""

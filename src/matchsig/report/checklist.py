@@ -7,8 +7,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ..analysis.findings import (DECISION_TEXT, DROP, MARGIN, MIN_QUERIES, NOT_MEASURED, SEP_NOOP, STD_MARGIN, Finding,
-                                 Judge, finding)
+from ..analysis.findings import (DECISION_TEXT, DROP, MARGIN, MIN_QUERIES, NOT_MEASURED, PAPER_LAYERS, STD_MARGIN,
+                                 Finding, Judge, finding, first_layer)
+from ..analysis.power import POWER
 from ..analysis.runfolder import COMPARE, FILES, RunFolder
 from ..experiments import registered
 from ..experiments.contrast.findings import top_matching_heads
@@ -26,8 +27,11 @@ def write_findings(run: RunFolder, findings: list[Finding]) -> Path:
         "correction": run.correction,
         "num_layers": run.num_layers,
         "decision_rule": DECISION_TEXT,
-        "margins": {COMPARE.ndcg: MARGIN, "layer_drop": DROP, "sep_change": SEP_NOOP, "standardised": STD_MARGIN,
+        "margins": {COMPARE.ndcg: MARGIN, "layer_drop": DROP, "standardised": STD_MARGIN,
                     "min_queries": MIN_QUERIES},
+        "power": POWER,
+        "layer_boundaries": {name: {"paper_layer_of_24": layer, "first_layer": first_layer(name, run.num_layers)
+                                    if run.num_layers else None} for name, layer in PAPER_LAYERS.items()},
         "findings": [{**asdict(f), "verdict": f.verdict} for f in findings],
         "top_matching_heads": json.loads(top.to_json(orient="records")) if not top.empty else [],
     }

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ...analysis.findings import (FAILS, HOLDS, INCONCLUSIVE, MIN_QUERIES, STD_MARGIN, Finding, Judge, _combine, directional, finding, missing)
+from ...analysis.findings import (FAILS, HOLDS, INCONCLUSIVE, MIN_QUERIES, STD_MARGIN, Finding, Judge, _combine,
+                                  directional, finding, first_layer, layer_text, missing)
 from ...analysis.runfolder import COMPARE, CONTRAST, RunFolder
-
-LATE_FRACTION = 20 / 24  # the paper's "last layers" (20-23 of 24) as a fraction of the depth
+from ...analysis.verdicts import bound, proportion
 
 def _classified(run: RunFolder, correction: str | None = None) -> pd.DataFrame | None:
     from ...analysis.matching import classify
@@ -47,8 +46,9 @@ def top_matching_heads(run_dir: str | Path | RunFolder, n: int = 15) -> pd.DataF
 
 
 def clearly_null(frame: pd.DataFrame, comparison: str, alpha: float) -> np.ndarray:
-    """Rows whose ``comparison`` test rules out a medium effect: the (1 - alpha) CI of the mean difference lies
-    inside +-STD_MARGIN standard deviations, i.e. |t| + t_crit(n - 1) < STD_MARGIN sqrt(n) (from the t and n columns)."""
+    """Rows whose ``comparison`` test rules out a medium effect by two one-sided tests at alpha (TOST): the
+    (1 - 2 alpha) CI of the mean difference lies inside +-STD_MARGIN standard deviations, i.e.
+    |t| + t_{1 - alpha, n - 1} < STD_MARGIN sqrt(n) (from the t and n columns)."""
     from ...analysis.significance import t_critical
 
     t_col, n_col = f"t_{comparison}", f"n_{comparison}"
@@ -57,7 +57,7 @@ def clearly_null(frame: pd.DataFrame, comparison: str, alpha: float) -> np.ndarr
     t = np.abs(pd.to_numeric(frame[t_col], errors="coerce").to_numpy(float))
     n = pd.to_numeric(frame[n_col], errors="coerce").to_numpy(float)
     with np.errstate(invalid="ignore"):
-        crit = t_critical(alpha, np.maximum(n - 1, 1))
+        crit = t_critical(2 * alpha, np.maximum(n - 1, 1))
         out = (t + crit < STD_MARGIN * np.sqrt(n)) & (n >= MIN_QUERIES)
     return np.nan_to_num(out, nan=0).astype(bool)
 
@@ -78,45 +78,79 @@ def _n_queries(frame: pd.DataFrame) -> int | None:
     return None
 
 
+def head_power(run: RunFolder, frame: pd.DataFrame) -> dict:
+    """The per-head tests' minimal detectable effects, in standard deviations (Cohen's d_z) at 80% power: the
+    matching test (two-sided, corrected over the 2 L H rows of a comparison) and the "clearly not" TOST."""
+    from ...analysis.power import effect_size
+
+    n = _n_queries(frame) or 0
+    family = 1 if run.correction == "none" else len(frame)
+    sig = effect_size(n, run.alpha / family) if n >= 2 else float("nan")
+    null = effect_size(n, run.alpha, "larger", 0.9) if n >= 2 else float("nan")
+    return {"mde_dz_matching": sig, "mde_dz_clearly_not": null,
+            "underpowered": bool(max(sig, null) > STD_MARGIN) if n >= 2 else False}
+
+
+def _power_text(power: dict) -> str:
+    return (f" Per-head MDE (d_z at 80% power): {power['mde_dz_matching']:.2f} for the matching test, "
+            f"{power['mde_dz_clearly_not']:.2f} for the 'clearly not' tests (margin {STD_MARGIN}).")
+
+
+def _heads_finding(run: RunFolder, key: str, verdict: str, evidence: str, rule: str, frame: pd.DataFrame,
+                   **data) -> Finding:
+    power = head_power(run, frame)
+    out = finding(key, verdict, evidence + _power_text(power), rule, _n_queries(frame), **data)
+    out.mde = power["mde_dz_matching"] if power["mde_dz_matching"] == power["mde_dz_matching"] else None
+    out.underpowered = verdict in (HOLDS, FAILS) and power["underpowered"]
+    return out
+
+
+def _heads_in(frame: pd.DataFrame, flag: np.ndarray, layers: list[int], how: str = "any") -> int:
+    """How many (layer, head)s of ``layers`` have ``flag`` in any (or all) of their direction rows."""
+    heads = frame.assign(_f=flag).groupby([CONTRAST.layer, CONTRAST.head])["_f"].agg(how)
+    return int(heads[heads.index.get_level_values(0).isin(layers)].sum())
+
+
 def _matching_heads_layers(run: RunFolder) -> Finding:
     key = "matching_heads_layers"
     L, H = run.num_layers, run.num_heads
-    late_start = L - math.ceil(L / 4) if L else None
+    half, late = (first_layer("second_half", L), first_layer("late", L)) if L else (None, None)
     rule = (f"Matching head (matchsig.matching): M(.|3) vs M(.|-1) significant, either sign, in Q<-D or D<-Q "
-            f"({run.p_label} <= {run.alpha:g}); a head is clearly not matching when, in both directions, the CI of that "
-            f"difference rules out a medium effect (d_z >= {STD_MARGIN}). 'Few' in the first half (l < L/2): holds when "
-            "the mean per-layer fraction of heads that are not clearly non-matching is < 0.5, fails when the fraction of "
-            "matching heads is >= 0.5. 'Every head' in the last quarter (l >= L - ceil(L/4)"
-            + (f" = {late_start}" if late_start is not None else "") + "): holds when the mean fraction of matching heads "
-            "is >= 0.8, fails when more than 0.2 of the heads are clearly not matching. Otherwise inconclusive.")
+            f"({run.p_label} <= {run.alpha:g}); a head is clearly not matching when, in both directions, two one-sided "
+            f"tests at alpha rule out a medium effect (|d_z| >= {STD_MARGIN}). A share of heads is decided on the range "
+            "the heads' tests leave open, [matching, not clearly non-matching] / heads. 'Few' in the first half (l < "
+            + layer_text("second_half", L) + "): holds when even the upper end of the range is < 0.5, fails when the "
+            "share of matching heads is >= 0.5. 'Every head' in the last layers (l >= " + layer_text("late", L) + ", the "
+            "paper's 20-23 of 24): holds when the share of matching heads is >= 0.8, fails when the upper end is < 0.8 "
+            "(more than 0.2 clearly not). Otherwise inconclusive.")
     strict = _classified(run)
     if strict is None or not L or not H:
         return missing(key, "contrast/heads.csv is missing (contrast was not run).", rule)
     matching = _per_layer(strict, strict[CONTRAST.matching].to_numpy(bool), L, H)
-    null = _per_layer(strict, clearly_null(strict, "relevant", run.alpha), L, H, how="all")
-    first = [l for l in range(L) if l < L / 2]
-    last = list(range(late_start, L))
-    m_first, m_last = float(np.mean([matching[l] for l in first])), float(np.mean([matching[l] for l in last]))
-    open_first = float(np.mean([1 - null[l] for l in first]))
-    null_last = float(np.mean([null[l] for l in last]))
-    few = HOLDS if open_first < 0.5 else FAILS if m_first >= 0.5 else INCONCLUSIVE
-    every = HOLDS if m_last >= 0.8 else FAILS if null_last > 0.2 else INCONCLUSIVE
+    null_flag = clearly_null(strict, "relevant", run.alpha)
+    null = _per_layer(strict, null_flag, L, H, how="all")
+    first, last = list(range(0, half)), list(range(late, L))
+    counts = {name: (_heads_in(strict, strict[CONTRAST.matching].to_numpy(bool), ls),
+                     _heads_in(strict, null_flag, ls, "all"), len(ls) * H) for name, ls in (("few", first), ("every", last))}
+    few = proportion(*counts["few"], 0.5, at_least=False)
+    every = proportion(*counts["every"], 0.8, at_least=True)
     signs = strict[strict[CONTRAST.matching]].groupby(CONTRAST.layer)["sign"].agg(lambda s: f"{(s > 0).sum()}+/{(s < 0).sum()}-")
     listing = ", ".join(f"{l}: {matching[l]:.2f} ({signs.get(l, '0+/0-')}; {null[l]:.2f} clearly not)" for l in range(L))
     evidence = (f"Per layer, the fraction of the {H} heads that are matching heads ({run.p_label}; (+/-) direction "
-                f"rows by sign) and that are clearly not: {listing}. First half: {m_first:.2f} matching, "
-                f"{open_first:.2f} not clearly non-matching -> {few}; last quarter: {m_last:.2f} matching, {null_last:.2f} "
-                f"clearly not -> {every}.")
-    return finding(key, _combine([few, every]), evidence, rule, _n_queries(strict),
-                    fractions={str(k): v for k, v in matching.items()}, mean_first_half=m_first, mean_last_quarter=m_last)
+                f"rows by sign) and that are clearly not: {listing}. First half (layers 0..{half - 1}): {few.text()} -> "
+                f"{few.state}; last layers ({late}..{L - 1}): {every.text()} -> {every.state}.")
+    return _heads_finding(run, key, _combine([few.state, every.state]), evidence, rule, strict,
+                          fractions={str(k): v for k, v in matching.items()}, mean_first_half=few.low,
+                          mean_last_layers=every.low)
 
 
 def _bidirectional(run: RunFolder) -> Finding:
     key = "matching_heads_bidirectional"
     rule = ("Of the heads matching for Q<-D, the share also matching for D<-Q, and vice versa (matching as in "
             f"matchsig.matching, {run.p_label} <= {run.alpha:g}). Holds when both shares are >= 0.5; does not hold when "
-            f"more than half of a direction's matching heads are clearly not matching in the other (its CI rules out "
-            f"d_z >= {STD_MARGIN}); otherwise inconclusive, also when no head matches.")
+            f"more than half of a direction's matching heads are clearly not matching in the other (two one-sided tests "
+            f"rule out |d_z| >= {STD_MARGIN}): a share decided on the range the heads' tests leave open; otherwise "
+            "inconclusive, also when no head matches.")
     strict = _classified(run)
     if strict is None:
         return missing(key, "contrast/heads.csv is missing (contrast was not run).", rule)
@@ -135,21 +169,23 @@ def _bidirectional(run: RunFolder) -> Finding:
     share = lambda a, b: len(set(a) & set(b)) / len(a) if a else 1.0  # noqa: E731
     s_qd, s_dq = share(qd, dq), share(dq, qd)
     n_qd, n_dq = share(qd, dq_null), share(dq, qd_null)
-    verdict = HOLDS if (s_qd >= 0.5 and s_dq >= 0.5) else FAILS if (n_qd > 0.5 or n_dq > 0.5) else INCONCLUSIVE
+    parts = [proportion(len(set(a) & set(b)), len(set(a) & set(c)), len(a), 0.5) for a, b, c in
+             ((qd, dq, dq_null), (dq, qd, qd_null)) if a]
+    verdict = _combine([c.state for c in parts])
     both = set(qd) & set(dq)
     same_sign = sum(1 for h in both if qd[h] == dq[h])
     evidence = (f"{len(qd)} matching heads for Q<-D, {len(dq)} for D<-Q, {len(both)} in both ({same_sign} with the same "
                 f"sign): {s_qd:.0%} of the Q<-D ones also match D<-Q ({n_qd:.0%} clearly do not), {s_dq:.0%} of the "
                 f"D<-Q ones also match Q<-D ({n_dq:.0%} clearly do not).")
-    return finding(key, verdict, evidence, rule, n, share_qd=s_qd, share_dq=s_dq, both=len(both))
+    return _heads_finding(run, key, verdict, evidence, rule, strict, share_qd=s_qd, share_dq=s_dq, both=len(both))
 
 
 # ---- per-query contrasts (Figures 3-4) -------------------------------------------------------------
 
 
 def late_start(L: int) -> int:
-    """First of the "last layers": 20 of 24 scaled to depth, floor(20 L / 24)."""
-    return int(math.floor(LATE_FRACTION * L))
+    """First of the "last layers": 20 of 24 scaled to depth, floor(20 L / 24) (:func:`first_layer`)."""
+    return first_layer("late", L)
 
 
 def _per_query_levels(run: RunFolder, statistic: str, layers: list[int]) -> pd.DataFrame | None:
@@ -173,13 +209,15 @@ def _hard_vs_easy_layers(run: RunFolder) -> Finding:
     key = "hard_vs_easy_layers"
     L = run.num_layers
     s = late_start(L) if L else None
-    rule = ("(a) Early/middle layers (l < floor(20 L / 24)" + (f" = {s}" if s is not None else "") + "): at least one head "
+    rule = ("(a) Early/middle layers (l < " + layer_text("late", L) + "): at least one head "
             f"whose M(.|0) vs M(.|-1) differs ({run.p_label} <= {run.alpha:g}, either direction); fails when every "
-            f"early/middle row clearly does not (its CI rules out d_z >= {STD_MARGIN}). (b) Last layers (l >= that, the paper's 20-23 of 24): hard negatives look like "
-            "easy negatives relative to relevant ones: per query, averaged over the last layers' heads and both "
-            "directions, M(0) - M(-1) lies within +-(M(3) - M(-1))/2 (oriented by the sign of the mean relevant-vs-easy "
-            "difference), i.e. two one-sided claims, (M(3)-M(-1))/2 -/+ (M(0)-M(-1)) > 0, each decided by a one-sample "
-            "t-test (a clear no when its CI rules out d_z >= 0.5). Holds when (a) and (b) hold.")
+            f"early/middle row clearly does not (two one-sided tests rule out |d_z| >= {STD_MARGIN}). (b) Last layers "
+            "(l >= that, the paper's 20-23 of 24): hard negatives look like easy negatives relative to relevant ones: "
+            "per query, averaged over the last layers' heads and both directions, M(0) - M(-1) lies within "
+            "+-(M(3) - M(-1))/2 (oriented by the sign of the mean relevant-vs-easy difference): an equivalence with a "
+            "per-query band, two one-sided tests at alpha of (M(3)-M(-1))/2 -/+ (M(0)-M(-1)) > 0; holds when both "
+            "reject, does not hold only when one side is significantly violated (its mean significantly below 0), "
+            "otherwise inconclusive. Holds when (a) and (b) hold.")
     strict = _classified(run)
     if strict is None or not L:
         return missing(key, "contrast/heads.csv is missing (contrast was not run).", rule)
@@ -194,7 +232,7 @@ def _hard_vs_easy_layers(run: RunFolder) -> Finding:
                 f"hard-vs-easy difference, {n_null} clearly without one; per layer: "
                 + (", ".join(f"{int(l)}: {int(c)}" for l, c in per_layer.items()) or "none") + f" -> {part_a}.")
     table = _per_query_levels(run, "max", list(range(s, L)))
-    n = None
+    n, tests = None, []
     if table is None:
         part_b = INCONCLUSIVE
         evidence += " (b) contrast/per_query.csv is missing."
@@ -203,14 +241,14 @@ def _hard_vs_easy_layers(run: RunFolder) -> Finding:
         hard = pd.concat([_diff(table, d, 0, -1) for d in ("Q<-D", "D<-Q")], axis=1).mean(axis=1)
         both = pd.concat([rel, hard], axis=1).dropna()
         sign = float(np.sign(both[0].mean())) or 1.0
-        # M(0) - M(-1) inside +-(M(3) - M(-1))/2: two one-sided claims, both must hold
-        above = directional((sign * both[0] / 2 - sign * both[1]).to_numpy(), run.alpha)
-        below = directional((sign * both[0] / 2 + sign * both[1]).to_numpy(), run.alpha)
-        part_b, n = _combine([above.state, below.state]), above.n
+        # M(0) - M(-1) inside +-(M(3) - M(-1))/2: two one-sided tests (TOST with a per-query band)
+        above = bound((sign * both[0] / 2 - sign * both[1]).to_numpy(), run.alpha)
+        below = bound((sign * both[0] / 2 + sign * both[1]).to_numpy(), run.alpha)
+        part_b, n, tests = _combine([above.state, below.state]), above.n, [above, below]
         evidence += (f" (b) Layers {s}..{L - 1}, per query: median M(0)-M(-1) {float(both[1].median()):+.4f} vs "
                      f"M(3)-M(-1) {float(both[0].median()):+.4f}; (M(3)-M(-1))/2 minus M(0)-M(-1), signed: "
                      f"{above.text()}; plus M(0)-M(-1): {below.text()} -> {part_b}.")
-    return finding(key, _combine([part_a, part_b]), evidence, rule, n)
+    return finding(key, _combine([part_a, part_b]), evidence, rule, n, tests)
 
 
 def _figure4(run: RunFolder, key: str, statistic: str, layers_kind: str, directions: tuple[str, ...], rule: str) -> Finding:
@@ -222,19 +260,21 @@ def _figure4(run: RunFolder, key: str, statistic: str, layers_kind: str, directi
     table = _per_query_levels(run, statistic, layers)
     if table is None:
         return missing(key, f"contrast/per_query.csv has no {statistic} column.", rule)
-    states, parts, ns = [], [], []
+    states, parts, ns, tests = [], [], [], []
     for direction in directions:
         test = directional(_diff(table, direction, 3, -1).to_numpy(), run.alpha)
+        tests.append(test)
         states.append(test.state)
         ns.append(test.n)
         parts.append(f"{direction} {statistic}, relevant minus easy, layers {layers[0]}..{layers[-1]}: {test.text()} -> {test.state}")
-    return finding(key, _combine(states), "; ".join(parts) + ".", rule, min(ns) if ns else None)
+    return finding(key, _combine(states), "; ".join(parts) + ".", rule, min(ns) if ns else None, tests)
 
 
 def _qd_entropy_late(run: RunFolder) -> Finding:
     rule = ("Per query, the Q<-D attention entropy on relevant minus easy-negative passages, averaged over the heads of "
             "the last layers (l >= floor(20 L / 24)); holds when a one-sample t-test gives p <= alpha with a positive "
-            "mean; does not hold when significant the other way or the CI rules out d_z >= 0.5; otherwise inconclusive.")
+            "mean; does not hold when significant the other way or a one-sided test at alpha rules out d_z >= 0.5; "
+            "otherwise inconclusive.")
     return _figure4(run, "qd_entropy_late", "entropy", "late", ("Q<-D",), rule)
 
 
@@ -250,7 +290,8 @@ def _dq_entropy_late_similar(run: RunFolder) -> Finding:
     rule = ("Last layers (l >= floor(20 L / 24)), per query: a = sQD x dQD - sDQ x dDQ, where dX is the entropy on "
             "relevant minus easy-negative passages for direction X averaged over the heads and sX the sign of its mean "
             "(so mean a = |mean dQD| - |mean dDQ|; the claim: D<-Q differs less than Q<-D). One-sample t-test on a: holds "
-            "when p <= alpha with a > 0; does not hold when significant the other way or the CI rules out d_z >= 0.5; "
+            "when p <= alpha with a > 0; does not hold when significant the other way or a one-sided test at alpha rules "
+            "out d_z >= 0.5; "
             "otherwise inconclusive.")
     L = run.num_layers
     if not L or run.contrast_per_query is None:
@@ -266,7 +307,77 @@ def _dq_entropy_late_similar(run: RunFolder) -> Finding:
     t_dq = directional(both[1].to_numpy(), run.alpha)
     evidence = (f"Layers {s}..{L - 1}: mean entropy difference relevant minus easy, Q<-D {float(both[0].mean()):+.4f}, "
                 f"D<-Q {float(both[1].mean()):+.4f} (D<-Q alone: p={t_dq.p:.3g}); a: {test.text()}.")
-    return finding(key, test.state, evidence, rule, test.n)
+    return finding(key, test.state, evidence, rule, test.n, [test])
+
+
+def _matching_per_query(run: RunFolder) -> pd.DataFrame | None:
+    """Per query and matching (layer, head, direction) row: M at levels 3, 0 and -1 and the row's sign."""
+    frame, strict = run.contrast_per_query, _classified(run)
+    if frame is None or strict is None or "max" not in frame:
+        return None
+    keys = [CONTRAST.layer, CONTRAST.head, CONTRAST.direction]
+    rows = strict[strict[CONTRAST.matching]].assign(
+        direction=lambda f: f[CONTRAST.direction].astype(str).str.replace(" ", ""))[keys + [CONTRAST.sign]]
+    sub = frame.assign(direction=frame[CONTRAST.direction].astype(str).str.replace(" ", ""))
+    table = sub.pivot_table(index=[CONTRAST.qid] + keys, columns=CONTRAST.level, values="max", aggfunc="mean")
+    if not {3, 0, -1} <= set(table.columns):
+        return None
+    # a query counts where it has all three levels (relevant, hard and easy passages)
+    return table.dropna(subset=[3, 0, -1]).reset_index().merge(rows, on=keys)
+
+
+SELECTION = ("Heads and signs are those of the contrast run (chosen on the same queries: the per-query means are "
+             "conditional on that selection).")
+
+
+def _hard_same_pattern_weaker(run: RunFolder) -> Finding:
+    key = "hard_same_pattern_weaker"
+    rule = ("On the matching (head, direction) rows (M(.|3) vs M(.|-1) significant, sign s), per query averaged over "
+            "the rows: (i) same pattern: s (M(3) - M(0)) > 0, relevant passages also differ from hard negatives in the "
+            "head's direction; (ii) weaker: s (M(0) - M(-1)) > 0, i.e. s (M(3) - M(0)) < s (M(3) - M(-1)). Each an "
+            "effect claim (one-sample t-test, margin d_z = 0.5 for a clear no). Holds when both hold. " + SELECTION)
+    table = _matching_per_query(run)
+    if table is None:
+        return missing(key, "contrast/per_query.csv or contrast/heads.csv is missing (contrast was not run).", rule)
+    if table.empty:
+        return finding(key, INCONCLUSIVE, "No matching head: nothing to compare.", rule)
+    sign = table[CONTRAST.sign].to_numpy(float)
+    per_query = pd.DataFrame({"same": sign * (table[3] - table[0]), "weaker": sign * (table[0] - table[-1]),
+                              "easy": sign * (table[3] - table[-1]), CONTRAST.qid: table[CONTRAST.qid]})
+    means = per_query.groupby(CONTRAST.qid).mean()
+    same, weaker = directional(means["same"].to_numpy(), run.alpha), directional(means["weaker"].to_numpy(), run.alpha)
+    rows = len(table[[CONTRAST.layer, CONTRAST.head, CONTRAST.direction]].drop_duplicates())
+    evidence = (f"{rows} matching rows; per query, signed M(3)-M(-1) {float(means['easy'].mean()):+.4f}, M(3)-M(0) "
+                f"{float(means['same'].mean()):+.4f}. (i) s(M(3)-M(0)): {same.text()} -> {same.state}; (ii) "
+                f"s(M(0)-M(-1)): {weaker.text()} -> {weaker.state}.")
+    return finding(key, _combine([same.state, weaker.state]), evidence, rule, same.n, [same, weaker])
+
+
+def _late_differences_smaller(run: RunFolder) -> Finding:
+    key = "late_differences_smaller"
+    L = run.num_layers
+    rule = ("Per query, the signed difference s (M(3) - M(-1)) averaged over the matching (head, direction) rows of "
+            "the early/middle layers (l < " + layer_text("late", L) + ") minus the same over the matching rows of the last "
+            "layers: the claim, late-layer differences are smaller in magnitude, is that it is > 0 (an effect claim, "
+            "one-sample t-test, margin d_z = 0.5 for a clear no); inconclusive when a range has no matching head. "
+            + SELECTION)
+    table = _matching_per_query(run)
+    if table is None or not L:
+        return missing(key, "contrast/per_query.csv or contrast/heads.csv is missing (contrast was not run).", rule)
+    late = table[CONTRAST.layer] >= late_start(L)
+    if not late.any() or late.all():
+        where = "last" if not late.any() else "early/middle"
+        return finding(key, INCONCLUSIVE, f"No matching head in the {where} layers: nothing to compare.", rule)
+    signed = table[CONTRAST.sign].to_numpy(float) * (table[3] - table[-1])
+    frame = pd.DataFrame({CONTRAST.qid: table[CONTRAST.qid], "late": late.to_numpy(), "d": signed})
+    by = frame.groupby([CONTRAST.qid, "late"])["d"].mean().unstack()
+    diff = (by[False] - by[True]).dropna()
+    test = directional(diff.to_numpy(), run.alpha)
+    keys = [CONTRAST.layer, CONTRAST.head, CONTRAST.direction]
+    counts = [len(table[mask][keys].drop_duplicates()) for mask in (~late, late)]
+    evidence = (f"Matching rows: {counts[0]} early/middle, {counts[1]} late (l >= {late_start(L)}); per query, signed M(3)-M(-1) early/middle {float(by[False].mean()):+.4f}, "
+                f"late {float(by[True].mean()):+.4f}; early minus late: {test.text()}.")
+    return finding(key, test.state, evidence, rule, test.n, [test])
 
 
 JUDGES = (
@@ -276,4 +387,8 @@ JUDGES = (
     Judge("qd_entropy_late", "Late-layer Q<-D entropy is higher on relevant than on easy-negative passages (Figure 4)", 12, _qd_entropy_late),
     Judge("exact_match_early", "Early/middle heads put more exact-match mass on relevant passages (Figure 4)", 13, _exact_match_early),
     Judge("dq_entropy_late_similar", "Late-layer D<-Q entropy differs less than Q<-D between relevant and easy negatives (Figure 4)", 14, _dq_entropy_late_similar),
+    Judge("hard_same_pattern_weaker", "Relevant vs hard negatives: the same matching pattern, weaker (Figure 2, r = 0)", 16,
+          _hard_same_pattern_weaker),
+    Judge("late_differences_smaller", "Late-layer matching differences are smaller in magnitude (Figure 2b)", 17,
+          _late_differences_smaller),
 )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import pandas as pd
 
-from ...analysis.findings import (DROP, FAILS, HOLDS, INCONCLUSIVE, MIN_QUERIES, Finding, Judge, _combine, finding, missing, queries_of)
+from ...analysis.findings import (DROP, FAILS, HOLDS, INCONCLUSIVE, MIN_QUERIES, Finding, Judge, _combine, finding,
+                                  first_layer, layer_text, missing, queries_of)
 from ...analysis.runfolder import COMPARE, CONTRAST, RunFolder, as_float
 from ...engine.ablation import direction_cells, direction_label
+from ..table1.findings import drop_test
 
 CLS_DIRECTIONS = (frozenset({("CLS", "*")}), frozenset({("CLS", "Q"), ("CLS", "D")}))
 
@@ -32,8 +33,14 @@ def _layer_curves(run: RunFolder) -> dict[frozenset, pd.DataFrame]:
     return out
 
 
+def _layer_family(run: RunFolder) -> int:
+    """The (direction, layer) cells of Figure 1 the run's correction covers."""
+    return len(run.layers) if run.layers is not None else 1
+
+
 def _layer_state(run: RunFolder, row: pd.Series) -> str:
-    """"hurts" (significant drop larger than DROP), "harmless" (CI rules out a drop of DROP), else "undecided"."""
+    """"hurts" (significant drop larger than DROP), "harmless" (a one-sided test at alpha rules out a drop of
+    DROP), else "undecided"."""
     p = run.decision_p(row)
     drop = -float(row[COMPARE.delta])
     low = as_float(row.get(COMPARE.ci_low))
@@ -42,11 +49,10 @@ def _layer_state(run: RunFolder, row: pd.Series) -> str:
         return "undecided"
     if p is not None and p <= run.alpha and drop > DROP:
         return "hurts"
-    if low is not None and low > -DROP:
-        return "harmless"
-    if low is None and p is not None and p > run.alpha and drop <= DROP:  # an old layers.csv without CIs
-        return "harmless"
-    return "undecided"
+    if low is None:  # an old layers.csv without CIs
+        return "harmless" if p is not None and p > run.alpha and drop <= DROP else "undecided"
+    test = drop_test(run, row, DROP, _layer_family(run))
+    return "harmless" if test is not None and test.state == FAILS and test.mean < DROP else "undecided"
 
 
 def _states_text(group: pd.DataFrame) -> str:
@@ -54,23 +60,43 @@ def _states_text(group: pd.DataFrame) -> str:
 
 
 LAYER_STATES = (f"Per layer l (layers 0..l ablated): hurts = significant drop (the run's p over every "
-                f"(direction, layer) of Figure 1) larger than {DROP}; harmless = the (1 - alpha) CI of the change "
-                f"rules out a drop of {DROP}.")
+                f"(direction, layer) of Figure 1) larger than {DROP}; harmless = a one-sided test at alpha rules out "
+                f"a drop of {DROP} (the (1 - 2 alpha) CI of the change ends above -{DROP}).")
+
+
+def _tests(run: RunFolder, group: pd.DataFrame, start: int) -> list:
+    """The rows' drop tests (for the MDE), each with the verdict its row gives the claim "harmless before layer
+    ``start``, hurting from it on" (supports: holds, contradicts: does not hold)."""
+    out = []
+    for _, row in group.iterrows():
+        test = drop_test(run, row, DROP, _layer_family(run))
+        if test is not None:
+            wanted, contrary = ("harmless", "hurts") if row[CONTRAST.layer] < start else ("hurts", "harmless")
+            test.state = HOLDS if row["state"] == wanted else FAILS if row["state"] == contrary else INCONCLUSIVE
+            out.append(test)
+    return out
+
+
+def _mde_text(tests: list) -> str:
+    mdes = [t.mde for t in tests if t.mde == t.mde]
+    return f" MDE of a cell's drop test (80% power, over the family): {min(mdes):.3f} to {max(mdes):.3f}." if mdes else ""
 
 
 def _cls_last_layers(run: RunFolder) -> Finding:
     key = "cls_last_layers"
     L = run.num_layers
-    rule = (LAYER_STATES + " Holds when, for CLS<-* and CLS<-{Q,D}, every l < L-2 is harmless and every l >= L-2 "
-            "hurts; does not hold when some l < L-2 hurts or some l >= L-2 is harmless; otherwise inconclusive"
-            + (f" (L = {L}: layers {L - 2} and {L - 1})." if L else "."))
+    start = first_layer("cls_last", L) if L else None
+    rule = (LAYER_STATES + " The paper's last 2 layers of 24 (22-23) scaled to the depth: l >= s = "
+            + layer_text("cls_last", L) + ". Holds when, for CLS<-* and CLS<-{Q,D}, every l < s is harmless and "
+            "every l >= s hurts; does not hold when some l < s hurts or some l >= s is harmless; otherwise inconclusive.")
     curves = _layer_curves(run)
     found = [curves[k] for k in CLS_DIRECTIONS if k in curves]
     if not found or not L:
         return missing(key, "layers.csv has no CLS<-* or CLS<-{Q,D} curve (layers was not run).", rule)
-    states, parts = [], []
+    states, parts, tests = [], [], []
     for group in found:
-        early, late = group[group[CONTRAST.layer] < L - 2], group[group[CONTRAST.layer] >= L - 2]
+        tests += _tests(run, group, start)
+        early, late = group[group[CONTRAST.layer] < start], group[group[CONTRAST.layer] >= start]
         if (early["state"] == "hurts").any() or (late["state"] == "harmless").any():
             states.append(FAILS)
         elif (early["state"] == "harmless").all() and len(late) and (late["state"] == "hurts").all():
@@ -78,16 +104,17 @@ def _cls_last_layers(run: RunFolder) -> Finding:
         else:
             states.append(INCONCLUSIVE)
         parts.append(f"{direction_label(group['label'].iloc[0])}: {_states_text(group)}")
-    return finding(key, _combine(states), f"L = {L}. " + ". ".join(parts) + ".", rule, queries_of(run, run.layers))
+    return finding(key, _combine(states), f"L = {L}, last layers {start}..{L - 1}. " + ". ".join(parts) + "."
+                   + _mde_text(tests), rule, queries_of(run, run.layers), tests)
 
 
 def _dd_from_middle(run: RunFolder) -> Finding:
     key = "dd_from_middle"
     L = run.num_layers
-    start = int(math.floor(0.45 * L)) if L else None
-    rule = (LAYER_STATES + " For D<-D: holds when every l < floor(0.45 L)" + (f" = {start}" if start is not None else "")
-            + " is harmless and some later l hurts (the paper: from layer 11/12 of 24); does not hold when an earlier "
-            "l hurts or every later l is harmless; otherwise inconclusive.")
+    start = first_layer("dd_onset", L) if L else None
+    rule = (LAYER_STATES + " For D<-D: holds when every l < s = " + layer_text("dd_onset", L)
+            + " is harmless and some later l hurts (the paper: not before layers 11/12 of 24); does not hold when an "
+            "earlier l hurts or every later l is harmless; otherwise inconclusive.")
     group = _layer_curves(run).get(frozenset({("D", "D")}))
     if group is None or not L:
         return missing(key, "layers.csv has no D<-D curve (layers was not run).", rule)
@@ -98,12 +125,13 @@ def _dd_from_middle(run: RunFolder) -> Finding:
         verdict = HOLDS
     else:
         verdict = INCONCLUSIVE
+    tests = _tests(run, group, start)
     hurting = group[group["state"] == "hurts"][CONTRAST.layer]
     onset = int(hurting.iloc[0]) if len(hurting) else None
     evidence = (f"L = {L}; first layer that hurts: {onset if onset is not None else 'none'}"
                 + (f" ({(onset + 1) / L:.0%} of the depth ablated; the paper: layer 11/12 of 24, about 50%)" if onset is not None else "")
-                + f". D<-D: {_states_text(group)}.")
-    return finding(key, verdict, evidence, rule, queries_of(run, run.layers), onset=onset)
+                + f". D<-D: {_states_text(group)}." + _mde_text(tests))
+    return finding(key, verdict, evidence, rule, queries_of(run, run.layers), tests, onset=onset)
 
 
 

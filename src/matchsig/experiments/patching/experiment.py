@@ -8,8 +8,13 @@ A run folder (``--out``) holds
 * ``store/patch/NNNNN.npy``: one file per finished chunk of pairs, through the runner's store (a
   killed run resumes where it stopped; under ``torchrun`` the chunks are shared out);
 * ``patching.csv``: one row per (layer, head, position) site: ``diagnostic, site, layer, head,
-  position, effect_mean, effect_sd, n_pairs`` over the pairs whose perturbation moves the score by
-  at least ``min_delta`` (effects of pairs it barely moves are ratios of rounding noise);
+  position, effect_mean, effect_sd, n_pairs, ci_low, ci_high, n_queries`` over the pairs whose
+  perturbation moves the score by at least ``min_delta`` x the score scale (the standard deviation of
+  the baseline scores of the diagnostic pairs: a fraction of the model's own score spread, so the same
+  setting means the same for log-probabilities and raw logits; effects of pairs it barely moves are
+  ratios of rounding noise); ``ci_low, ci_high``: the (1 - alpha) cluster-bootstrap CI of the mean
+  effect, resampling *queries* (the append and prepend pairs of a passage, and every passage of a
+  query, are one cluster: :mod:`matchsig.analysis.bootstrap`);
 * ``patching.png``: layer x head heatmaps of the mean effect (per token role for per-position sites);
 * ``patching_overlap.csv`` (``--site head`` in a folder that also holds ``contrast/heads.csv``, e.g.
   ``matchsig experiments --experiments contrast,patch``): the top-k patching heads (``overlap_k``)
@@ -91,8 +96,9 @@ class Patching(Experiment):
                minimum=1),
         Option("where", lambda: ["append", "prepend"], "--where", "Where the term is inserted (repeatable).",
                kind=list[str]),
-        Option("min_delta", 0.01, "--min-delta", "Pairs whose score the perturbation moves less are left out of the "
-               "means.", kind=float, results=False),
+        Option("min_delta", 0.01, "--min-delta", "Pairs whose score the perturbation moves by less than this "
+               "fraction of the score scale (the sd of the pairs' baseline scores) are left out of the means.",
+               kind=float, results=False),
         Option("overlap_k", lambda: [4, 8], "--overlap-k", "Top-k patching heads compared with the contrast heads, "
                "when the folder has a contrast run (repeatable).", kind=list[int], minimum=1, results=False),
         Option("overlap_permutations", 10_000, "--overlap-permutations", "Random head sets of the overlap's "
@@ -139,7 +145,7 @@ class Patching(Experiment):
         kind, per_position = SITES[runner.config.site]
         nr = len(ROLES) if per_position else 1
         effects = values[:, 2:].reshape(len(values), runner.encoder.num_layers, -1, nr)
-        moved = np.abs(values[:, 1] - values[:, 0]) >= runner.config.min_delta
+        moved = np.abs(values[:, 1] - values[:, 0]) >= runner.config.min_delta * score_scale(values[:, 0])
         return values, effects, moved
 
     def collect(self, runner) -> None:
@@ -147,7 +153,8 @@ class Patching(Experiment):
             return
         values, effects, moved = self._effects(runner)
         kind, per_position = SITES[runner.config.site]
-        _write_table(runner.writer, runner.config, kind, effects[moved], per_position)
+        qids = np.array([t.qid for t in self.diagnostic_pairs(runner)[1].triples])
+        _write_table(runner.writer, runner.config, kind, effects[moved], per_position, qids[moved])
         _heatmaps(runner.writer.path(FILES.patching_png), runner.config, effects[moved], per_position)
         _write_overlap(runner)
 
@@ -155,7 +162,9 @@ class Patching(Experiment):
         values, _, moved = self._effects(runner)
         pool, pairs = self.diagnostic_pairs(runner)
         return {"experiment": "patch", "pairs": pairs.describe(), "pool": pool.describe(),
-                "pairs_moved": int(moved.sum()), "mean_delta": float(np.mean(values[:, 1] - values[:, 0]))}
+                "pairs_moved": int(moved.sum()), "mean_delta": float(np.mean(values[:, 1] - values[:, 0])),
+                "score_scale": score_scale(values[:, 0]),
+                "min_delta_absolute": runner.config.min_delta * score_scale(values[:, 0])}
 
     def in_report(self, folder: RunFolder) -> bool:
         return folder.patching is not None
@@ -272,21 +281,32 @@ def _chunk_work(ce, pairs, rows: range, kind: str, per_position: bool, batch_siz
     return np.concatenate([res.baseline[:, None], res.perturbed[:, None], eff.reshape(n, -1)], 1)
 
 
-def _write_table(writer, config, kind: str, effects: np.ndarray, per_position: bool) -> Path:
+def score_scale(baseline: np.ndarray) -> float:
+    """The scale ``min_delta`` is a fraction of: the sd of the pairs' baseline scores (1 when it is 0 or undefined)."""
+    sd = float(np.std(baseline, ddof=1)) if len(baseline) > 1 else float("nan")
+    return sd if np.isfinite(sd) and sd > 0 else 1.0
+
+
+def _write_table(writer, config, kind: str, effects: np.ndarray, per_position: bool, qids: np.ndarray) -> Path:
     import pandas as pd
 
-    _, nl, nh, nr = effects.shape
+    from ...analysis.bootstrap import clustered_mean_ci
+
+    n, nl, nh, nr = effects.shape
+    low, high, present = clustered_mean_ci(effects.reshape(n, -1), qids, config.alpha, seed=config.seed)
     rows = []
     for layer in range(nl):
         for h in range(nh):
             for r in range(nr):
                 col = effects[:, layer, h, r]
                 col = col[np.isfinite(col)]
+                i = np.ravel_multi_index((layer, h, r), (nl, nh, nr))
                 rows.append({P.diagnostic: config.diagnostic, P.site: config.site, P.layer: layer,
                              P.head: h if kind == "attn.hook_z" else "", P.position: ROLES[r] if per_position else "all",
                              P.effect_mean: float(col.mean()) if len(col) else float("nan"),
                              P.effect_sd: float(col.std(ddof=1)) if len(col) > 1 else float("nan"),
-                             P.n_pairs: int(len(col))})
+                             P.n_pairs: int(len(col)), "ci_low": low[i], "ci_high": high[i],
+                             "n_queries": int(present[i])})
     return writer.csv(FILES.patching, pd.DataFrame(rows), float_format="%.6g")
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from ...analysis import paper
-from ...analysis.runfolder import COMPARE, CONTRAST, FILES, POOLS, TABLE1, RunFolder
+from ...analysis.comparison import bold
+from ...analysis.runfolder import COMPARE, CONTRAST, FILES, POOLS, TABLE1, RunFolder, as_float
 from ...engine.ablation import Ablation
 from .. import driver
 from ..html import arrow, esc, missing, num, pval, table
@@ -106,13 +107,16 @@ def section(run: RunFolder) -> str:
                 tds.append(f'<td class="cell">–{ref_text}</td>')
                 continue
             value = float(row[COMPARE.ndcg])
-            lower = value < unablated if unablated is not None else bool(row.get(COMPARE.lower, False))
+            delta = value - unablated if unablated is not None else (as_float(row.get(COMPARE.delta)) or 0.0)
+            lower = bold(delta, run.mark(row))
             text = f"{value:.3f}{esc(run.mark(row))}"
             text = f"<b>{text}</b>" if lower else text
             delta = value - unablated if unablated is not None else 0.0
             shade = min(1.0, max(0.0, -delta) / 0.35)
             style = f' style="background: rgba(214, 96, 77, {0.08 + 0.55 * shade:.2f})"' if delta < -0.005 else ""
-            title = f'{target}<-{source}: nDCG@10 {value:.4f}, delta {delta:+.4f}, {run.p_name} {pval(run.decision_p(row))}'
+            mde = as_float(row.get(COMPARE.mde))
+            title = (f'{target}<-{source}: nDCG@10 {value:.4f}, delta {delta:+.4f}, {run.p_name} '
+                     f'{pval(run.decision_p(row))}' + (f', MDE (80% power) {mde:.3f}' if mde is not None else ''))
             ours = f'<span class="delta">{delta:+.3f}</span>' if unablated is not None else ""
             tds.append(f'<td class="cell"{style} title="{esc(title)}">{text}{ours}{ref_text}</td>')
         rows.append(f"<tr><th>{esc(paper.PART_LABELS[target])}</th>{''.join(tds)}</tr>")
@@ -130,7 +134,7 @@ def section(run: RunFolder) -> str:
         f'<p class="muted">Rows: the attending part X; columns: the attended part Y; "All" = X &larr; * (every source). '
         f"Each cell: our tie-aware nDCG@10 with the direction masked in every head of every layer, its change from the "
         f"unablated model, and the paper's MonoBERT-large value (its change from 0.81). <b>Bold</b> = lower than the "
-        f"unablated model; {esc(marks_legend(run.alpha, run.correction, 'the 30 ablations', int(n) if n == n and n else None))}"
+        f"unablated model by at least 0.001 or significantly; {esc(marks_legend(run.alpha, run.correction, 'the 30 ablations', int(n) if n == n and n else None))}"
         f" against the unablated model (the paper stars significant drops only, uncorrected: "
         f"<code>--correction none</code>). Shading grows with the drop.</p>"
     )
@@ -144,11 +148,14 @@ def section(run: RunFolder) -> str:
         for t, s in zip(frame[TABLE1.target], frame[TABLE1.source])
     ]
     cols = [c for c in (CONTRAST.direction, COMPARE.ndcg, "paper", COMPARE.delta, COMPARE.ci_low, COMPARE.ci_high, COMPARE.p_value, run.p_name, COMPARE.mark,
-                        COMPARE.lower, COMPARE.n_queries) if c in frame]
+                        COMPARE.mde, COMPARE.lower, COMPARE.n_queries) if c in frame]
     cols = list(dict.fromkeys(cols))
     signed = lambda v: f"{float(v):+.4f}"  # noqa: E731
+    if COMPARE.mark in frame:  # an empty mark reads as NaN
+        frame[COMPARE.mark] = frame[COMPARE.mark].fillna("")
     full = table(frame[cols], {CONTRAST.direction: arrow, COMPARE.ndcg: lambda v: num(v, 4), COMPARE.delta: signed, COMPARE.ci_low: signed,
-                                COMPARE.ci_high: signed, COMPARE.p_value: pval, run.p_name: pval})
+                                COMPARE.ci_high: signed, COMPARE.p_value: pval, run.p_name: pval,
+                                COMPARE.mde: lambda v: num(v, 3)})
     return f"""
 <section id="table1"><h2>Table 1 — whole-model ablations (nDCG@10)</h2>
 {legend}{grid}{footer}

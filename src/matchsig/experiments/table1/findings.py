@@ -5,26 +5,42 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ...analysis.findings import (FAILS, HOLDS, INCONCLUSIVE, MARGIN, MIN_QUERIES, SEP_NOOP, Finding, Judge, _combine, _fmt, directional, finding, missing, queries_of)
+from ...analysis.findings import (FAILS, HOLDS, INCONCLUSIVE, MARGIN, MIN_QUERIES, Finding, Judge, _combine, _fmt,
+                                  cell_sample, finding, missing, queries_of)
 from ...analysis.runfolder import COMPARE, RunFolder, as_float
+from ...analysis.significance import correct
+from ...analysis.verdicts import Sample, Test, effect, equivalence, ordering
 from ...engine.ablation import direction_cells
 
 SEP_PARTS = ("SEP1", "SEP2")
+#: The 30 ablations of Table 1: the family its corrected p-values are corrected over (for the MDE).
+TABLE1_FAMILY = 30
+
+
+def family_size(run: RunFolder, size: int) -> int:
+    """How many tests a corrected p of the run was corrected over (1 when the run corrects nothing)."""
+    return 1 if run.correction == "none" else size
+
+
+def drop_test(run: RunFolder, row: pd.Series, margin: float = MARGIN, family: int = TABLE1_FAMILY) -> Test | None:
+    """The claim "this ablation lowers nDCG@10" of one ranking row: an effect on -change, decided on the row's
+    corrected p; it does not hold when the change rises significantly or a one-sided test rules out a drop of
+    ``margin`` (the row is harmless). None when the row has no change or query count."""
+    s = cell_sample(row, run.alpha)
+    if s is None:
+        return None
+    return effect(Sample(-s.mean, s.sd, s.n), run.alpha, margin, p=run.decision_p(row), tests=family_size(run, family))
+
 
 def _ndcg_state(run: RunFolder, row: pd.Series) -> str:
-    """One nDCG comparison row: "drop" (significant), "rise" (significant), "harmless" (CI rules out a drop
-    of MARGIN or more), or "undecided"."""
-    p = run.decision_p(row)
-    delta = as_float(row.get(COMPARE.delta))
-    low = as_float(row.get(COMPARE.ci_low))
-    n = as_float(row.get(COMPARE.n_queries))
-    if n is not None and n < MIN_QUERIES:
+    """One nDCG comparison row: "drop" (significant), "rise" (significant), "harmless" (a one-sided test at
+    alpha rules out a drop of MARGIN or more), or "undecided"."""
+    test = drop_test(run, row)
+    if test is None or test.n < MIN_QUERIES:
         return "undecided"
-    if p is not None and delta is not None and p <= run.alpha and delta != 0:
-        return "drop" if delta < 0 else "rise"
-    if low is not None and low > -MARGIN:
-        return "harmless"
-    return "undecided"
+    if test.p <= run.alpha and test.mean != 0:
+        return "drop" if test.mean > 0 else "rise"
+    return "harmless" if test.state == FAILS else "undecided"
 
 
 def _cell_text(run: RunFolder, label: str, row: pd.Series) -> str:
@@ -45,8 +61,8 @@ def _dd_hurts_most(run: RunFolder) -> Finding:
     key = "dd_hurts_most"
     rule = ("D<-D has the lowest nDCG@10 of the 25 single directions and a paired t-test over queries puts it "
             f"significantly below the next lowest direction (p <= alpha, uncorrected: one planned comparison); does not "
-            f"hold when another direction is significantly below D<-D, or D<-D's own drop is ruled out (CI of its change "
-            f"above -{MARGIN}); otherwise inconclusive.")
+            f"hold when another direction is significantly below D<-D, or D<-D's own drop is ruled out (a one-sided "
+            f"test at alpha puts its change above -{MARGIN}); otherwise inconclusive.")
     cells = {k: v for k, v in run.cells().items() if k[1] != "*"}
     if ("D", "D") not in cells or len(cells) < 2:
         return missing(key, "table1.csv is missing (Table 1 was not run).", rule)
@@ -60,6 +76,7 @@ def _dd_hurts_most(run: RunFolder) -> Finding:
     pq, cols = run.table1_per_query, _per_query_columns(run)
     c_dd, c_run = cols.get(frozenset({("D", "D")})), cols.get(frozenset({runner}))
     n = queries_of(run, run.table1)
+    tests = [t for t in [drop_test(run, cells[("D", "D")])] if t is not None]
     if state_dd == "harmless" or state_dd == "rise":
         verdict = FAILS
         evidence += " D<-D does not lower nDCG@10 meaningfully."
@@ -67,53 +84,68 @@ def _dd_hurts_most(run: RunFolder) -> Finding:
         verdict = INCONCLUSIVE
         evidence += " table1_per_query.csv is missing: D<-D cannot be tested against the runner-up."
     else:
-        test = directional(pq[c_run].to_numpy(float) - pq[c_dd].to_numpy(float), run.alpha, 0.0)
-        n = test.n
-        # only significance decides here: "hurts most" has no margin of its own
-        verdict = HOLDS if test.state == HOLDS else FAILS if (test.p <= run.alpha and test.mean < 0) else INCONCLUSIVE
+        # only significance decides here: "hurts most" has no margin of its own (an ordering claim)
+        test = ordering(pq[c_run].to_numpy(float), pq[c_dd].to_numpy(float), run.alpha)
+        n, verdict, tests = test.n, test.state, [test]
         evidence += (f" D<-D vs the next lowest, {runner[0]}<-{runner[1]}: {runner[0]}<-{runner[1]} minus D<-D "
-                     f"{test.mean:+.3f} per query, paired t-test p={test.p:.3g} over {test.n} queries.")
-    return finding(key, verdict, evidence, rule, n, ranking=[[f"{t}<-{s}", v] for (t, s), v in ranked])
+                     f"{test.mean:+.3f} per query, paired t-test p={test.p:.3g} over {test.n} queries, MDE "
+                     f"{test.mde:.3g}.")
+    return finding(key, verdict, evidence, rule, n, tests, ranking=[[f"{t}<-{s}", v] for (t, s), v in ranked])
+
+
+def _equivalent_cells(run: RunFolder, chosen: dict) -> tuple[dict, list[str], list[str], list[str]]:
+    """Per cell, the TOST of |change| < MARGIN; a violation's one-sided p corrected over the cells (any one
+    violation fails the claim: a union, corrected; all must be equivalent: an intersection, not)."""
+    tests = {k: equivalence(cell_sample(row, run.alpha), run.alpha, MARGIN) for k, row in chosen.items()}
+    p_out = correct({k: t.p_violation for k, t in tests.items()}, run.correction)
+    changes, undecided, noop = [], [], []
+    for (t, s), row in chosen.items():
+        test = tests[(t, s)]
+        text = _cell_text(run, f"{t}<-{s}", row)
+        if test.n >= MIN_QUERIES and p_out[(t, s)] <= run.alpha:
+            test.state = FAILS
+            changes.append(f"{text}, one-sided p beyond +-{MARGIN} {p_out[(t, s)]:.3g}")
+        elif test.state == FAILS:
+            test.state = INCONCLUSIVE  # violated before the correction only
+            undecided.append(text)
+        elif test.state == HOLDS:
+            noop.append(text)
+        else:
+            undecided.append(text + f" (90% CI [{test.ci_one_sided[0]:+.3f}, {test.ci_one_sided[1]:+.3f}])"
+                             if test.n >= MIN_QUERIES else text)
+    return tests, changes, undecided, noop
 
 
 def _sep_noop(run: RunFolder) -> Finding:
     key = "sep_noop"
     rule = (f"Each of the 18 ablations into or out of SEP1/SEP2 (16 single directions + SEP1<-*, SEP2<-*) is a no-op "
-            f"when the (1 - alpha) CI of its change lies inside +-{MARGIN}; it changes something when the change is "
-            f"significant ({run.p_name} <= {run.alpha:g}) and larger than {SEP_NOOP}. Holds when all 18 are no-ops; "
-            "does not hold when one changes something; otherwise inconclusive.")
+            f"when two one-sided tests at alpha put its change inside +-{MARGIN} (its (1 - 2 alpha) CI lies inside); it "
+            f"changes something when a one-sided test puts the change beyond +-{MARGIN} ({run.p_label} over the 18). "
+            "Holds when all 18 are no-ops; does not hold when one changes something; otherwise inconclusive.")
     cells = run.cells()
     chosen = {k: v for k, v in cells.items()
               if (k[1] != "*" and (k[0] in SEP_PARTS or k[1] in SEP_PARTS)) or (k[1] == "*" and k[0] in SEP_PARTS)}
     if not chosen:
         return missing(key, "table1.csv is missing (Table 1 was not run).", rule)
-    changes, undecided, noop = [], [], []
-    for (t, s), row in chosen.items():
-        delta = float(row[COMPARE.delta])
-        p = run.decision_p(row)
-        low, high = as_float(row.get(COMPARE.ci_low)), as_float(row.get(COMPARE.ci_high))
-        text = _cell_text(run, f"{t}<-{s}", row)
-        if p is not None and p <= run.alpha and abs(delta) > SEP_NOOP:
-            changes.append(text)
-        elif low is not None and high is not None and -MARGIN < low and high < MARGIN:
-            noop.append(text)
-        else:
-            undecided.append(text)
+    tests, changes, undecided, noop = _equivalent_cells(run, chosen)
     verdict = FAILS if changes else HOLDS if not undecided else INCONCLUSIVE
     deltas = [abs(float(r[COMPARE.delta])) for r in chosen.values()]
-    evidence = f"{len(chosen)} SEP cells, largest |change| {max(deltas):.3f}; {len(noop)} no-ops."
+    mdes = [t.mde for t in tests.values() if t.mde == t.mde]
+    evidence = (f"{len(chosen)} SEP cells, largest |change| {max(deltas):.3f}; {len(noop)} no-ops"
+                + (f"; MDE of the equivalence tests {min(mdes):.3f} to {max(mdes):.3f}" if mdes else "") + ".")
     if changes:
-        evidence += " Significant changes above " + f"{SEP_NOOP}: " + "; ".join(changes) + "."
+        evidence += f" Changes beyond +-{MARGIN}: " + "; ".join(changes) + "."
     if undecided:
-        evidence += " Not decided (CI wider than the margin): " + "; ".join(undecided) + "."
-    return finding(key, verdict, evidence, rule, queries_of(run, run.table1), changes=changes, undecided=undecided)
+        evidence += " Not decided (the one-sided tests reach neither side): " + "; ".join(undecided) + "."
+    return finding(key, verdict, evidence, rule, queries_of(run, run.table1), list(tests.values()), changes=changes,
+                   undecided=undecided)
 
 
 def _cls_all_random(run: RunFolder) -> Finding:
     key = "cls_all_random"
-    rule = (f"Per query, CLS<-* minus the exact random baseline: holds when the (1 - alpha) CI of the mean lies inside "
-            f"+-{MARGIN} (or every query equals it: all scores tie); does not hold when the difference is significant "
-            f"(paired t-test p <= alpha) and larger than {MARGIN}; otherwise inconclusive.")
+    rule = (f"Per query, CLS<-* minus the exact random baseline: holds when two one-sided tests at alpha put the mean "
+            f"inside +-{MARGIN} (or every query equals it: all scores tie); does not hold when a one-sided test puts it "
+            f"beyond +-{MARGIN}; otherwise inconclusive.")
     row = run.cells().get(("CLS", "*"))
     rnd = run.random_ndcg
     if row is None or rnd is None:
@@ -123,26 +155,25 @@ def _cls_all_random(run: RunFolder) -> Finding:
     pq = run.table1_per_query
     col = _per_query_columns(run).get(frozenset({("CLS", "*")}))
     if pq is None or col is None or "random" not in pq:
-        verdict = HOLDS if abs(value - rnd) <= MARGIN else INCONCLUSIVE
-        return finding(key, verdict, evidence + " No per-query values: judged on the means only.", rule,
-                        queries_of(run, run.table1), value=value, random=rnd)
+        return finding(key, INCONCLUSIVE, evidence + " No per-query values: the means alone cannot decide.", rule,
+                       queries_of(run, run.table1), value=value, random=rnd)
     d = pq[col].to_numpy(float) - pq["random"].to_numpy(float)
-    test = directional(d, run.alpha, MARGIN)
+    test = equivalence(d, run.alpha, MARGIN)
     if np.all(np.abs(d) < 1e-9):
         verdict = HOLDS
         evidence += f" Equal to the exact random baseline on every one of the {len(d)} queries (all scores tie)."
     else:
-        inside = -MARGIN < test.ci[0] and test.ci[1] < MARGIN
-        verdict = (HOLDS if inside else FAILS if (test.p <= run.alpha and abs(test.mean) > MARGIN) else INCONCLUSIVE)
+        verdict = test.state
         evidence += f" Per query CLS<-* minus random: {test.text()}."
-    return finding(key, verdict, evidence, rule, test.n, value=value, random=rnd)
+    return finding(key, verdict, evidence, rule, test.n, [test] if verdict == test.state else [], value=value,
+                   random=rnd)
 
 
 def _clsq_vs_clsd(run: RunFolder) -> Finding:
     key = "clsq_vs_clsd"
     rule = ("Per query, nDCG@10 of CLS<-D minus CLS<-Q (the claim: positive). Holds when a paired t-test gives p <= "
-            f"alpha with CLS<-Q lower; does not hold when CLS<-Q is significantly higher or the CI rules out CLS<-Q "
-            f"being {MARGIN} lower; otherwise inconclusive.")
+            f"alpha with CLS<-Q lower; does not hold when CLS<-Q is significantly higher or a one-sided test at alpha "
+            f"rules out CLS<-Q being {MARGIN} lower; otherwise inconclusive.")
     cells = run.cells()
     q, d = cells.get(("CLS", "Q")), cells.get(("CLS", "D"))
     if q is None or d is None:
@@ -154,41 +185,75 @@ def _clsq_vs_clsd(run: RunFolder) -> Finding:
     if pq is None or not cq or not cd:
         return finding(key, INCONCLUSIVE, evidence + " No per-query values (table1_per_query.csv) to test.", rule,
                         queries_of(run, run.table1), cls_q=vq, cls_d=vd)
-    test = directional(pq[cd].to_numpy(float) - pq[cq].to_numpy(float), run.alpha, MARGIN)
+    test = ordering(pq[cd].to_numpy(float), pq[cq].to_numpy(float), run.alpha, MARGIN)
     evidence += f" Per query CLS<-D minus CLS<-Q: {test.text()}."
-    return finding(key, test.state, evidence, rule, test.n, cls_q=vq, cls_d=vd)
+    return finding(key, test.state, evidence, rule, test.n, [test], cls_q=vq, cls_d=vd)
 
 
 def _table1_cells(run: RunFolder, key: str, wanted: list[tuple[str, str]], rule: str, claim_drop: bool) -> Finding:
     cells = run.cells()
     if not all(k in cells for k in wanted):
         return missing(key, "table1.csv is missing (Table 1 was not run).", rule)
+    tests = {k: drop_test(run, cells[k]) for k in wanted}
+    # "not a significant drop": a bound (drop < MARGIN), violated by a drop significantly beyond it (corrected)
+    p_big = correct({k: Sample(t.mean, t.sd, t.n).p_above(MARGIN) if t else 1.0 for k, t in tests.items()},
+                    run.correction)
     states, parts = [], []
     for k in wanted:
-        row = cells[k]
-        state = _ndcg_state(run, row)
+        test, state = tests[k], _ndcg_state(run, cells[k])
         if claim_drop:
             verdict = HOLDS if state == "drop" else FAILS if state in ("rise", "harmless") else INCONCLUSIVE
         else:
-            verdict = FAILS if state == "drop" else HOLDS if state in ("rise", "harmless") else INCONCLUSIVE
+            verdict = HOLDS if state in ("rise", "harmless") else FAILS if p_big[k] <= run.alpha else INCONCLUSIVE
+        if test is not None:
+            test.state = verdict
         states.append(verdict)
-        parts.append(f"{_cell_text(run, f'{k[0]}<-{k[1]}', row)}: {verdict}")
-    return finding(key, _combine(states), "; ".join(parts) + ".", rule, queries_of(run, run.table1))
+        mde = f", MDE {test.mde:.3f}{' (underpowered)' if test.underpowered else ''}" if test else ""
+        parts.append(f"{_cell_text(run, f'{k[0]}<-{k[1]}', cells[k])}{mde}: {verdict}")
+    return finding(key, _combine(states), "; ".join(parts) + ".", rule, queries_of(run, run.table1),
+                   [t for t in tests.values() if t is not None])
 
 
 def _table1_significant_drops(run: RunFolder) -> Finding:
     rule = (f"Each of D<-D, Q<-*, D<-*, CLS<-* is a significant drop ({run.p_name} <= {run.alpha:g} over the 30 "
-            f"ablations, change < 0); a cell fails when it rises significantly or its CI rules out a drop of {MARGIN}. "
-            "Holds when all four are significant drops.")
+            f"ablations, change < 0); a cell fails when it rises significantly or a one-sided test at alpha rules out a "
+            f"drop of {MARGIN}. Holds when all four are significant drops. MDE: two-sided at alpha over the family "
+            "(alpha / 30 for a corrected run).")
     return _table1_cells(run, "table1_significant_drops", [("D", "D"), ("Q", "*"), ("D", "*"), ("CLS", "*")], rule, True)
 
 
 def _table1_not_significant(run: RunFolder) -> Finding:
-    rule = (f"Neither CLS<-Q nor CLS<-D is a significant drop; a cell holds when its CI rules out a drop of {MARGIN} "
-            f"(or it rises significantly), fails when it is a significant drop ({run.p_name} <= {run.alpha:g}), and is "
-            "inconclusive when it is not significant but a drop of the margin is not ruled out (too few queries).")
+    rule = (f"Neither CLS<-Q nor CLS<-D is a significant drop: a bound on the drop. A cell holds when a one-sided test "
+            f"at alpha rules out a drop of {MARGIN} (or it rises significantly); it fails when a one-sided test puts "
+            f"the drop significantly beyond {MARGIN} ({run.p_label} over the two cells); otherwise inconclusive.")
     return _table1_cells(run, "table1_not_significant", [("CLS", "Q"), ("CLS", "D")], rule, False)
 
+
+def _alone_keeps_signal(run: RunFolder) -> Finding:
+    key = "qd_dq_alone_keep_signal"
+    rule = ("Q<-D alone and D<-Q alone each keep most of the relevance signal: per query, (ablated - random) minus "
+            "half of (unablated - random), where random is the exact random baseline; each a bound claim (mean > 0) by "
+            "one-sided tests at alpha: holds when both are significantly above 0 (more than half of the gap to random "
+            "kept), does not hold when one is significantly below 0; otherwise inconclusive.")
+    pq, cols = run.table1_per_query, _per_query_columns(run)
+    wanted = [("Q", "D"), ("D", "Q")]
+    columns = [cols.get(frozenset({k})) for k in wanted]
+    if pq is None or not all(columns) or "random" not in pq or "none" not in pq:
+        return missing(key, "table1_per_query.csv with Q<-D, D<-Q, none and random is missing (Table 1 was not run).",
+                       rule)
+    from ...analysis.verdicts import bound
+
+    ref, rnd = pq["none"].to_numpy(float), pq["random"].to_numpy(float)
+    tests, parts = [], []
+    for (t, s_), col in zip(wanted, columns):
+        value = pq[col].to_numpy(float)
+        test = bound((value - rnd) - (ref - rnd) / 2, run.alpha, 0.0)
+        kept = float(np.mean(value - rnd)) / float(np.mean(ref - rnd)) if np.mean(ref - rnd) else float("nan")
+        tests.append(test)
+        parts.append(f"{t}<-{s_} {float(np.mean(value)):.3f} keeps {kept:.0%} of the gap to random "
+                     f"({float(np.mean(ref)):.3f} vs {float(np.mean(rnd)):.3f}); kept minus half: {test.text()} -> {test.state}")
+    return finding(key, _combine([t.state for t in tests]), "; ".join(parts) + ".", rule, min(t.n for t in tests),
+                   tests)
 
 
 JUDGES = (
@@ -198,4 +263,6 @@ JUDGES = (
     Judge("clsq_vs_clsd", "CLS<-Q hurts more than CLS<-D", 4, _clsq_vs_clsd),
     Judge("table1_significant_drops", "Table 1: D<-D, Q<-*, D<-* and CLS<-* are significant drops", 9, _table1_significant_drops),
     Judge("table1_not_significant", "Table 1: CLS<-Q and CLS<-D are not significant drops", 10, _table1_not_significant),
+    Judge("qd_dq_alone_keep_signal", "Q<-D or D<-Q alone does not destroy the relevance signal (Table 1)", 15,
+          _alone_keeps_signal),
 )

@@ -7,6 +7,7 @@ from typing import Callable
 
 import pandas as pd
 
+from ...analysis.comparison import BOLD_CHANGE, bold
 from ...analysis.runfolder import COMPARE, TABLE1
 from ...engine.ablation import ALL, TABLE1_CELLS
 from ...engine.parts import PART_NAMES
@@ -30,7 +31,7 @@ def _grid(frame: pd.DataFrame, fmt: Callable[[float, str, bool], str]) -> list[l
         for y in _COLUMNS:
             r = cells.loc[_cell_label(x, y)]
             mark = r[COMPARE.mark] if COMPARE.mark in r and isinstance(r[COMPARE.mark], str) else ""
-            row.append(fmt(float(r[COMPARE.ndcg]), mark, bool(r[COMPARE.lower])))
+            row.append(fmt(float(r[COMPARE.ndcg]), mark, bold(float(r[COMPARE.delta]), mark)))
         out.append(row)
     return out
 
@@ -46,7 +47,8 @@ def _caption(frame: pd.DataFrame, config, note: str = "") -> tuple[float, float,
         cap = f"re-ranking the top {config.top_k or 'all'} of run {Path(config.run).name}"
     text = (f"Tie-aware nDCG@10 (expected value over the orders of tied passages) with attention direction X<-Y "
             f"masked in all layers and heads; model {config.model}, {', '.join(config.datasets)}, {cap}, seed "
-            f"{config.seed}. Original: {base:.3f}; random ranking (exact): {rnd:.3f}. Bold: lower than the original; "
+            f"{config.seed}. Original: {base:.3f}; random ranking (exact): {rnd:.3f}. Bold: lower than the original by at least "
+            f"{BOLD_CHANGE:g} or significantly; "
             f"{marks_legend(config.alpha, config.correction, 'the 30 ablations', n)}.")
     return base, rnd, (f"{text} {note}" if note else text)
 
