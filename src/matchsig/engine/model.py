@@ -438,6 +438,21 @@ class CrossEncoder:
         return attribute(self, queries, baseline_docs, perturbed_docs, site=site, method=method, steps=steps,
                          layers=layers, heads=heads, positions=positions, chunk_size=chunk_size, progress=progress)
 
+    def path_patch(self, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_docs: Sequence[str],
+                   sender, receiver, chunk_size: int = 16):
+        """Path patching sender -> receiver (:func:`matchsig.engine.path_patching.path_patch`)."""
+        from .path_patching import path_patch
+
+        return path_patch(self, queries, baseline_docs, perturbed_docs, sender, receiver, chunk_size=chunk_size)
+
+    def attribute_edges(self, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_docs: Sequence[str],
+                        method: str = "eap", steps: int = 16, chunk_size: int = 4, progress: bool = False):
+        """EAP / EAP-IG scores of every edge (:func:`matchsig.engine.edges.attribute_edges`)."""
+        from .edges import attribute_edges
+
+        return attribute_edges(self, queries, baseline_docs, perturbed_docs, method=method, steps=steps,
+                               chunk_size=chunk_size, progress=progress)
+
     # ---- attention statistics ------------------------------------------------------------------
     def attention_stats(self, queries: Sequence[str], documents: Sequence[str], ablation: Ablation | str | None = None,
                         batch_size: int = 32, progress: bool = False, kernel: str = "auto") -> AttentionStats:
