@@ -88,10 +88,18 @@ def _patch_chunk(ce, enc_b, enc_p, chunk, keeps: list[np.ndarray]):
     batch_b, batch_p = ce.collate(enc_b, chunk), ce.collate(enc_p, chunk)
     graph = graph_for(ce, batch_b)
     with torch.inference_mode():
-        run_b, run_p = graph.run(batch_b), graph.run(batch_p)
-        dtype = run_b.outs.dtype
-        patched = [graph.run(batch_b, keep=torch.as_tensor(k, dtype=dtype, device=ce.device), subst=run_p.outs,
-                             emb=run_b.outs[0]).scores.double().cpu().numpy() for k in keeps]
+        return patched_scores(graph, batch_b, graph.embed(batch_b), graph.embed(batch_p), keeps)
+
+
+def patched_scores(graph, batch, emb_b: torch.Tensor, emb_p: torch.Tensor, keeps: list[np.ndarray]):
+    """For one batch whose input node outputs are ``emb_b`` (baseline) and ``emb_p`` (perturbed; aligned
+    positions): baseline scores, perturbed scores, and the baseline scores with, for each (R, U) ``keep``,
+    reader r's input taking node u's perturbed output where ``keep[r, u]`` is 0."""
+    with torch.inference_mode():
+        run_b, run_p = graph.run(batch, emb=emb_b), graph.run(batch, emb=emb_p)
+        dtype, device = run_b.outs.dtype, run_b.outs.device
+        patched = [graph.run(batch, keep=torch.as_tensor(k, dtype=dtype, device=device), subst=run_p.outs,
+                             emb=emb_b).scores.double().cpu().numpy() for k in keeps]
     return run_b.scores.double().cpu().numpy(), run_p.scores.double().cpu().numpy(), patched
 
 
