@@ -8,8 +8,8 @@ output from the perturbed run, everything else at the baseline. Its first-order 
 
 where ``d score / d in_r`` is the gradient of the score w.r.t. reader r's input (one backward gives
 all readers') and ``J_{r,u}`` the Jacobian of r's input w.r.t. u's output through the residual
-additions and LayerNorms between them (post-LN: not the identity; applied to all readers of a read
-point at once by one pass back through the LayerNorms, :meth:`EdgeGraph.chain_vjp`).
+additions and LayerNorms between them (post-LN: not the identity; applied to every node's difference at
+once by one pass forward through the LayerNorms, :meth:`EdgeGraph.edge_products`).
 
 * ``method="eap"``: gradients and Jacobians at the baseline run;
 * ``method="eap-ig"``: averaged over ``steps`` runs whose input embeddings move from the
@@ -120,9 +120,6 @@ def edge_scores(graph: EdgeGraph, batch, emb_b: torch.Tensor, emb_p: torch.Tenso
         with _frozen(graph.model), torch.enable_grad():
             run = graph.run(batch, emb=emb, grad=True)
         with torch.no_grad():
-            for p in range(2 * graph.L + 1):
-                readers = graph.point_readers(p)
-                part = graph.chain_vjp(p, run.grads[p], run.ln_inputs, delta)
-                total[:, readers.start: readers.stop, : part.shape[2]] += part.double()
+            total += graph.edge_products(run.grads, run.ln_inputs, delta).double()
     total /= len(alphas)
     return (total.cpu().numpy(), run_b.scores.double().cpu().numpy(), run_p.scores.double().cpu().numpy())

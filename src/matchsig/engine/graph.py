@@ -240,32 +240,40 @@ class EdgeGraph:
         return x
 
     # ---- the chain's Jacobian (for edge attribution) -------------------------------------------
-    def chain_vjp(self, p: int, cot: torch.Tensor, ln_inputs: list, delta: torch.Tensor) -> torch.Tensor:
-        """``delta[u] . (dF_p/d o_u)^T cot[r]`` for every reader r at point p and node u before it:
-        (B, R_p, n_u), the first-order effect on the readers' outcome of moving o_u by ``delta[u]``
-        along the edge u->r only. ``cot``: (R_p, B, T, d) the cotangents of the readers' inputs."""
-        n = self.upstream(p)
-        out = torch.zeros(cot.shape[1], cot.shape[0], n, dtype=cot.dtype, device=cot.device)
-        c = cot
-        for s in range(p - 1, -1, -1):
-            layer, second = divmod(s, 2)
+    def edge_products(self, grads: list, ln_inputs: list, delta: torch.Tensor) -> torch.Tensor:
+        """``delta[u] . (dF_r/d o_u)^T grads[r]`` for every edge u->r: (B, R, U), 0 where no edge. It is the
+        first-order change of the score when o_u moves by ``delta[u]`` (U, B, T, d) along u->r only.
+
+        One pass forward through the LayerNorms: the tangents of every node written so far (each node's
+        ``delta`` pushed through the chain's Jacobian, LayerNorm statistics at the run's stream) are
+        contracted at each read point with its readers' gradients ``grads[p]`` (R_p, B, T, d)."""
+        B, T, d = delta.shape[1:]
+        tangents = torch.zeros(self.U, B, T, d, dtype=delta.dtype, device=delta.device)  # node-major: slices stay contiguous
+        tangents[0] = delta[0]
+        out = torch.zeros(B, self.R, self.U, dtype=delta.dtype, device=delta.device)
+        for p in range(2 * self.L + 1):
+            n, readers = self.upstream(p), self.point_readers(p)
+            g = grads[p].to(delta.dtype).reshape(len(readers), B, T * d).transpose(0, 1)  # (B, R_p, T d)
+            t = tangents[:n].reshape(n, B, T * d).transpose(0, 1)  # (B, n, T d)
+            out[:, readers.start: readers.stop, :n] = torch.bmm(g, t.transpose(1, 2))
+            if p == 2 * self.L:
+                break
+            layer, second = divmod(p, 2)
             first = 1 + layer * (self.H + 1)
-            w = self._w[layer]
-            ln = w["ln2"] if second else w["ln1"]
-            c = _layer_norm_vjp(c, ln_inputs[s], ln.weight, ln.eps)
-            nodes = slice(first + self.H, first + self.H + 1) if second else slice(first, first + self.H)
-            out[:, :, nodes] = torch.einsum("rbtd,ubtd->bru", c, delta[nodes])
-        out[:, :, 0] = torch.einsum("rbtd,btd->br", c, delta[0])
+            new = range(first + self.H, first + self.H + 1) if second else range(first, first + self.H)
+            tangents[new.start: new.stop] = delta[new.start: new.stop]
+            ln = self._w[layer]["ln2" if second else "ln1"]
+            tangents[: new.stop] = _layer_norm_jvp(tangents[: new.stop], ln_inputs[p], ln.weight, ln.eps)
         return out
 
 
-def _layer_norm_vjp(c: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Cotangent of a LayerNorm's input y from cotangents ``c`` (R, B, T, d) of its output."""
+def _layer_norm_jvp(t: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Tangents of a LayerNorm's output from tangents ``t`` (n, B, T, d) of its input y (B, T, d)."""
     mu = y.mean(-1, keepdim=True)
     sigma = torch.sqrt(((y - mu) ** 2).mean(-1, keepdim=True) + eps)
     yhat = (y - mu) / sigma
-    ch = c * weight
-    return (ch - ch.mean(-1, keepdim=True) - yhat * (ch * yhat).mean(-1, keepdim=True)) / sigma
+    out = torch.addcmul(t - t.mean(-1, keepdim=True), yhat, (t * yhat).mean(-1, keepdim=True), value=-1.0)
+    return out.mul_(weight / sigma)
 
 
 def _scores(ce, logits: torch.Tensor) -> torch.Tensor:
