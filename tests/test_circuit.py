@@ -87,7 +87,8 @@ def test_circuit_experiment_faithfulness_recomputed_by_direct_ablated_forwards(t
     out = tmp_path / "run"
     res = matchsig_cli("circuit", "--model", str(folder), "--dataset", "demo", "--per-grade", "1", "--pairs", "6",
                        "--method", "eap", "--sizes", "3", "--sizes", "30", "--faithfulness", "0.6",
-                       "--agreement-pairs", "3", "--bootstrap", "200", "--device", "cpu", "--out", str(out))
+                       "--agreement-pairs", "3", "--bootstrap", "200", "--ranking-sets", "2", "--device", "cpu",
+                       "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     pairs = pd.read_csv(out / "circuit_pairs.tsv", sep="\t", keep_default_na=False)
     ranked = pd.read_csv(out / "circuit_edges.csv").sort_values("rank")
@@ -120,3 +121,31 @@ def test_circuit_experiment_faithfulness_recomputed_by_direct_ablated_forwards(t
     assert list(agreement["level"]) == ["heads", "edges"] and agreement["spearman"].notna().all()
     html = (out / "report.html").read_text()
     assert "Relevance circuits" in html and (out / "figures" / "circuit.png").is_file()
+    _check_ranking(out, model, tokenizer, means, ranked, circuit["size"])
+
+
+def _check_ranking(out, model, tokenizer, means, ranked, size):
+    """Per-query nDCG@10 with the circuit kept, for three queries of the pool, from float64 circuit scores
+    and the tie-aware nDCG of tests/_recompute.py; the paired tests from the per-query table by scipy."""
+    from scipy import stats
+
+    from _recompute import main_pool, tie_aware_ndcg
+
+    per_query = pd.read_csv(out / "circuit_ranking_per_query.csv", dtype={"qid": str}).set_index("qid")
+    pool = main_pool(out)
+    kept = {(r, s) for s, r in zip(ranked["sender"][:size], ranked["receiver"][:size])}
+    allowed = {(r, s) for s, r in zip(ranked["sender"], ranked["receiver"])}
+    for qid in sorted(set(pool["qid"]))[:3]:
+        rows = pool[pool["qid"] == qid]
+        for label, edges in (("circuit kept", kept), ("circuit cut", allowed - kept)):
+            scores = [reference_circuit_score(model, tokenizer, q, d, edges, means)
+                      for q, d in zip(rows["query"], rows["document"])]
+            want, _ = tie_aware_ndcg(rows, scores)
+            assert per_query.loc[qid, label] == pytest.approx(want[qid], abs=1e-9), (qid, label)
+    tests = pd.read_csv(out / "circuit_ranking_tests.csv")
+    for mode in ("kept", "cut"):
+        randoms = per_query[[f"random {k} {mode}" for k in range(2)]].mean(axis=1)
+        row = tests[(tests["a"] == f"circuit {mode}") & (tests["b"] == f"random mean {mode}")].iloc[0]
+        t = stats.ttest_rel(per_query[f"circuit {mode}"], randoms)
+        assert row["diff"] == pytest.approx((per_query[f"circuit {mode}"] - randoms).mean(), abs=1e-12)
+        assert np.isnan(t.pvalue) and np.isnan(row["p_value"]) or row["p_value"] == pytest.approx(t.pvalue, rel=1e-9)

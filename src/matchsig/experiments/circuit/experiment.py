@@ -33,7 +33,8 @@ from . import work
 __all__ = ["Circuit"]
 
 FILES = {"curve": "circuit_curve.csv", "edges": "circuit_edges.csv", "agreement": "circuit_agreement.csv",
-         "pairs": "circuit_pairs.tsv"}
+         "pairs": "circuit_pairs.tsv", "ranking": "circuit_ranking.csv", "ranking_tests": "circuit_ranking_tests.csv",
+         "ranking_per_query": "circuit_ranking_per_query.csv"}
 CIRCUIT_JSON = "circuit.json"
 
 
@@ -45,6 +46,7 @@ class Circuit(Experiment):
     figures = {"circuit_curve.png": "Faithfulness of the top-k edges on held-out pairs.",
                "circuit.png": "The circuit: layers as rows, heads and MLPs as nodes, edges by |score|."}
     default = False
+    pools = ("main",)
     options = (
         Option("circuit_method", "eap-ig", "--method", "Edge attribution: eap or eap-ig.", kind=str),
         Option("circuit_steps", 8, "--steps", "EAP-IG interpolation steps.", minimum=1),
@@ -59,6 +61,8 @@ class Circuit(Experiment):
                results=False),
         Option("circuit_agreement_pairs", 6, "--agreement-pairs", "Attribution pairs checked against exact "
                "patching.", minimum=2),
+        Option("circuit_ranking_sets", 0, "--ranking-sets", "Random edge sets of the circuit's size against which "
+               "nDCG@10 on the ablation pool is compared, kept and cut (0: no ranking run).", minimum=0),
     )
 
     def validate(self, config) -> None:
@@ -123,23 +127,59 @@ class Circuit(Experiment):
                    len(held)),
             single("circuit/agreement", lambda: _agreement_array(ce, pairs, sample, c, edges, order,
                                                                  scores[: len(sample)]), len(sample))])
+        clusters = np.array([pairs.triples[i].qid for i in held])
+        curve = work.curve_frame(runner.store.load("circuit/curve"), clusters, c.circuit_bootstrap, c.seed)
+        size = _chosen_size(curve, c.circuit_edges, target)
+        configs = self._ranking(runner, edges, order[:size], means)
         if runner.dist.rank != 0:
             return
-        self._write(runner, pairs, held, edges, scores, order, target)
+        self._write(runner, pairs, held, edges, scores, order, target, curve, size)
+        if configs:
+            self._write_ranking(runner, configs)
 
-    def _write(self, runner, pairs, held, edges, scores, order, target) -> None:
+    def _ranking(self, runner, edges, circuit, means) -> list:
+        """Score the main pool under the circuit, its complement and random sets (none without --ranking-sets)."""
+        from .ranking import edge_sets, ranking_work
+
+        c = runner.config
+        if not c.circuit_ranking_sets:
+            return []
+        configs = edge_sets(len(edges), circuit, c.circuit_ranking_sets, c.seed)
+        _, (qs, ds) = runner.pool("main")
+        runner.execute("circuit ranking", [
+            single(f"circuit/rank/{k:05d}", lambda rows=rows: ranking_work(
+                runner.encoder, [qs[i] for i in rows], [ds[i] for i in rows], edges, configs, means), len(rows))
+            for k, rows in enumerate(runner.chunks(len(qs)))])
+        return configs
+
+    def _write_ranking(self, runner, configs) -> None:
+        import pandas as pd
+
+        from ...data.evaluation import expected_ndcg
+        from .ranking import ranking_frames
+
+        pool, (qs, _) = runner.pool("main")
+        scores = np.concatenate([runner.store.load(f"circuit/rank/{k:05d}")
+                                 for k in range(len(runner.chunks(len(qs))))], 1)
+        per_query = {label: expected_ndcg(pool, s, 10) for (label, _, _), s in zip(configs, scores)}
+        rows, tests = ranking_frames(per_query, runner.config.circuit_ranking_sets, runner.config.alpha)
+        frame = pd.DataFrame(per_query)
+        frame.index.name = "qid"
+        runner.writer.table(self, "ranking_per_query", frame.reset_index())
+        runner.writer.table(self, "ranking", rows)
+        runner.writer.table(self, "ranking_tests", tests)
+
+    def _write(self, runner, pairs, held, edges, scores, order, target, curve, size) -> None:
         import pandas as pd
 
         from ...engine.graph import graph_for
 
         c, graph = runner.config, graph_for(runner.encoder)
-        clusters = np.array([pairs.triples[i].qid for i in held])
         split = np.full(len(pairs), "attribution", dtype=object)
         split[held] = "heldout"
         runner.writer.table(self, "pairs", pd.DataFrame(
             [{"pair": i, "split": split[i], "qid": t.qid, "query": t.query, "baseline": t.baseline,
               "perturbed": t.perturbed} for i, t in enumerate(pairs.triples)]))
-        curve = work.curve_frame(runner.store.load("circuit/curve"), clusters, c.circuit_bootstrap, c.seed)
         runner.writer.table(self, "curve", curve)
         mean = scores.mean(0)
         frame = pd.DataFrame({"rank": np.argsort(order) + 1, "sender": [graph.node_name(u) for u in edges[:, 1]],
@@ -150,7 +190,6 @@ class Circuit(Experiment):
         runner.writer.table(self, "agreement", pd.DataFrame(
             [dict(zip(AGREEMENT_COLUMNS, row), level=level, method=m) for row, level, m in
              zip(agree, ("heads", "edges"), (work.NODE_METHOD[c.circuit_method], c.circuit_method))]))
-        size = _chosen_size(curve, c.circuit_edges, target)
         kept = order[:size]
         row = curve[curve["edges"] == size].iloc[0]
         nodes = sorted({graph.node_name(u) for u in edges[kept, 1]} | {graph.reader_name(r).rsplit(".", 1)[0]

@@ -59,6 +59,26 @@ def section(experiment, folder, figures: dict[str, Path]) -> str:
         body += ("<h3>Attribution against exact patching</h3>" + table(agree, {"pearson": num, "spearman": num,
                                                                               "top_k_overlap": num})
                  + _agreement_note(agree))
+    body += _ranking(experiment, folder)
     if edges is not None:
         body += "<h3>The twenty highest-ranked edges</h3>" + table(edges.head(20), {"score": num, "score_sd": num})
     return head + body + "</section>"
+
+
+def _ranking(experiment, folder) -> str:
+    from ..html import num, pval, table
+
+    rows, tests = folder.table(experiment, "ranking"), folder.table(experiment, "ranking_tests")
+    if rows is None:
+        return ('<p class="muted">No ranking run: <code>--ranking-sets K</code> scores the ablation pool with the '
+                "circuit kept and cut against K random edge sets of its size.</p>")
+    fmt = {c: num for c in rows.columns if c not in ("configuration", "n_queries", "p_value")}
+    fmt["p_value"] = pval
+    out = ("<h3>From circuit to ranking</h3><p class=\"muted\">nDCG@10 on the ablation pool with only the circuit's "
+           "edges kept (every other edge mean-ablated) and with only its edges cut, against random edge sets of the "
+           "same size; paired t-tests over queries, uncorrected.</p>" + table(rows, fmt))
+    if tests is not None and len(tests):
+        tfmt = {c: num for c in ("mean_a", "mean_b", "diff", "ci_low", "ci_high")}
+        tfmt["p_value"] = pval
+        out += table(tests, tfmt)
+    return out
