@@ -218,7 +218,9 @@ class EdgeGraph:
         if len(cut) == 0:
             return X
         X = X.clone()
-        X[cut] = self.chain(p, torch.stack(outs[:n]), subst[:n], k[cut])
+        # readers with the same kept edges share one input (a small circuit leaves most readers with none)
+        rows, inverse = torch.unique(k[cut], dim=0, return_inverse=True)
+        X[cut] = self.chain(p, torch.stack(outs[:n]), subst[:n], rows)[inverse]
         return X
 
     def chain(self, p: int, outs: torch.Tensor, subst: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
