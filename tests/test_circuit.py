@@ -87,7 +87,8 @@ def test_circuit_experiment_faithfulness_recomputed_by_direct_ablated_forwards(t
     out = tmp_path / "run"
     res = matchsig_cli("circuit", "--model", str(folder), "--dataset", "demo", "--per-grade", "1", "--pairs", "6",
                        "--method", "eap", "--sizes", "3", "--sizes", "30", "--faithfulness", "0.6",
-                       "--agreement-pairs", "3", "--bootstrap", "200", "--ranking-sets", "2", "--device", "cpu",
+                       "--agreement-pairs", "3", "--bootstrap", "200", "--ranking-sets", "2", "--chain-senders", "a0.h1",
+                       "--chain-senders", "a0.h3", "--device", "cpu",
                        "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     pairs = pd.read_csv(out / "circuit_pairs.tsv", sep="\t", keep_default_na=False)
@@ -122,6 +123,27 @@ def test_circuit_experiment_faithfulness_recomputed_by_direct_ablated_forwards(t
     html = (out / "report.html").read_text()
     assert "Relevance circuits" in html and (out / "figures" / "circuit.png").is_file()
     _check_ranking(out, model, tokenizer, means, ranked, circuit["size"])
+    _check_chain(out, model, tokenizer, held)
+
+
+def _check_chain(out, model, tokenizer, held):
+    """The chain's three path patches recomputed on the float64 edge reference: the senders' outputs from
+    the perturbed run substituted in the inputs of the last two layers' heads, of the score, of every reader."""
+    chain = pd.read_csv(out / "circuit_chain.csv", dtype={"qid": str})
+    assert list(chain["qid"]) == list(held["qid"].astype(str)) and set(chain["senders"]) == {"a0.h1;a0.h3"}
+    senders = {"a0.h1", "a0.h3"}
+    for (_, row), (_, pair) in zip(chain.iterrows(), held.iterrows()):
+        eb, ep = tokenizer(pair["query"], pair["baseline"]), tokenizer(pair["query"], pair["perturbed"])
+        base, _ = edge_forward(model, eb["input_ids"], eb["token_type_ids"])
+        _, pert = edge_forward(model, ep["input_ids"], ep["token_type_ids"])
+        for column, readers in (("via", lambda r: r.startswith(("a1.", "a2."))), ("direct", lambda r: r == "score"),
+                                ("total", lambda r: True)):
+            mix = lambda r, u, value, readers=readers: pert[u] if u in senders and readers(r) else value  # noqa: E731
+            want = edge_forward(model, eb["input_ids"], eb["token_type_ids"], mix=mix)[0]
+            assert row[column] == pytest.approx(want, abs=2e-5), column
+    findings = json.loads((out / "findings.json").read_text())
+    text = json.dumps(findings)
+    assert "matching_heads_feed_last_layers" in text
 
 
 def _check_ranking(out, model, tokenizer, means, ranked, size):

@@ -21,20 +21,23 @@ and ``circuit.png``.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
+from ...analysis.findings import Judge
 from ...errors import MatchsigError
 from ..registry import Experiment, Option, get
 from ..store import single
 from . import work
+from .chain import KEY, chain_senders, chain_work, judge_chain
 
 __all__ = ["Circuit"]
 
 FILES = {"curve": "circuit_curve.csv", "edges": "circuit_edges.csv", "agreement": "circuit_agreement.csv",
          "pairs": "circuit_pairs.tsv", "ranking": "circuit_ranking.csv", "ranking_tests": "circuit_ranking_tests.csv",
-         "ranking_per_query": "circuit_ranking_per_query.csv"}
+         "ranking_per_query": "circuit_ranking_per_query.csv", "chain": "circuit_chain.csv"}
 CIRCUIT_JSON = "circuit.json"
 
 
@@ -61,9 +64,14 @@ class Circuit(Experiment):
                results=False),
         Option("circuit_agreement_pairs", 6, "--agreement-pairs", "Attribution pairs checked against exact "
                "patching.", minimum=2),
+        Option("circuit_chain_senders", lambda: [], "--chain-senders", "Senders of the chain claim (a<l>.h<h>, "
+               "repeatable); default: the matching heads of the folder's contrast run.", kind=list[str]),
         Option("circuit_ranking_sets", 0, "--ranking-sets", "Random edge sets of the circuit's size against which "
                "nDCG@10 on the ablation pool is compared, kept and cut (0: no ranking run).", minimum=0),
     )
+
+    judges = (Judge(KEY, "Matching heads feed the heads of the last two layers (path patching; beyond the paper)", 16,
+                    judge_chain, applies=lambda run: (run.path / FILES["chain"]).is_file()),)
 
     def validate(self, config) -> None:
         from ...analysis.diagnostics import DIAGNOSTICS
@@ -75,6 +83,9 @@ class Circuit(Experiment):
             raise MatchsigError(f"unknown --diagnostic {config.diagnostic!r}: use one of {', '.join(DIAGNOSTICS)}")
         if not 0 < config.circuit_heldout < 1:
             raise MatchsigError(f"--heldout must be between 0 and 1, got {config.circuit_heldout}")
+        bad = [s for s in config.circuit_chain_senders if not re.fullmatch(r"a\d+\.h\d+", s)]
+        if bad:
+            raise MatchsigError(f"bad --chain-senders {bad[0]!r}: name heads as a<layer>.h<head>, e.g. a2.h5")
         if not 0 < config.circuit_faithfulness <= 1.5:
             raise MatchsigError(f"--faithfulness must be in (0, 1.5], got {config.circuit_faithfulness}")
 
@@ -131,8 +142,10 @@ class Circuit(Experiment):
         curve = work.curve_frame(runner.store.load("circuit/curve"), clusters, c.circuit_bootstrap, c.seed)
         size = _chosen_size(curve, c.circuit_edges, target)
         configs = self._ranking(runner, edges, order[:size], means)
+        senders = self._chain(runner, pairs, held)
         if runner.dist.rank != 0:
             return
+        self._write_chain(runner, pairs, held, senders)
         self._write(runner, pairs, held, edges, scores, order, target, curve, size)
         if configs:
             self._write_ranking(runner, configs)
@@ -151,6 +164,42 @@ class Circuit(Experiment):
                 runner.encoder, [qs[i] for i in rows], [ds[i] for i in rows], edges, configs, means), len(rows))
             for k, rows in enumerate(runner.chunks(len(qs)))])
         return configs
+
+    def _chain(self, runner, pairs, held) -> list[str] | None:
+        """Path patching of the chain's senders (None: no senders named and no contrast run in the folder)."""
+        from ...analysis.head_overlap import contrast_heads
+        from ...analysis.runfolder import FILES as RUN_FILES
+
+        c = runner.config
+        if c.circuit_chain_senders:
+            senders = list(c.circuit_chain_senders)
+            for name in senders:
+                if not name.startswith("a") or not runner.encoder.num_layers > int(name[1:].split(".")[0]):
+                    raise MatchsigError(f"--chain-senders {name}: no such head in this model")
+        elif (Path(runner.out) / RUN_FILES.contrast_heads).is_file():
+            heads = contrast_heads(Path(runner.out) / RUN_FILES.contrast_heads, "matching", alpha=c.alpha,
+                                   correction=c.correction)
+            senders = chain_senders(heads, runner.encoder.num_layers)
+        else:
+            return None
+        if senders:
+            runner.execute("circuit chain", [single(f"circuit/chain/{'+'.join(senders)[:80]}", lambda: chain_work(
+                runner.encoder, pairs, held, senders), len(held))])
+        return senders
+
+    def _write_chain(self, runner, pairs, held, senders) -> None:
+        import pandas as pd
+
+        path = Path(runner.out) / FILES["chain"]
+        if senders is None:
+            path.unlink(missing_ok=True)
+            return
+        values = runner.store.load(f"circuit/chain/{'+'.join(senders)[:80]}") if senders else np.zeros((0, 5))
+        frame = pd.DataFrame(values, columns=["baseline", "perturbed", "via", "direct", "total"])
+        frame.insert(0, "qid", [pairs.triples[i].qid for i in held][: len(frame)])
+        frame.insert(0, "pair", held[: len(frame)])
+        frame["senders"] = ";".join(senders)
+        runner.writer.table(self, "chain", frame)
 
     def _write_ranking(self, runner, configs) -> None:
         import pandas as pd
