@@ -10,6 +10,10 @@ both runs; rerun the baseline with the sender patched and every other node froze
 receiver's input; rerun the baseline with that input patched into the receiver) give the same
 number, which is how it is tested (tests/test_path_patching.py, on a float64 reference with hooks).
 
+Several receivers patch the edges sender -> each receiver together: a path sender -> earlier receiver
+-> later receiver is included (Wang et al.'s step 3 would overwrite the later receiver's whole input
+and leave it out; for receivers of one layer the two agree).
+
 An *edge* u->r is a (sender, receiver) pair with one reader: exact edge patching
 (:func:`patch_edges`) is path patching of each edge on its own.
 """
