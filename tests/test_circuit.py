@@ -121,7 +121,7 @@ def test_circuit_experiment_faithfulness_recomputed_by_direct_ablated_forwards(t
     agreement = pd.read_csv(out / "circuit_agreement.csv")
     assert list(agreement["level"]) == ["heads", "edges"] and agreement["spearman"].notna().all()
     html = (out / "report.html").read_text()
-    assert "Relevance circuits" in html and (out / "figures" / "circuit.png").is_file()
+    assert "Relevance circuits" in html and (out / "circuit.png").is_file() and html.count("data:image/png") >= 2
     _check_ranking(out, model, tokenizer, means, ranked, circuit["size"])
     _check_chain(out, model, tokenizer, held)
 

@@ -15,7 +15,7 @@
 
 Files: ``circuit_pairs.tsv`` (the pairs and their split), ``circuit_curve.csv``, ``circuit_edges.csv`` (every edge's score), ``circuit.json`` (the chosen
 circuit: nodes, edges, scores, faithfulness), ``circuit_agreement.csv``; figures ``circuit_curve.png``
-and ``circuit.png``.
+and ``circuit.png`` (drawn by ``collect``, embedded by the report).
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ class Circuit(Experiment):
     title = "Relevance circuits: edge attribution checked by exact interventions (beyond the paper)"
     nav = "Circuit"
     tables = dict(FILES)
-    figures = {"circuit_curve.png": "Faithfulness of the top-k edges on held-out pairs.",
-               "circuit.png": "The circuit: layers as rows, heads and MLPs as nodes, edges by |score|."}
+    #: Figures drawn by ``collect`` into the run folder (not report-time figures: the report embeds them).
+    pictures = {"circuit_curve.png": "Faithfulness of the top-k edges on held-out pairs.",
+                "circuit.png": "The circuit: layers as rows, heads and MLPs as nodes, edges by |score|."}
     default = False
     pools = ("main",)
     options = (
@@ -251,6 +252,10 @@ class Circuit(Experiment):
                                               "receiver": graph.reader_name(int(edges[e, 0])),
                                               "score": float(mean[e])} for e in kept]}
         runner.writer.json(CIRCUIT_JSON, circuit)
+        from .drawing import draw_circuit, draw_curve
+
+        draw_circuit(circuit, runner.writer.path("circuit.png"))
+        draw_curve(curve, target, int(size), runner.writer.path("circuit_curve.png"))
 
     def summary(self, runner) -> dict:
         path = Path(runner.out) / CIRCUIT_JSON
@@ -259,19 +264,7 @@ class Circuit(Experiment):
         data = json.loads(path.read_text())
         return {"circuit": {k: data[k] for k in ("diagnostic", "method", "size", "faithfulness", "ci", "reached")}}
 
-    # ---- figures and report -------------------------------------------------------------------
-    def make_figure(self, name: str, folder, path: Path) -> Path | None:
-        from .drawing import draw_circuit, draw_curve
-
-        circuit_path = folder.path / CIRCUIT_JSON
-        if not circuit_path.is_file():
-            return None
-        circuit = json.loads(circuit_path.read_text())
-        if name == "circuit.png":
-            return draw_circuit(circuit, path)
-        curve = folder.table(self, "curve")
-        return None if curve is None else draw_curve(curve, circuit["target"], circuit["size"], path)
-
+    # ---- report -------------------------------------------------------------------
     def in_report(self, folder) -> bool:
         return (folder.path / CIRCUIT_JSON).is_file()
 

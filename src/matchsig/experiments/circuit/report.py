@@ -50,8 +50,8 @@ def section(experiment, folder, figures: dict[str, Path]) -> str:
             "(docs/circuits.md).</p>")
     body = (f"<p>{esc(verdict)}: faithfulness {num(circuit['faithfulness'])} (CI {num(circuit['ci'][0])} to "
             f"{num(circuit['ci'][1])}), {len(circuit['nodes'])} nodes.</p>"
-            + figure(figures, "circuit.png", experiment.figures["circuit.png"])
-            + figure(figures, "circuit_curve.png", experiment.figures["circuit_curve.png"]))
+            + "".join(figure({name: folder.path / name}, name, caption)
+                      for name, caption in experiment.pictures.items()))
     if curve is not None:
         body += "<h3>Faithfulness by circuit size</h3>" + table(curve, {c: num for c in ("faithfulness", "ci_low",
                                                                                             "ci_high", "mean_diff")})
