@@ -101,7 +101,7 @@ def test_eap_matches_exact_edge_patching_in_the_linear_regime(tiny64):
     np.testing.assert_allclose(approx, exact, atol=1e-4 * np.abs(exact).max())
 
 
-def test_edges_run_on_electra_and_refuse_what_they_cannot_check(tmp_path, tokenizer):
+def test_edges_run_on_electra_and_an_unknown_method_is_a_one_line_error(tmp_path, tokenizer):
     model = make_tiny_model(tmp_path, tokenizer, seed=2, kind="electra").double()
     ce = CrossEncoder(model, tokenizer, device="cpu")
     res = ce.attribute_edges(QUERIES, BASE, PERT)  # the graph's forward is checked against the model first
