@@ -143,7 +143,9 @@ def bert_forward_hooked(model, input_ids: list[int], token_type_ids: list[int], 
 
     ``hooks``: {(layer, kind): fn(array) -> array or None}, kind one of "resid_pre", "z" (an (n, heads,
     d_head) array: each head's probabilities x values), "attn_out", "resid_mid", "mlp_out",
-    "resid_post". Returns (score, {(layer, kind): array}) with every activation as computed
+    "resid_post"; two more replace a reader's input only: "head_in" (fn gets and returns the (3, heads,
+    n, d) inputs of each head's query, key and value maps) and "mlp_in" (the MLP's input; the
+    residual add around it keeps the stream). Returns (score, {(layer, kind): array}) with every activation as computed
     (after its hook)."""
     sd = _float64_state(model)
     cfg = model.config
@@ -170,9 +172,16 @@ def bert_forward_hooked(model, input_ids: list[int], token_type_ids: list[int], 
         p = f"{prefix}encoder.layer.{layer}."
         lin = lambda h, name: h @ sd[p + name + ".weight"].T + sd[p + name + ".bias"]
         x = at(layer, "resid_pre", x)
-        q = lin(x, "attention.self.query").reshape(n, nh, dh).transpose(1, 0, 2)
-        k = lin(x, "attention.self.key").reshape(n, nh, dh).transpose(1, 0, 2)
-        v = lin(x, "attention.self.value").reshape(n, nh, dh).transpose(1, 0, 2)
+        # per-head inputs of q, k and v (3, heads, n, d): the layer input unless a "head_in" hook gives them
+        fn = hooks.get((layer, "head_in"))
+        xin = fn(np.broadcast_to(x, (3, nh, n, x.shape[-1])).copy()) if fn is not None else None
+        xin = np.broadcast_to(x, (3, nh, n, x.shape[-1])) if xin is None else xin
+
+        def proj(i, name):
+            w, b = sd[p + name + ".weight"], sd[p + name + ".bias"]
+            return np.stack([xin[i, h] @ w[h * dh:(h + 1) * dh].T + b[h * dh:(h + 1) * dh] for h in range(nh)])
+
+        q, k, v = proj(0, "attention.self.query"), proj(1, "attention.self.key"), proj(2, "attention.self.value")
         s = q @ k.transpose(0, 2, 1) / math.sqrt(dh)
         s = s - s.max(-1, keepdims=True)
         probs = np.exp(s)
@@ -181,7 +190,10 @@ def bert_forward_hooked(model, input_ids: list[int], token_type_ids: list[int], 
         attn = at(layer, "attn_out", lin(z.reshape(n, nh * dh), "attention.output.dense"))
         x = at(layer, "resid_mid", _ln(attn + x, sd[p + "attention.output.LayerNorm.weight"],
                                        sd[p + "attention.output.LayerNorm.bias"], eps))
-        mlp = at(layer, "mlp_out", lin(_gelu(lin(x, "intermediate.dense")), "output.dense"))
+        fn = hooks.get((layer, "mlp_in"))  # the MLP's input alone (the residual add keeps x)
+        mlp_in = fn(x.copy()) if fn is not None else None
+        mlp_in = x if mlp_in is None else mlp_in
+        mlp = at(layer, "mlp_out", lin(_gelu(lin(mlp_in, "intermediate.dense")), "output.dense"))
         x = at(layer, "resid_post", _ln(mlp + x, sd[p + "output.LayerNorm.weight"], sd[p + "output.LayerNorm.bias"], eps))
     pooled = np.tanh(x[0] @ sd[prefix + "pooler.dense.weight"].T + sd[prefix + "pooler.dense.bias"])
     logits = pooled @ sd["classifier.weight"].T + sd["classifier.bias"]

@@ -364,3 +364,7 @@ def _patch_options() -> list:
 
 
 app.command("patch")(_with_options(_patch, _patch_options(), show_defaults=True))
+
+from .commands.circuit import circuit, circuit_options  # noqa: E402  (after the registry is filled)
+
+app.command("circuit")(_with_options(circuit, circuit_options(), show_defaults=True))

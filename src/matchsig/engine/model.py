@@ -31,6 +31,7 @@ from .attention_stats import DIRECTIONS, AttentionStats, statistic_names
 from .context import ForwardContext, use_context
 from .encoding import Encoded, encode_pairs
 from .families import Family, family_for
+from .interventions import Interventions
 from .kernels import KERNELS
 from .loading import EMBEDDED, load_pretrained  # noqa: F401  (EMBEDDED: kept importable from here)
 from .loading import resolve_device as _resolve_device
@@ -65,7 +66,7 @@ class Batch:
                      self.part_ids[idx], self.input_ids[idx])
 
 
-class CrossEncoder:
+class CrossEncoder(Interventions):
     """A cross-encoder over ``[CLS] q [SEP] d [SEP]`` with exact attention-direction interventions.
 
     Score convention: 2 labels -> log-softmax of label 1 (MonoBERT); 1 label -> the logit.
@@ -428,38 +429,6 @@ class CrossEncoder:
         finally:
             handle.remove()
             setattr(encoder, attr, layers)
-
-    # ---- named sites and activation patching (see matchsig.hooks, matchsig.patching) ----------------
-    def run_with_hooks(self, queries: Sequence[str], documents: Sequence[str], hooks, batch_size: int = 32) -> np.ndarray:
-        """Scores with named-site hooks active (:func:`matchsig.hooks.run_with_hooks`)."""
-        from .hooks import run_with_hooks
-
-        return run_with_hooks(self, queries, documents, hooks, batch_size=batch_size)
-
-    def run_with_cache(self, queries: Sequence[str], documents: Sequence[str], names: Sequence[str],
-                       batch_size: int = 32):
-        """Scores and activations at named sites (:func:`matchsig.hooks.run_with_cache`)."""
-        from .hooks import run_with_cache
-
-        return run_with_cache(self, queries, documents, names, batch_size=batch_size)
-
-    def patch(self, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_docs: Sequence[str],
-              site: str = "attn.hook_z", layers=None, heads=None, positions=None, batch_size: int = 64,
-              chunk_size: int = 16, progress: bool = False):
-        """Activation patching from perturbed into baseline inputs (:func:`matchsig.patching.patch`)."""
-        from .patching import patch
-
-        return patch(self, queries, baseline_docs, perturbed_docs, site=site, layers=layers, heads=heads,
-                     positions=positions, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
-
-    def attribute(self, queries: Sequence[str], baseline_docs: Sequence[str], perturbed_docs: Sequence[str],
-                  site: str = "attn.hook_z", method: str = "atp", steps: int = 16, layers=None, heads=None,
-                  positions=None, chunk_size: int = 8, progress: bool = False):
-        """Attribution-patching estimates of the :meth:`patch` grid (:func:`matchsig.engine.attribution.attribute`)."""
-        from .attribution import attribute
-
-        return attribute(self, queries, baseline_docs, perturbed_docs, site=site, method=method, steps=steps,
-                         layers=layers, heads=heads, positions=positions, chunk_size=chunk_size, progress=progress)
 
     # ---- attention statistics ------------------------------------------------------------------
     def attention_stats(self, queries: Sequence[str], documents: Sequence[str], ablation: Ablation | str | None = None,

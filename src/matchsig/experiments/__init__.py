@@ -17,6 +17,7 @@ takes every WORLD_SIZE-th unit and rank 0 writes the tables once all are present
 
 from __future__ import annotations
 
+from .circuit import Circuit
 from .config import DEMO_CONFIG, PAPER_CONFIG, PRESETS, RunConfig
 from .contrast.experiment import Contrast
 from .contrast.stats import analyse_contrast
@@ -35,6 +36,7 @@ register(Layers())
 register(Contrast())
 register(Heads())
 register(Patching())
+register(Circuit())
 
 __all__ = [
     "ALL", "CONTRAST_LEVELS", "DEMO_CONFIG", "FIGURE1_DIRECTIONS", "MATCH_SPEC", "PAPER_CONFIG", "PRESETS",
