@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -204,3 +205,119 @@ def test_patching_heatmap_plots_patching_csv(tiny_model, tmp_path, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)  # the CSV keeps 6 significant digits
     assert np.isfinite(want).all() and np.abs(want).max() > 0
     assert fig.axes[0].images[0].norm.vmax == pytest.approx(np.abs(got).max())
+
+
+# ---- compare.html's figures against the comparison's CSVs ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """A paper-like and a contrary synthetic run compared as a two-step series: every compare figure is drawn;
+    {figure name: Figure} captured at savefig, with the output folder."""
+    import matplotlib.figure
+
+    import matchsig
+
+    root = tmp_path_factory.mktemp("compare")
+    runs = [make_run(root / "a"), make_run(root / "b", kind="contrary")]
+    for run in runs:  # make_run's kind column is a placeholder ("none"): without it, compare classifies the heads
+        heads = pd.read_csv(run / "contrast" / "heads.csv")
+        heads.drop(columns="kind").to_csv(run / "contrast" / "heads.csv", index=False)
+    figures = {}
+    real = matplotlib.figure.Figure.savefig
+    mp = pytest.MonkeyPatch()
+    mp.setattr(matplotlib.figure.Figure, "savefig",
+               lambda self, path, *a, **k: figures.setdefault(Path(path).name, self) and real(self, path, *a, **k))
+    try:
+        matchsig.compare(runs, out=root / "c", names=["paper", "contrary"], steps=[0, 100])
+    finally:
+        mp.undo()
+    return root / "c", figures
+
+
+NAMES = ["paper", "contrary"]
+
+
+def _run_of(artist) -> str:
+    """The run a line (or a colour) belongs to, by its colour: the runs take tab10's colours in order."""
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+
+    colours = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]
+    colour = artist.get_color() if hasattr(artist, "get_color") else artist
+    return NAMES[colours.index(matplotlib.colors.to_hex(colour))]
+
+
+def _data_lines(ax) -> list:
+    """The plotted curves of a panel (reference lines drawn with axhline span the axes: x = [0, 1] in axes units)."""
+    return [l for l in ax.get_lines() if l.get_transform() == ax.transData]
+
+
+def test_compare_curves_figure_plots_curves_csv(comparison):
+    out, figures = comparison
+    frame = pd.read_csv(out / "curves.csv")
+    fig = figures["curves.png"]
+    directions = list(dict.fromkeys(frame["direction"]))
+    for ax, direction in zip(fig.axes, directions):
+        lines = _data_lines(ax)
+        assert sorted(_run_of(l) for l in lines) == sorted(NAMES)
+        for line in lines:
+            part = frame[(frame["direction"] == direction) & (frame["run"] == _run_of(line))].sort_values("depth")
+            np.testing.assert_array_equal(np.asarray(line.get_xdata(), float), np.r_[0.0, part["depth"].to_numpy(float)])
+            np.testing.assert_allclose(np.asarray(line.get_ydata(), float), np.r_[0.0, part["removed"].to_numpy(float)],
+                                       rtol=0, atol=1e-12)
+
+
+def test_compare_heads_figure_plots_heads_by_layer_csv(comparison):
+    out, figures = comparison
+    frame = pd.read_csv(out / "heads_by_layer.csv")
+    fig = figures["heads.png"]
+    styles = {"-": "matching", ":": "syntactic", "--": "semantic"}
+    for ax, direction in zip(fig.axes, ("Q<-D", "D<-Q", "either")):
+        lines = _data_lines(ax)
+        assert len(lines) == 3 * len(NAMES)
+        for line in lines:
+            part = frame[(frame["direction"] == direction) & (frame["run"] == _run_of(line))].sort_values("depth")
+            column = styles[line.get_linestyle()]
+            np.testing.assert_array_equal(np.asarray(line.get_xdata(), float), part["depth"].to_numpy(float))
+            np.testing.assert_allclose(np.asarray(line.get_ydata(), float), part[column].to_numpy(float), rtol=0, atol=1e-12)
+    assert frame["matching"].max() > 0 and frame["syntactic"].max() > 0  # not a figure of zeros
+
+
+def test_compare_bins_figure_plots_contrast_bins_csv(comparison):
+    out, figures = comparison
+    frame = pd.read_csv(out / "contrast_bins.csv")
+    fig = figures["contrast_bins.png"]
+    bins = sorted(set(frame["bin"]))
+    for ax, direction in zip(fig.axes, ("Q<-D", "D<-Q")):
+        bars = list(ax.patches)
+        assert len(bars) == len(NAMES) * len(bins)
+        for bar in bars:
+            run = _run_of(bar.get_facecolor())
+            b = int(round(bar.get_x() + bar.get_width() / 2))  # a bin's bars sit side by side around its index
+            row = frame[(frame["run"] == run) & (frame["direction"] == direction) & (frame["bin"] == bins[b])]
+            assert len(row) == 1
+            assert bar.get_height() == pytest.approx(float(row["d_z"].iloc[0]), abs=1e-12)
+        assert {(_run_of(bar.get_facecolor()), int(round(bar.get_x() + bar.get_width() / 2))) for bar in bars} == {
+            (n, b) for n in NAMES for b in range(len(bins))}
+
+
+def test_compare_series_figure_plots_series_and_table1_csv(comparison):
+    out, figures = comparison
+    series = pd.read_csv(out / "series.csv").sort_values("step")
+    table1 = pd.read_csv(out / "table1.csv")
+    ax0, ax1, ax2 = figures["series.png"].axes
+    by_label = {l.get_label(): l for l in ax0.get_lines()}
+    for label, column in (("unablated", "unablated"), ("random ranking", "random")):
+        np.testing.assert_array_equal(np.asarray(by_label[label].get_xdata(), float), series["step"].to_numpy(float))
+        np.testing.assert_allclose(np.asarray(by_label[label].get_ydata(), float), series[column].to_numpy(float),
+                                   rtol=0, atol=1e-12)
+    step = dict(zip(series["run"], series["step"]))
+    cells = {l.get_label().replace("\u2190", "<-"): l for l in ax1.get_lines() if l.get_transform() == ax1.transData}
+    assert cells and set(cells) <= set(table1["ablation"])
+    for cell, line in cells.items():
+        part = table1[table1["ablation"] == cell].assign(step=lambda f: f["run"].map(step)).sort_values("step")
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), float), part["removed"].to_numpy(float), rtol=0, atol=1e-12)
+    for line in ax2.get_lines():
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), float), series[line.get_label()].to_numpy(float),
+                                   rtol=0, atol=1e-12)
