@@ -81,7 +81,7 @@ def head_tests(means: Mapping[int, np.ndarray], correction: str | None = "holm")
                 t, p = one_sample_ttest(d, axis=0)
             # zero variance: scipy gives NaN; no evidence when the mean is 0, certainty otherwise
             const = np.all(d == d[:1], axis=0)
-            t = np.where(const, np.where(delta == 0, 0.0, np.sign(delta) * np.inf), t)
+            t = np.where(const, np.where(delta == 0, 0.0, np.copysign(np.inf, delta)), t)
             p = np.where(const, np.where(delta == 0, 1.0, 0.0), p)
             p = np.nan_to_num(p, nan=1.0)
         else:
