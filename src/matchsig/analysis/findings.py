@@ -48,6 +48,7 @@ __all__ = [
     "first_layer",
     "finding",
     "missing",
+    "not_applicable",
 ]
 
 
@@ -128,13 +129,35 @@ class Judge:
 
     ``applies``: for claims beyond the paper, whether the run folder is one the claim belongs to
     (e.g. it holds the experiment's files); where it returns False the claim is left out of the
-    checklist instead of listed as "not measured". None: always listed (the paper's claims)."""
+    checklist instead of listed as "not measured". None: always listed (the paper's claims).
+
+    ``needs``: the parts (slot names, ``CLS``, ``SEP1``...) and directions (``Q<-D``) the claim speaks of; on a
+    model whose scheme has no such part (a decoder's PRE/MID/LAST) or whose masks make the direction
+    impossible (a causal decoder's ``Q<-D``), the claim is listed as not measured, saying why
+    (:func:`not_applicable`), instead of judged on parts that play another role."""
 
     key: str
     name: str
     position: int
     judge: Callable[[RunFolder], Finding]
     applies: Callable[[RunFolder], bool] | None = None
+    needs: tuple[str, ...] = ()
+
+
+def not_applicable(claim: Judge, run: RunFolder) -> Finding | None:
+    """Why ``claim`` cannot be judged on this model's parts, as a not-measured finding; None when it can."""
+    scheme = run.scheme
+    for need in claim.needs:
+        if "<-" in need:
+            target, source = need.split("<-")
+            if not scheme.possible(target, source):
+                return finding(claim.key, NOT_MEASURED, f"Not applicable: {need} is impossible in this model (the "
+                               f"causal mask lets no {target} token read {source}, which comes later).", "")
+        elif scheme.name(need) != need:
+            return finding(claim.key, NOT_MEASURED, f"Not applicable: the claim is about the {need} token of a "
+                           f"[CLS] q [SEP] d [SEP] encoder; this model's parts are {', '.join(scheme.names)} and it "
+                           f"reads its score at {scheme.aggregator_name}.", "")
+    return None
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

@@ -387,6 +387,14 @@ class RunFolder:
         return self.summary.get("model_info") or {}
 
     @property
+    def scheme(self):
+        """The model's part scheme (:class:`matchsig.engine.scheme.PartScheme`): its part names, the directions its
+        masks allow, its aggregating part; a run made before schemes were recorded is an encoder's."""
+        from ..engine.scheme import PartScheme
+
+        return PartScheme.from_dict(self.model_info.get("parts"))
+
+    @property
     def num_layers(self) -> int | None:
         value = self.model_info.get("num_layers")
         if value:

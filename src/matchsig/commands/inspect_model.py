@@ -13,7 +13,7 @@ EXAMPLE_DOCUMENT = "The life cycle of a flea can last anywhere from 20 days to a
 def describe(ce, query: str = EXAMPLE_QUERY, document: str = EXAMPLE_DOCUMENT) -> dict:
     """A plain summary of a loaded :class:`~matchsig.model.CrossEncoder` (the ``inspect`` output)."""
     cfg = ce.model.config
-    convention = ("log-softmax of label 1 (2 labels)" if ce.num_labels == 2 else "the single logit (1 label)")
+    convention = ce.score_convention
     local = [i for i, m in enumerate(ce.attention_modules) if m._matchsig_model_mask]
     return {
         "model": ce.name,
@@ -26,7 +26,7 @@ def describe(ce, query: str = EXAMPLE_QUERY, document: str = EXAMPLE_DOCUMENT) -
         "max_length": ce.max_length,
         "score": convention,
         "readout": ce.readout,
-        "aggregating_part": "CLS" if ce.readout == "first" else None,
+        "aggregating_part": ce.scheme.aggregator_name if ce.readout != "mean" else None,
         "layers_with_model_masks": local,
         "hook_sites": sorted(ce.family.sites),
         "parts": [[t, p] for t, p in ce.parts(query, document)],
@@ -58,7 +58,7 @@ def inspect(
     table = Table(show_header=False, box=None)
     rows = [("model", info["model"]), ("family", f"{info['family']} ({info['architecture']}, {info['model_type']})"),
             ("shape", f"{info['layers']} layers x {info['heads']} heads, up to {info['max_length']} tokens"),
-            ("score", f"{info['score']}, read from the {info['readout']} token(s)"),
+            ("score", info["score"] + (f"; aggregating part {info['aggregating_part']}" if info["aggregating_part"] else "")),
             ("model masks", ", ".join(map(str, info["layers_with_model_masks"])) or "none (padding only)"),
             ("self-check", f"max |diff| {check['max_abs_diff']:.1e} <= {check['tolerance']:.1e} vs the model's own "
                            f"{check['reference']} forward on {check['pairs']} pairs of {check['tokens']} tokens "

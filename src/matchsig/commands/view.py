@@ -75,7 +75,7 @@ def view(
     from ..engine.model import CrossEncoder
 
     started = time.perf_counter()
-    encoder = _encoder_only(CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length))
+    encoder = CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length)
     contrast = read_contrast_heads(heads_path, encoder.num_layers, encoder.num_heads) if heads_path else []
     if heads_path:
         meta["heads"] = str(heads_path)
@@ -111,13 +111,6 @@ def _patching_overlay(path, given: bool, encoder, notes: list[str], meta: dict) 
     return overlay
 
 
-def _encoder_only(encoder):
-    if encoder.family.decoder:
-        raise MatchsigError(f"model {encoder.name} is a prompt-based reranker ({encoder.family.name}): the explorer shows "
-                            "encoder pair parts only (for now)")
-    return encoder
-
-
 def parts(
     query: str = typer.Option(..., "--query", "-q", help="Query text."),
     document: str = typer.Option(..., "--document", "-d", help="Document text."),
@@ -125,7 +118,8 @@ def parts(
     max_length: int = typer.Option(512, "--max-length", help="Maximum tokens per pair (documents are truncated)."),
     as_json: bool = typer.Option(False, "--json", help="Print the tokens and their parts as JSON."),
 ) -> None:
-    """Show how a (query, document) pair is tokenised and split into CLS, Q, SEP1, D, SEP2."""
+    """Show how a (query, document) pair is tokenised and split into its parts (CLS, Q, SEP1, D, SEP2; a
+    prompt-based reranker's PRE, Q, MID, D, LAST or POST)."""
     from ..engine.model import CrossEncoder
 
     labelled = CrossEncoder.load(model, device="cpu", max_length=max_length).parts(query, document)
@@ -135,9 +129,10 @@ def parts(
     from rich.console import Console
     from rich.text import Text
 
-    colours = {"CLS": "bold magenta", "Q": "bold cyan", "SEP1": "bold yellow", "D": "green", "SEP2": "bold yellow"}
+    colours = {"CLS": "bold magenta", "PRE": "bold magenta", "Q": "bold cyan", "SEP1": "bold yellow", "MID": "bold yellow",
+               "D": "green", "SEP2": "bold yellow", "LAST": "bold red", "POST": "bold yellow"}
     text = Text()
     for token, part in labelled:
-        text.append(f"{token}", style=colours[part])
+        text.append(f"{token}", style=colours.get(part, "white"))
         text.append(f"/{part} ", style="dim")
     Console().print(text)

@@ -38,6 +38,7 @@ from .loading import resolve_device as _resolve_device
 from .parts import PAD, PairLayout, probe_layout
 from .progress import _progress
 from .prompts import check_padding, translate_spec
+from .scheme import DEC, PartScheme
 from .selfcheck import SelfCheck, self_check
 from .t5 import check_decoder_part, split_blocks
 
@@ -99,6 +100,9 @@ class CrossEncoder(Interventions):
         limit = getattr(cfg, "max_position_embeddings", None) or max_length
         self.max_length = int(min(max_length, limit))
         self.part_names: tuple[str, ...] = self.family.part_names
+        #: the part names, possible directions and aggregating part the experiments and report read
+        self.scheme = PartScheme(self.part_names, self.family.causal, self.readout == "decoder",
+                                 {"last": "SEP2", "decoder": DEC}.get(self.readout, "CLS"))
         self.template = template if template is not None else self.family.template
         self.layout: PairLayout | None = None if self.template is not None else probe_layout(tokenizer)
         if self.template is not None:
@@ -193,6 +197,21 @@ class CrossEncoder(Interventions):
     def encode(self, queries: Sequence[str], documents: Sequence[str]) -> Encoded:
         """Tokenise pairs (the pair template, or a decoder's prompt); only documents are truncated."""
         return encode_pairs(self.tokenizer, self.layout, self.template, self.max_length, queries, documents)
+
+    @property
+    def score_convention(self) -> str:
+        """How the score is read, in words (``inspect``, ``summary.json``, the report)."""
+        from .scoring_heads import YesNoHead
+        from .t5 import TrueFalseHead
+
+        if isinstance(self.model, TrueFalseHead):
+            return 'log P("true") over {"true", "false"} at the first decoder step (pyterrier_t5)'
+        if isinstance(self.model, YesNoHead):
+            return 'logit("yes") - logit("no") at the last position'
+        where = {"first": "the first token", "last": "the last token", "mean": "the mean of the tokens"}.get(
+            self.readout, self.readout)
+        return (f"log-softmax of label 1 (2 labels), from {where}" if self.num_labels == 2
+                else f"the single logit (1 label), from {where}")
 
     def parts(self, query: str, document: str) -> list[tuple[str, str]]:
         """The labelling of one pair: ``[(token, part), ...]``, e.g. ``("[CLS]", "CLS")`` (a decoder's parts

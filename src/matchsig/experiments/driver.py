@@ -66,7 +66,8 @@ def curve_units(runner, specs: Sequence[str], prefix: str = "layers") -> list[Un
     for spec in specs:
         for k, rows in enumerate(runner.chunks(len(pool))):
             def work(spec=spec, rows=rows):
-                return [runner.encoder.score_layer_curve([qs[i] for i in rows], [ds[i] for i in rows], spec,
+                # parsed in slot names (CLS Q SEP1 D SEP2), whatever the model calls its parts
+                return [runner.encoder.score_layer_curve([qs[i] for i in rows], [ds[i] for i in rows], Ablation.parse(spec),
                                                          batch_size=runner.config.batch_size)]
             name = f"{prefix}/{slug(spec)}/{k:05d}"
             units.append(Unit(name, work, len(rows)))

@@ -128,7 +128,7 @@ def plot_layers(run: RunFolder, path: Path) -> Path | None:
         group = group.sort_values(CONTRAST.layer)
         color, style, marker, width = _line_style(str(direction), extra)
         ax.plot(group[CONTRAST.layer], group[COMPARE.ndcg], color=color, linestyle=style, marker=marker, markersize=3.5,
-                linewidth=width, label=_arrow(direction_label(direction)))
+                linewidth=width, label=_arrow(run.scheme.label(direction_label(direction))))
     levels = []
     if run.unablated is not None:
         ax.axhline(run.unablated, color="black", linestyle="--", linewidth=1)
@@ -223,6 +223,18 @@ def _boxes(ax, groups: list[np.ndarray], positions, color, width=0.6, label=None
     return parts
 
 
+def _impossible(run: RunFolder, direction: str, *axes) -> bool:
+    """Whether the model's masks make ``direction`` impossible (a causal decoder's Q<-D); its panels then say so."""
+    target, source = direction.split("<-")
+    if run.scheme.possible(target, source):
+        return False
+    for ax in axes:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, f"{_arrow(direction)}: impossible under the causal mask\n(no query token reads the document)",
+                ha="center", va="center")
+    return True
+
+
 def plot_contrast(run: RunFolder, path: Path, level: int) -> Path | None:
     """Figure 2 (``level=3``) or Figure 3 (``level=0``): grid of mean differences + per-layer distributions."""
     heads = run.contrast_heads
@@ -238,6 +250,8 @@ def plot_contrast(run: RunFolder, path: Path, level: int) -> Path | None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 2 * tall), gridspec_kw={"width_ratios": [1.0, 1.25]})
     for row, direction in enumerate(DIRECTIONS):
         ax_a, ax_b = axes[row]
+        if _impossible(run, direction, ax_a, ax_b):
+            continue
         if heads is not None:
             sub = heads[heads[CONTRAST.direction].astype(str).str.replace(" ", "") == direction]
             grid = _grid(sub, value, L, H)
@@ -308,6 +322,8 @@ def plot_entropy_exact(run: RunFolder, path: Path) -> Path | None:
         for col, direction in enumerate(DIRECTIONS):
             ax = axes[row][col]
             frame = values[statistic]
+            if _impossible(run, direction, ax):
+                continue
             if frame is None:
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, f"no {statistic} statistics", ha="center", va="center")
@@ -346,6 +362,8 @@ def plot_entropy_exact_heads(run: RunFolder, path: Path) -> Path | None:
     fig, axes = plt.subplots(2, 2, figsize=(11, 2 * tall), squeeze=False)
     for row, statistic in enumerate(("entropy", "exact")):
         for col, direction in enumerate(DIRECTIONS):
+            if _impossible(run, direction, axes[row][col]):
+                continue
             sub = heads[heads[CONTRAST.direction].astype(str).str.replace(" ", "") == direction]
             sub = sub.assign(_d=sub[f"{statistic}_relevant"] - sub[f"{statistic}_easy"])
             _heatmap(axes[row][col], _grid(sub, "_d", L, H), f"{_arrow(direction)}: {STAT_LABELS[statistic]}",

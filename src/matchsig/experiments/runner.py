@@ -106,11 +106,6 @@ class Runner:
                     device = f"cuda:{self.dist.local_rank}"
             encoder = CrossEncoder.load(self.config.model, device=device, dtype=self.config.dtype,
                                         max_length=self.config.max_length)
-            if encoder.family.decoder:  # tables, findings and report speak of CLS, SEP1, SEP2
-                raise MatchsigError(
-                    f"model {encoder.name} is a prompt-based reranker ({encoder.family.name} family, parts "
-                    f"{', '.join(encoder.part_names)}): the experiments do not run on prompt-based rerankers yet; use "
-                    "the Python API (score, score_many, score_layer_curve, attention_stats, patch)")
             self._encoder = encoder
         return self._encoder
 

@@ -20,8 +20,8 @@ def run_summary(runner, selected: list) -> dict:
     info = {"name": enc.name, "num_layers": enc.num_layers, "num_heads": enc.num_heads,
             "num_labels": enc.num_labels, "parameters": int(sum(p.numel() for p in enc.model.parameters())),
             "family": enc.family.name, "architecture": type(enc.model).__name__,
-            "score": "log-softmax of label 1" if enc.num_labels == 2 else "the logit", "readout": enc.readout,
-            "self_check": enc.check.to_dict()}
+            "score": enc.score_convention, "readout": enc.readout,
+            "self_check": enc.check.to_dict(), "parts": enc.scheme.to_dict()}
     c = runner.config
     summary = {
         "model_info": info,
@@ -30,7 +30,8 @@ def run_summary(runner, selected: list) -> dict:
         "significance": {
             "test": "two-sided paired Student t-test over queries (scipy.stats.ttest_rel)",
             "alpha": c.alpha, "correction": c.correction, "corrected_column": corrected_column(c.correction),
-            "families": "Table 1: the 30 ablations; Figure 1: every (direction, layer); head ablations: every "
+            "families": "Table 1: its ablations (30 in an encoder; the possible ones in a causal decoder, and the DEC rows "
+                        "of an encoder-decoder); Figure 1: every (direction, layer); head ablations: every "
                         "selection; contrast: heads x directions, per comparison",
             "marks": "* = significant drop, \u2191 = significant increase (decided on the corrected p when a "
                      "correction is set)",

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..analysis.findings import (DECISION_TEXT, DROP, MARGIN, MIN_QUERIES, NOT_MEASURED, PAPER_LAYERS, STD_MARGIN,
-                                 Finding, Judge, finding, first_layer)
+                                 Finding, Judge, finding, first_layer, not_applicable)
 from ..analysis.power import POWER
 from ..analysis.runfolder import COMPARE, FILES, RunFolder
 from ..experiments import registered
@@ -47,8 +47,12 @@ def judge(run_dir: str | Path, write: bool = True) -> list[Finding]:
     for claim in judges():
         if claim.applies is not None and not claim.applies(run):
             continue
+        result = not_applicable(claim, run)
         try:
-            result = claim.judge(run)
+            if result is None:
+                result = claim.judge(run)
+                # judged on slots (CLS Q SEP1 D SEP2): said in the model's names (a decoder's PRE Q MID D LAST)
+                result.evidence, result.rule = run.scheme.label(result.evidence), run.scheme.label(result.rule)
         except (KeyError, ValueError, TypeError, IndexError) as exc:  # malformed file: say so, don't crash
             result = finding(claim.key, NOT_MEASURED, f"Could not be judged from the run's files: "
                              f"{type(exc).__name__}: {exc}.", "")

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..analysis.runfolder import FILES
 from ..engine.ablation import TABLE1_ABLATIONS
-from ..engine.parts import PART_NAMES, Part
+from ..engine.parts import Part
 from ..errors import MatchsigError
 
 
@@ -406,6 +406,9 @@ def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K
         (p == Part.Q and t in d_ids) or (p == Part.D and t in q_ids)
         for t, p in zip(att.input_ids, att.part_ids)
     ]
+    scheme = ce.scheme
+    if ablations is TABLE1_ABLATIONS:  # the model's Table 1: its possible cells, in its part names
+        ablations = ("none",) + tuple(f"{x}<-{y}" for x, y in scheme.table1_cells() if scheme.possible(x, y))
     abls = [Ablation.parse(a) for a in ablations]
     if "none" not in [a.name for a in abls]:
         abls = [Ablation.none()] + abls
@@ -421,13 +424,16 @@ def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K
         "meta": {
             "model": str(getattr(ce, "name", "")),
             "num_labels": int(getattr(ce, "num_labels", 2)),
+            "score": str(getattr(ce, "score_convention", "")),
             "query": query,
             "max_length": int(ce.max_length),
             **(meta or {}),
         },
         "layers": int(ce.num_layers),
         "heads": int(ce.num_heads),
-        "parts": list(PART_NAMES),
+        "parts": list(scheme.names),
+        "causal": bool(scheme.causal),
+        "decoder": bool(scheme.decoder),
         "tokens": raw,
         "text": texts,
         "space": [int(s) for s in space],
@@ -438,7 +444,7 @@ def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K
         "qd": _pack_links(att.qd, nd),
         "dq": _pack_links(att.dq, nq),
         "stats": stats,
-        "scores": [{"name": a.name, "score": _finite(s)} for a, s in zip(abls, scores)],
+        "scores": [{"name": scheme.label(a.name), "score": _finite(s)} for a, s in zip(abls, scores)],
         "contrast": contrast or [],
         "patching": patching or [],
         "notes": notes,

@@ -17,6 +17,7 @@ from ...errors import MatchsigError
 from ..html import arrow, easy_note, esc, figure, missing, pval, table
 from ..registry import Experiment, Option
 from ..store import single
+from ...engine.attention_stats import DIRECTIONS
 from .stats import analyse_contrast, stats_frame
 
 __all__ = ["Contrast"]
@@ -71,7 +72,9 @@ class Contrast(Experiment):
             return
         pool, _ = runner.pool("contrast")
         values = np.concatenate([runner.store.load(f"contrast/{k:05d}") for k in range(len(runner.chunks(len(pool))))])
-        frame = analyse_contrast(pool, values, runner.config.alpha, runner.config.correction)
+        scheme = runner.encoder.scheme
+        possible = [d for d, x, y in DIRECTIONS if scheme.possible(x.name, y.name)]
+        frame = analyse_contrast(pool, values, runner.config.alpha, runner.config.correction, possible)
         if runner.dist.rank == 0:
             runner.writer.csv(FILES.contrast_heads, frame["heads"])
             runner.writer.csv(FILES.contrast_per_query, frame["per_query"])
@@ -154,7 +157,7 @@ def _kinds_per_layer(run: RunFolder, heads: pd.DataFrame) -> str:
     frame = heads.assign(direction=heads[CONTRAST.direction].astype(str).str.replace(" ", ""))
     layers = sorted(int(l) for l in frame[CONTRAST.layer].unique())
     rows = []
-    for direction in ("Q<-D", "D<-Q"):
+    for direction in [d for d in ("Q<-D", "D<-Q") if run.scheme.possible(*d.split("<-"))]:
         sub = frame[frame[CONTRAST.direction] == direction]
         for kind in ("syntactic", "semantic", "unclassified"):
             counts = sub[sub[CONTRAST.kind] == kind].groupby(CONTRAST.layer).size()

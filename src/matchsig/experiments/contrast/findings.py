@@ -382,13 +382,13 @@ def _late_differences_smaller(run: RunFolder) -> Finding:
 
 JUDGES = (
     Judge("matching_heads_layers", "Matching heads: few per layer in early/middle layers, (almost) every head in late layers", 7, _matching_heads_layers),
-    Judge("matching_heads_bidirectional", "Matching heads are bidirectional (the same heads match Q<-D and D<-Q)", 8, _bidirectional),
-    Judge("hard_vs_easy_layers", "Hard vs easy negatives differ in early/middle layers, not in the last layers (Figure 3)", 11, _hard_vs_easy_layers),
-    Judge("qd_entropy_late", "Late-layer Q<-D entropy is higher on relevant than on easy-negative passages (Figure 4)", 12, _qd_entropy_late),
-    Judge("exact_match_early", "Early/middle heads put more exact-match mass on relevant passages (Figure 4)", 13, _exact_match_early),
-    Judge("dq_entropy_late_similar", "Late-layer D<-Q entropy differs less than Q<-D between relevant and easy negatives (Figure 4)", 14, _dq_entropy_late_similar),
+    Judge("matching_heads_bidirectional", "Matching heads are bidirectional (the same heads match Q<-D and D<-Q)", 8, _bidirectional, needs=("Q<-D",)),
+    Judge("hard_vs_easy_layers", "Hard vs easy negatives differ in early/middle layers, not in the last layers (Figure 3)", 11, _hard_vs_easy_layers, needs=("Q<-D",)),
+    Judge("qd_entropy_late", "Late-layer Q<-D entropy is higher on relevant than on easy-negative passages (Figure 4)", 12, _qd_entropy_late, needs=("Q<-D",)),
+    Judge("exact_match_early", "Early/middle heads put more exact-match mass on relevant passages (Figure 4)", 13, _exact_match_early, needs=("Q<-D",)),
+    Judge("dq_entropy_late_similar", "Late-layer D<-Q entropy differs less than Q<-D between relevant and easy negatives (Figure 4)", 14, _dq_entropy_late_similar, needs=("Q<-D",)),
     Judge("hard_same_pattern_weaker", "Relevant vs hard negatives: the same matching pattern, weaker (Figure 2, r = 0)", 16,
-          _hard_same_pattern_weaker),
+          _hard_same_pattern_weaker, needs=("Q<-D",)),
     Judge("late_differences_smaller", "Late-layer matching differences are smaller in magnitude (Figure 2b)", 17,
-          _late_differences_smaller),
+          _late_differences_smaller, needs=("Q<-D",)),
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -24,14 +26,22 @@ def stats_frame(pool: Pool, values: np.ndarray) -> pd.DataFrame:
     return frame
 
 
-def analyse_contrast(pool: Pool, values: np.ndarray, alpha: float = 0.05, correction: str = "holm") -> dict[str, pd.DataFrame]:
+def analyse_contrast(pool: Pool, values: np.ndarray, alpha: float = 0.05, correction: str = "holm",
+                     directions: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     """Per-query means per level, and per head the paired tests and classification of :mod:`matchsig.analysis.matching`.
 
-    ``values``: (pairs, layers, heads, 2 directions, 4 stats) in pool row order. Returns
-    ``{"heads": one row per (layer, head, direction), "per_query": per-query means per level}``.
+    ``values``: (pairs, layers, heads, 2 directions, 4 stats) in pool row order; ``directions``: the ones to
+    analyse (default both; a causal decoder's Q<-D reads nothing and is left out, so the corrections run over
+    the heads of D<-Q only). Returns ``{"heads": one row per (layer, head, direction), "per_query": per-query
+    means per level}``.
     """
-    from ...engine.attention_stats import DIRECTIONS, STATS
+    from ...engine.attention_stats import DIRECTIONS as ALL_DIRECTIONS
+    from ...engine.attention_stats import STATS
     from ...analysis.matching import classify, head_tests
+
+    keep = [k for k, (d, _, _) in enumerate(ALL_DIRECTIONS) if directions is None or d in directions]
+    values = values[:, :, :, keep]
+    DIRECTIONS = [ALL_DIRECTIONS[k] for k in keep]
 
     grades = np.array([r.grade for r in pool.rows])
     qids = [r.qid for r in pool.rows]

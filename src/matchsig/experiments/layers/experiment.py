@@ -33,8 +33,13 @@ class Layers(Experiment):
 
         return JUDGES
 
+    def directions(self, runner) -> tuple[str, ...]:
+        """The paper's Figure 1 directions (an encoder's), or the model's: X<-Y for X, Y in {aggregator, Q, D}
+        where its masks allow it (:meth:`matchsig.engine.scheme.PartScheme.figure1_directions`)."""
+        return runner.encoder.scheme.figure1_directions()
+
     def units(self, runner) -> list:
-        units = driver.curve_units(runner, FIGURE1_DIRECTIONS)
+        units = driver.curve_units(runner, self.directions(runner))
         driver.baseline_scores(runner)
         return units
 
@@ -42,7 +47,8 @@ class Layers(Experiment):
         if runner.dist.rank != 0:
             return
         rows, per_query = [], []
-        for spec, curve in zip(FIGURE1_DIRECTIONS, driver.gather_curves(runner, FIGURE1_DIRECTIONS)):
+        specs = self.directions(runner)
+        for spec, curve in zip(specs, driver.gather_curves(runner, specs)):
             for layer, scores in enumerate(curve):
                 rows.append({LAYERS.direction: spec, LAYERS.layer: layer})
                 per_query.append(driver.evaluate(runner, scores))
@@ -58,6 +64,18 @@ class Layers(Experiment):
         return section(folder, figures)
 
 
+def _scheme_note(run: RunFolder) -> str:
+    scheme = run.scheme
+    if scheme.encoder:
+        return ""
+    agg = scheme.aggregator_name
+    if scheme.aggregator == "DEC":
+        return (" This model reads its score at its decoder token (DEC), whose cross-attention runs after the whole "
+                "encoder: it has no up-to-layer curve, so the figure shows the Q and D directions only.")
+    return (f" This model reads its score at {esc(agg)}: its {esc(agg)} rows play the paper's CLS rows"
+            + ("; directions the causal mask makes impossible are left out" if scheme.causal else "") + ".")
+
+
 def section(run: RunFolder, figures: dict[str, Path]) -> str:
     """Figure 1 and its table: nDCG@10 per direction and last ablated layer."""
     frame = run.layers
@@ -68,7 +86,7 @@ def section(run: RunFolder, figures: dict[str, Path]) -> str:
     try:
         cells = frame.assign(cell=[f"{float(r[COMPARE.ndcg]):.3f}{run.mark(r)}" for _, r in frame.iterrows()])
         wide = cells.pivot_table(index=CONTRAST.direction, columns=CONTRAST.layer, values="cell", aggfunc="first", sort=False)
-        wide.index = [direction_label(d) for d in wide.index]
+        wide.index = [run.scheme.label(direction_label(d)) for d in wide.index]
         wide = wide.reset_index().rename(columns={"index": CONTRAST.direction})
         wide.columns = [str(c) for c in wide.columns]
         n = frame[COMPARE.n_queries].max() if COMPARE.n_queries in frame else None
@@ -83,7 +101,7 @@ def section(run: RunFolder, figures: dict[str, Path]) -> str:
 <section id="layers"><h2>Figure 1 — up-to-layer ablations</h2>
 <p class="muted">A direction is masked in every head of layers 0..l (0-indexed); the curve shows nDCG@10 against l.
 The paper (24 layers): CLS &larr; {{Q,D}} and CLS &larr; * do not hurt before the last 2 layers; blocking D &larr; D
-does not hurt before layers 11/12.</p>
+does not hurt before layers 11/12.{_scheme_note(run)}</p>
 {figure(figures, "layers.png", FIGURES["layers.png"])}
 {details}
 </section>"""

@@ -136,6 +136,6 @@ def _dd_from_middle(run: RunFolder) -> Finding:
 
 
 JUDGES = (
-    Judge("cls_last_layers", "Up-to-layer CLS ablations hurt only in the last 2 layers", 5, _cls_last_layers),
+    Judge("cls_last_layers", "Up-to-layer CLS ablations hurt only in the last 2 layers", 5, _cls_last_layers, needs=("CLS",)),
     Judge("dd_from_middle", "Blocking D<-D hurts only from about the middle of the network", 6, _dd_from_middle),
 )

@@ -41,6 +41,7 @@ import numpy as np
 from ...analysis.runfolder import FILES, RunFolder
 from ...analysis.runfolder import PATCHING as P
 from ...errors import MatchsigError
+from ...engine.scheme import ENCODER, PartScheme
 from ..registry import Experiment, Option
 from ..store import single
 from .findings import JUDGES
@@ -154,8 +155,9 @@ class Patching(Experiment):
         values, effects, moved = self._effects(runner)
         kind, per_position = SITES[runner.config.site]
         qids = np.array([t.qid for t in self.diagnostic_pairs(runner)[1].triples])
-        _write_table(runner.writer, runner.config, kind, effects[moved], per_position, qids[moved])
-        _heatmaps(runner.writer.path(FILES.patching_png), runner.config, effects[moved], per_position)
+        scheme = runner.encoder.scheme
+        _write_table(runner.writer, runner.config, kind, effects[moved], per_position, qids[moved], scheme)
+        _heatmaps(runner.writer.path(FILES.patching_png), runner.config, effects[moved], per_position, scheme)
         _write_overlap(runner)
 
     def summary(self, runner) -> dict:
@@ -287,7 +289,13 @@ def score_scale(baseline: np.ndarray) -> float:
     return sd if np.isfinite(sd) and sd > 0 else 1.0
 
 
-def _write_table(writer, config, kind: str, effects: np.ndarray, per_position: bool, qids: np.ndarray) -> Path:
+def role_names(scheme: PartScheme = ENCODER) -> list[str]:
+    """The roles in the model's part names (a decoder's ``PRE Q MID D* D LAST``)."""
+    return [scheme.name(r) for r in ROLES]
+
+
+def _write_table(writer, config, kind: str, effects: np.ndarray, per_position: bool, qids: np.ndarray,
+                 scheme: PartScheme = ENCODER) -> Path:
     import pandas as pd
 
     from ...analysis.bootstrap import clustered_mean_ci
@@ -302,7 +310,7 @@ def _write_table(writer, config, kind: str, effects: np.ndarray, per_position: b
                 col = col[np.isfinite(col)]
                 i = np.ravel_multi_index((layer, h, r), (nl, nh, nr))
                 rows.append({P.diagnostic: config.diagnostic, P.site: config.site, P.layer: layer,
-                             P.head: h if kind == "attn.hook_z" else "", P.position: ROLES[r] if per_position else "all",
+                             P.head: h if kind == "attn.hook_z" else "", P.position: role_names(scheme)[r] if per_position else "all",
                              P.effect_mean: float(col.mean()) if len(col) else float("nan"),
                              P.effect_sd: float(col.std(ddof=1)) if len(col) > 1 else float("nan"),
                              P.n_pairs: int(len(col)), "ci_low": low[i], "ci_high": high[i],
@@ -310,7 +318,7 @@ def _write_table(writer, config, kind: str, effects: np.ndarray, per_position: b
     return writer.csv(FILES.patching, pd.DataFrame(rows), float_format="%.6g")
 
 
-def _heatmaps(path: Path, config, effects: np.ndarray, per_position: bool) -> None:
+def _heatmaps(path: Path, config, effects: np.ndarray, per_position: bool, scheme: PartScheme = ENCODER) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,10 +326,13 @@ def _heatmaps(path: Path, config, effects: np.ndarray, per_position: bool) -> No
 
     mean = np.nanmean(effects, 0) if len(effects) else np.full(effects.shape[1:], np.nan)  # (L, H, R)
     if config.site == "residual" or config.site == "mlp":
-        grid, xlabels, xname = mean[:, 0, :], list(ROLES) if per_position else ["all positions"], "token role"
+        grid, xlabels, xname = mean[:, 0, :], role_names(scheme) if per_position else ["all positions"], "token role"
         panels = [(grid, f"{config.diagnostic}: {config.site}")]
     elif per_position:
-        panels = [(mean[:, :, ROLES.index(r)], f"{config.diagnostic}: head at {r} positions") for r in ("D*", "CLS")]
+        # the aggregating part's positions (an encoder-decoder's DEC is no encoder position: its last part instead)
+        agg = scheme.aggregator if scheme.aggregator in ROLES else "SEP2"
+        panels = [(mean[:, :, ROLES.index(r)], f"{config.diagnostic}: head at {scheme.name(r)} positions")
+                  for r in ("D*", agg)]
         xlabels, xname = list(range(mean.shape[1])), "head"
     else:
         panels = [(mean[:, :, 0], f"{config.diagnostic}: head output, all positions")]

@@ -258,11 +258,11 @@ def _alone_keeps_signal(run: RunFolder) -> Finding:
 
 JUDGES = (
     Judge("dd_hurts_most", "D<-D hurts most among single directions", 1, _dd_hurts_most),
-    Judge("sep_noop", "Directions into or out of SEP change nothing (no-op sinks)", 2, _sep_noop),
-    Judge("cls_all_random", "CLS<-* gives a random ranking", 3, _cls_all_random),
-    Judge("clsq_vs_clsd", "CLS<-Q hurts more than CLS<-D", 4, _clsq_vs_clsd),
-    Judge("table1_significant_drops", "Table 1: D<-D, Q<-*, D<-* and CLS<-* are significant drops", 9, _table1_significant_drops),
-    Judge("table1_not_significant", "Table 1: CLS<-Q and CLS<-D are not significant drops", 10, _table1_not_significant),
+    Judge("sep_noop", "Directions into or out of SEP change nothing (no-op sinks)", 2, _sep_noop, needs=("SEP1", "SEP2")),
+    Judge("cls_all_random", "CLS<-* gives a random ranking", 3, _cls_all_random, needs=("CLS",)),
+    Judge("clsq_vs_clsd", "CLS<-Q hurts more than CLS<-D", 4, _clsq_vs_clsd, needs=("CLS",)),
+    Judge("table1_significant_drops", "Table 1: D<-D, Q<-*, D<-* and CLS<-* are significant drops", 9, _table1_significant_drops, needs=("CLS",)),
+    Judge("table1_not_significant", "Table 1: CLS<-Q and CLS<-D are not significant drops", 10, _table1_not_significant, needs=("CLS",)),
     Judge("qd_dq_alone_keep_signal", "Q<-D or D<-Q alone does not destroy the relevance signal (Table 1)", 15,
-          _alone_keeps_signal),
+          _alone_keeps_signal, needs=("Q<-D",)),
 )

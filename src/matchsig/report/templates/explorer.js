@@ -101,11 +101,13 @@
     var sb = $('score-box');
     sb.appendChild(document.createTextNode('score '));
     sb.appendChild(el('b', null, fmt(base, 4)));
-    sb.appendChild(document.createTextNode(m.num_labels === 1 ? '  (logit)' : '  (log P(relevant))'));
+    sb.appendChild(document.createTextNode(m.score ? '  (' + m.score + ')' : m.num_labels === 1 ? '  (logit)' : '  (log P(relevant))'));
     var notes = $('notes');
     (D.notes || []).forEach(function (n) { notes.appendChild(el('div', null, n)); });
     var leg = $('legend');
-    [['[CLS]', 0, 'CLS'], ['query', 1, 'Q'], ['[SEP]', 2, 'SEP'], ['document', 3, 'D']].forEach(function (x) {
+    var encoderNames = PARTS[0] === 'CLS';
+    [[encoderNames ? '[CLS]' : PARTS[0], 0, PARTS[0]], ['query', 1, 'Q'], [encoderNames ? '[SEP]' : PARTS[2], 2, PARTS[2]],
+     ['document', 3, 'D']].forEach(function (x) {
       var s = el('span', 'tk p' + x[1] + (x[1] === 0 || x[1] === 2 ? ' special' : ''), x[0]); s.title = x[2];
       leg.appendChild(s);
     });
@@ -530,22 +532,27 @@
     var b = el('div', 'base');
     b.appendChild(document.createTextNode('unablated score: ')); b.appendChild(el('b', null, fmt(base, 4)));
     box.appendChild(b);
-    var cols = PARTS.concat(['*']), mx = 0, x, y, s;
-    for (x = 0; x < PARTS.length; x++) for (y = 0; y < cols.length; y++) {
-      s = scoreOf(PARTS[x] + '<-' + cols[y]);
+    var cols = PARTS.concat(['*']), rows = PARTS.concat(D.decoder ? ['DEC'] : []), mx = 0, x, y, s;
+    for (x = 0; x < rows.length; x++) for (y = 0; y < cols.length; y++) {
+      s = scoreOf(rows[x] + '<-' + cols[y]);
       if (s !== null && base !== null) mx = Math.max(mx, Math.abs(s - base));
     }
     var tb = el('table'), tr = el('tr');
     tr.appendChild(el('th', 'rowh', 'X \\ Y'));
     cols.forEach(function (c) { tr.appendChild(el('th', null, c === '*' ? 'All' : c)); });
     tb.appendChild(tr);
-    for (x = 0; x < PARTS.length; x++) {
+    for (x = 0; x < rows.length; x++) {
       tr = el('tr');
-      tr.appendChild(el('th', 'rowh', PARTS[x]));
+      tr.appendChild(el('th', 'rowh', rows[x]));
       for (y = 0; y < cols.length; y++) {
-        var name = PARTS[x] + '<-' + cols[y], td = el('td');
+        var name = rows[x] + '<-' + cols[y], td = el('td');
         s = scoreOf(name);
-        if (s === null) { td.textContent = '\u00b7'; td.title = name + ': not computed'; tr.appendChild(td); continue; }
+        if (s === null) {
+          var impossible = D.causal && cols[y] !== '*' && y > x;
+          td.textContent = impossible ? '\u2013' : '\u00b7';
+          td.title = name + (impossible ? ': impossible (the causal mask lets no ' + rows[x] + ' token read ' + cols[y] + ')' : ': not computed');
+          tr.appendChild(td); continue;
+        }
         var dl = base === null ? null : s - base;
         td.appendChild(el('span', 's', fmt(s, 3)));
         td.appendChild(el('span', 'dl', dl === null ? '' : (dl >= 0 ? '+' : '\u2212') + fmt(Math.abs(dl), 3)));
