@@ -244,7 +244,7 @@ class _Builder:
 
     def trimmed(self, doc: str, query: str, extra: int) -> str:
         """``doc`` cut at a word boundary so that ``extra`` inserted tokens still fit (module doc)."""
-        budget = self.ce.max_length - self.ce.layout.n_special - self.n_pieces(query) - extra
+        budget = self.ce.max_length - self.ce.n_template_tokens - self.n_pieces(query) - extra
         if self.max_doc_tokens is not None:
             budget = min(budget, self.max_doc_tokens)
         enc = self.tok(doc, add_special_tokens=False, return_offsets_mapping=True)

@@ -199,6 +199,19 @@ class CrossEncoder(Interventions):
         return encode_pairs(self.tokenizer, self.layout, self.template, self.max_length, queries, documents)
 
     @property
+    def n_template_tokens(self) -> int:
+        """Tokens of an input that are neither query nor document: the pair template's special tokens, or a
+        prompt's text around them (PRE, MID, LAST/POST)."""
+        if self.layout is not None:
+            return self.layout.n_special
+        if not hasattr(self, "_n_template"):
+            from .parts import Part
+
+            parts = self.encode(["x"], ["y"]).part_ids[0]
+            self._n_template = sum(1 for p in parts if p not in (Part.Q, Part.D))
+        return self._n_template
+
+    @property
     def score_convention(self) -> str:
         """How the score is read, in words (``inspect``, ``summary.json``, the report)."""
         from .scoring_heads import YesNoHead
