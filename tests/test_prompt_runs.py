@@ -68,11 +68,8 @@ def t5_run(tmp_path_factory):
     _t5(tok).save_pretrained(folder)
     tok.save_pretrained(folder)
     out = root / "run"
-    Runner(out, RunConfig(model=str(folder), experiments=["table1", "layers"], correction="none", **SETTINGS),
-           progress=False).run()
-    from matchsig.report import build_report
-
-    build_report(out)
+    Runner(out, RunConfig(model=str(folder), experiments=["table1", "layers"], correction="none",
+                          **{**SETTINGS, "per_grade": 1}), progress=False).run()
     return folder, out
 
 
@@ -232,16 +229,21 @@ def test_monot5_table1_has_the_decoder_token_row(t5_run):
     md = (out / "table1.md").read_text()
     assert "| X \\ Y | PRE | Q | MID | D | POST | All |" in md and "| **DEC** |" in md and "impossible" not in md.split("\n\n")[1]
     assert set(pd.read_csv(out / "layers.csv")["direction"]) == {"Q<-Q", "Q<-D", "D<-Q", "D<-D"}
-    page = (out / "report.html").read_text()
+    from matchsig.analysis.runfolder import RunFolder
+    from matchsig.experiments.table1.experiment import section
+
+    page = section(RunFolder(out))
     assert "Model family t5" in page and "decoder token" in page
+    assert re.findall(r'<tr><th>(\w+)</th><td class="cell', page) == ["PRE", "Q", "MID", "D", "POST", "DEC"]
 
 
 def test_experiments_run_on_a_decoder_from_the_command_line(tmp_path, decoder_run):
-    from conftest import matchsig_cli
+    from typer.testing import CliRunner
+
+    from matchsig.cli import app
 
     folder, _ = decoder_run
-    res = matchsig_cli("ablate", "--model", str(folder), "--dataset", "demo", "--per-grade", "1", "--max-queries", "2",
-                       "--out", str(tmp_path / "run"))
-    assert res.returncode == 0, res.stderr
-    assert "Traceback" not in res.stderr
+    res = CliRunner().invoke(app, ["ablate", "--model", str(folder), "--dataset", "demo", "--per-grade", "1",
+                                   "--max-queries", "2", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "table1.md").read_text().count("impossible") >= 10
