@@ -78,6 +78,68 @@ def test_circuit_scores_equal_a_direct_forward_that_ablates_the_other_edges(tiny
     np.testing.assert_allclose(got[2], ce.score(QUERIES, DOCS), atol=1e-10)  # every edge kept: the model
 
 
+def test_counterfactual_ablation_equals_a_direct_forward_with_the_baselines_outputs(tiny64, tokenizer):
+    """--ablation counterfactual: the perturbed pair runs with every non-circuit edge carrying its node's output
+    on the baseline, recomputed by the float64 reference; no edge = the baseline's score, every edge = the
+    perturbed one's; inputs that do not line up are refused in one line."""
+    from matchsig import MatchsigError
+    from matchsig.engine.circuits import counterfactual_scores, keep_matrix
+    from matchsig.engine.graph import graph_for
+
+    ce, model = tiny64
+    graph = graph_for(ce)
+    perturbed = ["the cat flea is an flea that lives on pets", "birds fly birds in the winter to find food",
+                 "dry food for cat and kittens"]
+    edges = np.argwhere(graph.edge_mask())
+    rng = np.random.default_rng(2)
+    picks = [edges[rng.choice(len(edges), 60, replace=False)], edges[:0], edges]
+    got = counterfactual_scores(ce, QUERIES, perturbed, DOCS, [keep_matrix(graph, e) for e in picks], chunk_size=2)
+    for k, chosen in enumerate(picks):
+        circuit = {(graph.reader_name(r), graph.node_name(u)) for r, u in chosen}
+        want = []
+        for q, d, p in zip(QUERIES, DOCS, perturbed):
+            enc_b, enc_p = tokenizer(q, d), tokenizer(q, p)
+            assert len(enc_b["input_ids"]) == len(enc_p["input_ids"])
+            outs = edge_forward(model, enc_b["input_ids"], enc_b["token_type_ids"])[1]
+            mix = lambda reader, node, value: value if (reader, node) in circuit else outs[node]  # noqa: E731
+            want.append(edge_forward(model, enc_p["input_ids"], enc_p["token_type_ids"], mix=mix)[0])
+        np.testing.assert_allclose(got[k], want, atol=1e-10)
+    np.testing.assert_allclose(got[1], ce.score(QUERIES, DOCS), atol=1e-10)  # nothing kept: the baseline
+    np.testing.assert_allclose(got[2], ce.score(QUERIES, perturbed), atol=1e-10)  # everything: the perturbed pair
+    with pytest.raises(MatchsigError, match="line up token by token: pair 0"):
+        counterfactual_scores(ce, QUERIES[:1], ["a much longer document than the baseline one"], DOCS[:1],
+                              [keep_matrix(graph, picks[0])])
+
+
+def test_circuit_experiment_with_counterfactual_ablation(tmp_path, tokenizer):
+    """The experiment's curve under --ablation counterfactual: no edge is the baseline (D = 0 exactly, so
+    faithfulness 0), every edge the model (faithfulness 1); a middle size recomputed by the float64 reference."""
+    from matchsig.experiments import RunConfig, Runner
+
+    folder = tmp_path / "model"
+    model = make_tiny_model(folder, tokenizer, seed=6).double()
+    out = tmp_path / "run"
+    Runner(out, RunConfig(model=str(folder), datasets=["demo"], experiments=["circuit"], per_grade=1, pairs=6,
+                          circuit_method="eap", circuit_sizes=[20], circuit_edges=20, circuit_ablation="counterfactual",
+                          circuit_agreement_pairs=2, circuit_bootstrap=50, device="cpu"), progress=False).run()
+    curve = pd.read_csv(out / "circuit_curve.csv").set_index("edges")
+    assert curve.loc[0, "mean_diff"] == 0.0 and curve.loc[0, "faithfulness"] == 0.0
+    assert curve["faithfulness"].iloc[-1] == pytest.approx(1.0, abs=1e-12)
+    assert json.loads((out / "circuit.json").read_text())["ablation"] == "counterfactual"
+    pairs = pd.read_csv(out / "circuit_pairs.tsv", sep="\t", keep_default_na=False)
+    held = pairs[pairs["split"] == "heldout"]
+    ranked = pd.read_csv(out / "circuit_edges.csv").sort_values("rank")
+    circuit = set(zip(ranked["receiver"][:20], ranked["sender"][:20]))
+    diffs = []
+    for q, b, p in zip(held["query"], held["baseline"], held["perturbed"]):
+        enc_b, enc_p = tokenizer(q, b), tokenizer(q, p)
+        outs = edge_forward(model, enc_b["input_ids"], enc_b["token_type_ids"])[1]
+        mix = lambda reader, node, value: value if (reader, node) in circuit else outs[node]  # noqa: E731
+        cut = edge_forward(model, enc_p["input_ids"], enc_p["token_type_ids"], mix=mix)[0]
+        diffs.append(cut - edge_forward(model, enc_b["input_ids"], enc_b["token_type_ids"])[0])
+    assert curve.loc[20, "mean_diff"] == pytest.approx(np.mean(diffs), abs=2e-5)
+
+
 def test_circuit_experiment_faithfulness_recomputed_by_direct_ablated_forwards(tmp_path, tokenizer):
     """The run's chosen circuit and one other size of its curve, recomputed from circuit_pairs.tsv and
     circuit_edges.csv by the float64 reference: means over the attribution pairs' baselines, the

@@ -9,6 +9,12 @@ for inputs of different lengths. Every node still computes, from whatever its in
 
 With every edge in the circuit the run is the model's; with none, every reader sees the means only
 and the score is one constant for all inputs of one length pattern.
+
+Counterfactual ablation (:func:`counterfactual_scores`, the interchange ablation of Conmy et al. 2023 and
+Hanna et al. 2024) replaces a non-circuit edge's value by its node's output on a *reference* input
+lined up token by token with the pair (a diagnostic's baseline document, the perturbed one being run):
+with every edge cut the run is the reference's, so the circuit is asked to carry the difference
+between the two inputs only, not the whole computation.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from ..errors import MatchsigError
 from .graph import EdgeGraph, graph_for
 from .parts import PAD
 
-__all__ = ["node_means", "circuit_scores", "keep_matrix"]
+__all__ = ["node_means", "circuit_scores", "counterfactual_scores", "keep_matrix"]
 
 
 def node_means(ce, queries: Sequence[str], documents: Sequence[str], chunk_size: int = 16) -> np.ndarray:
@@ -68,6 +74,32 @@ def circuit_scores(ce, queries: Sequence[str], documents: Sequence[str], keeps: 
             emb = graph.embed(batch)
             table = torch.as_tensor(means, dtype=emb.dtype, device=emb.device)
             subst = table[:, batch.part_ids]  # (U, B, T, d)
+            for k, keep in enumerate(keeps):
+                run = graph.run(batch, emb=emb, keep=torch.as_tensor(keep, dtype=emb.dtype, device=emb.device),
+                                subst=subst)
+                out[k, chunk] = run.scores.double().cpu().numpy()
+    return out
+
+
+def counterfactual_scores(ce, queries: Sequence[str], documents: Sequence[str], references: Sequence[str],
+                          keeps: Sequence[np.ndarray], chunk_size: int = 16) -> np.ndarray:
+    """(len(keeps), n) scores of the pairs (query, document) run with each circuit ``keep`` ((R, U): 1 = edge
+    kept), every other edge carrying its node's output on (query, reference) at the same position. The two
+    inputs of a pair must line up (same length and parts, as a diagnostic's baseline and perturbed
+    documents), else a one-line error."""
+    enc, ref = ce.encode(queries, documents), ce.encode(queries, references)
+    bad = [i for i in range(len(enc)) if enc.part_ids[i] != ref.part_ids[i]]
+    if bad:
+        i = bad[0]
+        raise MatchsigError(f"counterfactual ablation needs inputs that line up token by token: pair {i} has "
+                            f"{len(enc.part_ids[i])} tokens and its reference {len(ref.part_ids[i])} (or other parts)")
+    out = np.zeros((len(keeps), len(enc)))
+    for chunk in ce.batches(enc.lengths(), chunk_size) if len(enc) else []:
+        batch, rbatch = ce.collate(enc, chunk), ce.collate(ref, chunk)
+        graph = graph_for(ce, batch)
+        with torch.inference_mode():
+            subst = graph.run(rbatch).outs  # (U, B, T, d): the reference's node outputs
+            emb = graph.embed(batch)
             for k, keep in enumerate(keeps):
                 run = graph.run(batch, emb=emb, keep=torch.as_tensor(keep, dtype=emb.dtype, device=emb.device),
                                 subst=subst)

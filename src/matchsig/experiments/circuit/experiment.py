@@ -6,7 +6,8 @@
    (``--method``, ``--steps``) on the attribution pairs and ranked by |mean score|.
 3. Circuits of growing size (the top edges) run **exactly** on the held-out pairs, every other edge
    mean-ablated per token part (:mod:`matchsig.engine.circuits`, means over the attribution pairs'
-   baselines); faithfulness ``(D(C) - D(empty)) / (D(full) - D(empty))`` with a CI from a bootstrap
+   baselines), or with ``--ablation counterfactual`` carrying its node's output on the pair's baseline
+   while the perturbed input runs; faithfulness ``(D(C) - D(empty)) / (D(full) - D(empty))`` with a CI from a bootstrap
    over queries (:mod:`matchsig.analysis.faithfulness`). With ``--faithfulness`` a bisection finds the
    smallest circuit reaching it; ``--edges N`` names the circuit's size instead.
 4. On a few attribution pairs (``--agreement-pairs``), attribution is checked against exact patching:
@@ -28,6 +29,7 @@ import numpy as np
 
 from ...analysis.findings import Judge
 from ...errors import MatchsigError
+from .work import ABLATIONS
 from ..registry import Experiment, Option, get
 from ..store import single
 from . import work
@@ -57,6 +59,9 @@ class Circuit(Experiment):
         Option("circuit_edges", None, "--edges", "Circuit size (edges); default: the smallest reaching "
                "--faithfulness.", optional=True, minimum=1),
         Option("circuit_faithfulness", 0.8, "--faithfulness", "Target faithfulness of the circuit.", kind=float),
+        Option("circuit_ablation", "mean", "--ablation", "What a non-circuit edge carries on the held-out pairs: "
+               "mean (its node's mean output per token part over the attribution pairs' baselines) or counterfactual "
+               "(its node's output on the pair's baseline, the perturbed input being run).", kind=str),
         Option("circuit_sizes", lambda: [], "--sizes", "Circuit sizes to measure (repeatable; default 1, 2, 5, "
                "10, 20, 50, ...).", kind=list[int], minimum=1),
         Option("circuit_heldout", 0.5, "--heldout", "Share of the queries whose pairs are held out for "
@@ -78,6 +83,8 @@ class Circuit(Experiment):
         from ...analysis.diagnostics import DIAGNOSTICS
         from ...engine.edges import EDGE_METHODS
 
+        if config.circuit_ablation not in ABLATIONS:
+            raise MatchsigError(f"unknown --ablation {config.circuit_ablation!r}: use one of {', '.join(ABLATIONS)}")
         if config.circuit_method not in EDGE_METHODS:
             raise MatchsigError(f"unknown --method {config.circuit_method!r}: use one of {', '.join(EDGE_METHODS)}")
         if config.diagnostic not in DIAGNOSTICS:
@@ -135,8 +142,8 @@ class Circuit(Experiment):
         target = None if c.circuit_edges is not None else c.circuit_faithfulness
         sample = train[: c.circuit_agreement_pairs]
         runner.execute("circuit curve", [
-            single("circuit/curve", lambda: work.curve_work(ce, pairs, held, edges, order, means, sizes, target),
-                   len(held)),
+            single("circuit/curve", lambda: work.curve_work(ce, pairs, held, edges, order, means, sizes, target,
+                                                            ablation=c.circuit_ablation), len(held)),
             single("circuit/agreement", lambda: _agreement_array(ce, pairs, sample, c, edges, order,
                                                                  scores[: len(sample)]), len(sample))])
         clusters = np.array([pairs.triples[i].qid for i in held])
@@ -245,6 +252,7 @@ class Circuit(Experiment):
         nodes = sorted({graph.node_name(u) for u in edges[kept, 1]} | {graph.reader_name(r).rsplit(".", 1)[0]
                        if graph.reader_name(r).startswith("a") else graph.reader_name(r) for r in edges[kept, 0]})
         circuit = {"diagnostic": c.diagnostic, "method": c.circuit_method, "steps": c.circuit_steps,
+                   "ablation": c.circuit_ablation,
                    "layers": graph.L, "heads": graph.H, "target": target, "size": int(size),
                    "reached": bool(target is None or row["faithfulness"] >= target),
                    "faithfulness": float(row["faithfulness"]), "ci": [float(row["ci_low"]), float(row["ci_high"])],

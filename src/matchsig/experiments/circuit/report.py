@@ -45,7 +45,9 @@ def section(experiment, folder, figures: dict[str, Path]) -> str:
         verdict = f"No measured circuit reaches faithfulness {circuit['target']:g}; shown: all {circuit['size']} edges"
     head = (f'<section id="{experiment.name}"><h2>{esc(experiment.title)}</h2><p class="muted">Edges ranked by '
             f"{esc(circuit['method'])} on attribution pairs; circuits of the top edges run exactly on held-out pairs, "
-            "every other edge mean-ablated per token part; faithfulness = (D(circuit) - D(empty)) / (D(full) - "
+            + ("every other edge carrying its node's output on the pair's baseline (counterfactual ablation)"
+               if circuit.get("ablation") == "counterfactual" else "every other edge mean-ablated per token part")
+            + "; faithfulness = (D(circuit) - D(empty)) / (D(full) - "
             "D(empty)), D = mean score difference perturbed - baseline; 95% CI by resampling queries "
             "(docs/circuits.md).</p>")
     body = (f"<p>{esc(verdict)}: faithfulness {num(circuit['faithfulness'])} (CI {num(circuit['ci'][0])} to "

@@ -7,9 +7,11 @@ import numpy as np
 
 from ...analysis.faithfulness import bootstrap_faithfulness, faithfulness
 
-__all__ = ["split_queries", "attribution_work", "means_work", "size_grid", "curve_work", "curve_frame",
+__all__ = ["ABLATIONS", "split_queries", "attribution_work", "means_work", "size_grid", "curve_work", "curve_frame",
            "agreement_rows"]
 
+#: What a non-circuit edge carries on the held-out pairs (``--ablation``).
+ABLATIONS = ("mean", "counterfactual")
 #: Node attribution method matching each edge method (for the agreement with exact node patching).
 NODE_METHOD = {"eap": "atp", "eap-ig": "ig"}
 
@@ -57,22 +59,28 @@ def size_grid(n_edges: int, sizes: list[int] | None, edges: int | None) -> list[
 
 
 def curve_work(ce, pairs, rows, edges: np.ndarray, order: np.ndarray, means: np.ndarray, sizes: list[int],
-               target: float | None, refine: int = 6) -> np.ndarray:
+               target: float | None, refine: int = 6, ablation: str = "mean") -> np.ndarray:
     """(S, 1 + 2n): circuit size, then the held-out pairs' baseline and perturbed scores with the top-``size``
-    edges of ``order`` kept (every other edge mean-ablated), for each size of ``sizes``; with ``target``, a
-    bisection (``refine`` steps) between the last size below the target faithfulness and the first above."""
-    from ...engine.circuits import circuit_scores, keep_matrix
+    edges of ``order`` kept (every other edge mean-ablated; ``ablation="counterfactual"``: the baseline's own
+    score, and the perturbed input with every other edge carrying the baseline's node outputs), for each size
+    of ``sizes``; with ``target``, a bisection (``refine`` steps) between the last size below the target
+    faithfulness and the first above."""
+    from ...engine.circuits import circuit_scores, counterfactual_scores, keep_matrix
     from ...engine.graph import graph_for
 
     q, b, p = _texts(pairs, rows)
     graph = graph_for(ce)
     measured: dict[int, np.ndarray] = {}
+    if ablation == "counterfactual":  # the baseline run, every edge its own: the graph's plain score
+        base = counterfactual_scores(ce, q, b, b, [keep_matrix(graph, np.zeros((0, 2)))])[0]
 
     def measure(size: int) -> np.ndarray:
         if size not in measured:
             keep = keep_matrix(graph, edges[order[:size]])
-            both = circuit_scores(ce, q + q, b + p, [keep], means)[0]
-            measured[size] = both
+            if ablation == "counterfactual":
+                measured[size] = np.concatenate([base, counterfactual_scores(ce, q, p, b, [keep])[0]])
+            else:
+                measured[size] = circuit_scores(ce, q + q, b + p, [keep], means)[0]
         return measured[size]
 
     for s in sizes:
