@@ -150,12 +150,16 @@ def test_circuit_experiment_faithfulness_recomputed_by_direct_ablated_forwards(t
     res = matchsig_cli("circuit", "--model", str(folder), "--dataset", "demo", "--per-grade", "1", "--pairs", "6",
                        "--method", "eap", "--sizes", "3", "--sizes", "30", "--faithfulness", "0.6",
                        "--agreement-pairs", "3", "--bootstrap", "200", "--ranking-sets", "2", "--chain-senders", "a0.h1",
-                       "--chain-senders", "a0.h3", "--device", "cpu",
+                       "--chain-senders", "a0.h3", "--device", "cpu", "--json",
                        "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     pairs = pd.read_csv(out / "circuit_pairs.tsv", sep="\t", keep_default_na=False)
     ranked = pd.read_csv(out / "circuit_edges.csv").sort_values("rank")
     curve = pd.read_csv(out / "circuit_curve.csv")
+    printed = json.loads(res.stdout)  # --json: the files' contents, nothing else on stdout
+    assert printed["circuit"] == json.loads((out / "circuit.json").read_text())
+    assert [r["edges"] for r in printed["curve"]] == curve["edges"].tolist()
+    assert len(printed["agreement"]) == len(pd.read_csv(out / "circuit_agreement.csv"))
     circuit = json.loads((out / "circuit.json").read_text())
     train, held = pairs[pairs["split"] == "attribution"], pairs[pairs["split"] == "heldout"]
     means = reference_means(model, tokenizer, list(train["query"]), list(train["baseline"]))

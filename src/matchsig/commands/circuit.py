@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from .common import CAP_HELP, MODEL_HELP, parse_cap
+from .common import CAP_HELP, MODEL_HELP, parse_cap, print_json
 
 
 def circuit(
@@ -18,6 +18,8 @@ def circuit(
     seed: int = typer.Option(0, "--seed", help="Seed of the pool, the pairs, the split and the bootstrap."),
     device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
     force: bool = typer.Option(False, "--force", help="Recompute everything, ignoring stored results."),
+    as_json: bool = typer.Option(False, "--json", help="Print circuit.json, the faithfulness curve and the "
+                                 "agreement with exact patching as one JSON object."),
     **options,
 ) -> None:
     """Relevance circuits: rank every edge by EAP / EAP-IG, grow the circuit, measure its faithfulness exactly."""
@@ -29,8 +31,26 @@ def circuit(
                        seed=seed, device=device, **given)
     say = lambda msg: typer.echo(f"matchsig circuit: {msg}", err=True)  # noqa: E731
     folder = Runner(out, config, force=force, progress=sys.stderr.isatty(), log=say).run()
+    report = build_report(folder)
+    if as_json:
+        print_json(circuit_payload(folder, report))
+        return
     typer.echo(f"wrote {folder / 'circuit.json'} and {folder / 'circuit_curve.csv'}")
-    typer.echo(f"report: {build_report(folder)}")
+    typer.echo(f"report: {report}")
+
+
+def circuit_payload(folder, report) -> dict:
+    """``--json``: the chosen circuit, every measured size of the curve, the agreement rows, the files."""
+    import json
+
+    import pandas as pd
+
+    def records(name: str) -> list:
+        path = folder / name
+        return json.loads(pd.read_csv(path).to_json(orient="records")) if path.is_file() else []
+
+    return {"circuit": json.loads((folder / "circuit.json").read_text()), "curve": records("circuit_curve.csv"),
+            "agreement": records("circuit_agreement.csv"), "run": str(folder), "report": str(report)}
 
 
 def circuit_options() -> list:
