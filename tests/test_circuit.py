@@ -83,7 +83,7 @@ def test_counterfactual_ablation_equals_a_direct_forward_with_the_baselines_outp
     on the baseline, recomputed by the float64 reference; no edge = the baseline's score, every edge = the
     perturbed one's; inputs that do not line up are refused in one line."""
     from matchsig import MatchsigError
-    from matchsig.engine.circuits import counterfactual_scores, keep_matrix
+    from matchsig.engine.circuits import connected, counterfactual_scores, keep_matrix
     from matchsig.engine.graph import graph_for
 
     ce, model = tiny64
@@ -106,9 +106,29 @@ def test_counterfactual_ablation_equals_a_direct_forward_with_the_baselines_outp
         np.testing.assert_allclose(got[k], want, atol=1e-10)
     np.testing.assert_allclose(got[1], ce.score(QUERIES, DOCS), atol=1e-10)  # nothing kept: the baseline
     np.testing.assert_allclose(got[2], ce.score(QUERIES, perturbed), atol=1e-10)  # everything: the perturbed pair
+    # the circuit's connected part (edges on an input -> score path of its own edges) scores the same
+    top = picks[0]
+    on = connected(graph, top)
+    assert 0 < on.sum() < len(top)
+    both = counterfactual_scores(ce, QUERIES, perturbed, DOCS, [keep_matrix(graph, top), keep_matrix(graph, top[on])])
+    np.testing.assert_allclose(both[0], both[1], atol=1e-10)
     with pytest.raises(MatchsigError, match="line up token by token: pair 0"):
         counterfactual_scores(ce, QUERIES[:1], ["a much longer document than the baseline one"], DOCS[:1],
                               [keep_matrix(graph, picks[0])])
+
+
+def test_connected_part_by_hand(tiny64):
+    """input -> a0.h0.v -> a0.h0 -> m0 -> score is a path; an edge out of an unreached node, and one into a node
+    that reaches no score, are not on it."""
+    from matchsig.engine.circuits import connected
+    from matchsig.engine.graph import graph_for
+
+    graph = graph_for(tiny64[0])
+    r, n = graph.reader_names().index, graph.node_names().index
+    edges = np.array([[r("a0.h0.v"), n("input")], [r("m0"), n("a0.h0")], [r("score"), n("m0")],
+                      [r("score"), n("a0.h1")], [r("a1.h0.q"), n("input")]])
+    assert connected(graph, edges).tolist() == [True, True, True, False, False]
+    assert connected(graph, edges[:2]).tolist() == [False, False]  # no edge reaches the score
 
 
 def test_circuit_experiment_with_counterfactual_ablation(tmp_path, tokenizer):
@@ -125,7 +145,9 @@ def test_circuit_experiment_with_counterfactual_ablation(tmp_path, tokenizer):
     curve = pd.read_csv(out / "circuit_curve.csv").set_index("edges")
     assert curve.loc[0, "mean_diff"] == 0.0 and curve.loc[0, "faithfulness"] == 0.0
     assert curve["faithfulness"].iloc[-1] == pytest.approx(1.0, abs=1e-12)
-    assert json.loads((out / "circuit.json").read_text())["ablation"] == "counterfactual"
+    circuit_json = json.loads((out / "circuit.json").read_text())
+    assert circuit_json["ablation"] == "counterfactual" and circuit_json["size"] == 20
+    assert circuit_json["connected_size"] == sum(e["on_path"] for e in circuit_json["edges"]) == curve.loc[20, "connected_edges"]
     pairs = pd.read_csv(out / "circuit_pairs.tsv", sep="\t", keep_default_na=False)
     held = pairs[pairs["split"] == "heldout"]
     ranked = pd.read_csv(out / "circuit_edges.csv").sort_values("rank")

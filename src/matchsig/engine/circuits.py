@@ -28,7 +28,7 @@ from ..errors import MatchsigError
 from .graph import EdgeGraph, graph_for
 from .parts import PAD
 
-__all__ = ["node_means", "circuit_scores", "counterfactual_scores", "keep_matrix"]
+__all__ = ["node_means", "circuit_scores", "connected", "counterfactual_scores", "keep_matrix"]
 
 
 def node_means(ce, queries: Sequence[str], documents: Sequence[str], chunk_size: int = 16) -> np.ndarray:
@@ -105,3 +105,34 @@ def counterfactual_scores(ce, queries: Sequence[str], documents: Sequence[str], 
                                 subst=subst)
                 out[k, chunk] = run.scores.double().cpu().numpy()
     return out
+
+
+def reader_node(graph: EdgeGraph, r: int) -> int | None:
+    """The node reader ``r`` feeds (a head's q/k/v -> the head, an MLP input -> the MLP); None for the score."""
+    if r == graph.R - 1:
+        return None
+    layer, k = divmod(r, 3 * graph.H + 1)
+    return 1 + layer * (graph.H + 1) + (graph.H if k == 3 * graph.H else k % graph.H)
+
+
+def connected(graph: EdgeGraph, edges: np.ndarray) -> np.ndarray:
+    """(k,) bool: which of ``edges`` ((k, 2) reader, node) lie on a path input -> ... -> score made of ``edges``.
+
+    Under counterfactual ablation the others change nothing: a node no kept path reaches from the input
+    computes the reference's output, and an edge into a node with no kept path to the score reaches no
+    score, so the circuit and its connected part score the same (tested)."""
+    edges = np.asarray(edges, dtype=int).reshape(-1, 2)
+    into = [reader_node(graph, int(r)) for r in edges[:, 0]]
+    reached = np.zeros(graph.U, dtype=bool)
+    reached[0] = True
+    for u in range(graph.U):  # node order is topological: an edge's node comes before its reader's
+        if reached[u]:
+            for k in np.flatnonzero(edges[:, 1] == u):
+                if into[k] is not None:
+                    reached[into[k]] = True
+    useful = np.zeros(graph.U, dtype=bool)
+    for u in range(graph.U - 1, -1, -1):
+        ks = np.flatnonzero(edges[:, 1] == u)
+        useful[u] = any(into[k] is None or useful[into[k]] for k in ks)
+    return np.array([bool(reached[u]) and (into[k] is None or bool(useful[into[k]]))
+                     for k, u in enumerate(edges[:, 1])], dtype=bool)

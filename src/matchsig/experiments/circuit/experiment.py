@@ -148,6 +148,7 @@ class Circuit(Experiment):
                                                                  scores[: len(sample)]), len(sample))])
         clusters = np.array([pairs.triples[i].qid for i in held])
         curve = work.curve_frame(runner.store.load("circuit/curve"), clusters, c.circuit_bootstrap, c.seed)
+        curve["connected_edges"] = work.connected_sizes(ce, edges, order, curve["edges"])
         size = _chosen_size(curve, c.circuit_edges, target)
         configs = self._ranking(runner, edges, order[:size], means)
         senders = self._chain(runner, pairs, held)
@@ -229,6 +230,7 @@ class Circuit(Experiment):
     def _write(self, runner, pairs, held, edges, scores, order, target, curve, size) -> None:
         import pandas as pd
 
+        from ...engine.circuits import connected
         from ...engine.graph import graph_for
 
         c, graph = runner.config, graph_for(runner.encoder)
@@ -248,6 +250,7 @@ class Circuit(Experiment):
             [dict(zip(AGREEMENT_COLUMNS, row), level=level, method=m) for row, level, m in
              zip(agree, ("heads", "edges"), (work.NODE_METHOD[c.circuit_method], c.circuit_method))]))
         kept = order[:size]
+        on_path = connected(graph, edges[kept])  # on an input -> score path of the circuit's own edges
         row = curve[curve["edges"] == size].iloc[0]
         nodes = sorted({graph.node_name(u) for u in edges[kept, 1]} | {graph.reader_name(r).rsplit(".", 1)[0]
                        if graph.reader_name(r).startswith("a") else graph.reader_name(r) for r in edges[kept, 0]})
@@ -256,9 +259,9 @@ class Circuit(Experiment):
                    "layers": graph.L, "heads": graph.H, "target": target, "size": int(size),
                    "reached": bool(target is None or row["faithfulness"] >= target),
                    "faithfulness": float(row["faithfulness"]), "ci": [float(row["ci_low"]), float(row["ci_high"])],
-                   "nodes": nodes, "edges": [{"sender": graph.node_name(int(edges[e, 1])),
-                                              "receiver": graph.reader_name(int(edges[e, 0])),
-                                              "score": float(mean[e])} for e in kept]}
+                   "nodes": nodes, "connected_size": int(on_path.sum()),
+                   "edges": [{"sender": graph.node_name(int(edges[e, 1])), "receiver": graph.reader_name(int(edges[e, 0])),
+                              "score": float(mean[e]), "on_path": bool(p)} for e, p in zip(kept, on_path)]}
         runner.writer.json(CIRCUIT_JSON, circuit)
         from .drawing import draw_circuit, draw_curve
 

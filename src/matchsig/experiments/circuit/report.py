@@ -51,7 +51,9 @@ def section(experiment, folder, figures: dict[str, Path]) -> str:
             "D(empty)), D = mean score difference perturbed - baseline; 95% CI by resampling queries "
             "(docs/circuits.md).</p>")
     body = (f"<p>{esc(verdict)}: faithfulness {num(circuit['faithfulness'])} (CI {num(circuit['ci'][0])} to "
-            f"{num(circuit['ci'][1])}), {len(circuit['nodes'])} nodes.</p>"
+            f"{num(circuit['ci'][1])}), {len(circuit['nodes'])} nodes"
+            + (f"; {circuit['connected_size']} of its edges lie on a path from the input to the score"
+               if "connected_size" in circuit else "") + ".</p>"
             + "".join(figure({name: folder.path / name}, name, caption)
                       for name, caption in experiment.pictures.items()))
     if curve is not None:

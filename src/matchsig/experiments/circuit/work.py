@@ -7,7 +7,7 @@ import numpy as np
 
 from ...analysis.faithfulness import bootstrap_faithfulness, faithfulness
 
-__all__ = ["ABLATIONS", "split_queries", "attribution_work", "means_work", "size_grid", "curve_work", "curve_frame",
+__all__ = ["ABLATIONS", "connected_sizes", "split_queries", "attribution_work", "means_work", "size_grid", "curve_work", "curve_frame",
            "agreement_rows"]
 
 #: What a non-circuit edge carries on the held-out pairs (``--ablation``).
@@ -99,6 +99,15 @@ def curve_work(ce, pairs, rows, edges: np.ndarray, order: np.ndarray, means: np.
                 measure(mid)
                 lo, hi = (lo, mid) if f(mid) >= target else (mid, hi)
     return np.array([np.concatenate([[s], measured[s]]) for s in sorted(measured)])
+
+
+def connected_sizes(ce, edges: np.ndarray, order: np.ndarray, sizes) -> list[int]:
+    """Per circuit size, how many of its top edges lie on an input -> score path of its own edges."""
+    from ...engine.circuits import connected
+    from ...engine.graph import graph_for
+
+    graph = graph_for(ce)
+    return [int(connected(graph, edges[order[:int(s)]]).sum()) for s in sizes]
 
 
 def curve_frame(values: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int):
