@@ -16,8 +16,9 @@ import numpy as np
 from _reference import _float64_state, _gelu, _ln
 
 
-def edge_forward(model, input_ids, token_type_ids, emb=None, mix=None):
-    """(score, outputs) of one unpadded pair; ``emb`` replaces the input node's output (n, d)."""
+def edge_forward(model, input_ids, token_type_ids, emb=None, mix=None, pattern=None):
+    """(score, outputs) of one unpadded pair; ``emb`` replaces the input node's output (n, d); ``pattern(layer,
+    head, probs)`` may replace a head's attention pattern (or record it)."""
     sd = _float64_state(model)
     cfg = model.config
     eps, nl, nh = cfg.layer_norm_eps, cfg.num_hidden_layers, cfg.num_attention_heads
@@ -53,6 +54,8 @@ def edge_forward(model, input_ids, token_type_ids, emb=None, mix=None):
             s = q @ k.T / math.sqrt(dh)
             probs = np.exp(s - s.max(-1, keepdims=True))
             probs /= probs.sum(-1, keepdims=True)
+            if pattern is not None:
+                probs = pattern(layer, h, probs)
             outs[f"a{layer}.h{h}"] = (probs @ v) @ sd[p + "attention.output.dense.weight"][:, cols].T
         xm = stream(f"m{layer}", layer, True)
         hidden = _gelu(xm @ sd[p + "intermediate.dense.weight"].T + sd[p + "intermediate.dense.bias"])

@@ -54,6 +54,41 @@ def test_eap_is_the_edge_derivative_at_the_baseline(tiny64, tokenizer):
             assert res.scores[i, col] == pytest.approx(want, abs=1e-8), (node, reader)
 
 
+def test_eap_qk_is_the_exact_pattern_change_linearised_after_the_pattern(tiny64, tokenizer):
+    """eap-qk on a query/key edge = sum (A' - A) * d score / d A, with A' the head's pattern when the edge carries
+    the perturbed output (the reference run with that edge patched) and the derivative by central differences
+    along A' - A (the reference with the pattern overridden); every other edge is EAP's."""
+    ce, model = tiny64
+    qk = ce.attribute_edges(QUERIES, BASE, PERT, method="eap-qk", chunk_size=2)
+    eap = ce.attribute_edges(QUERIES, BASE, PERT, method="eap", chunk_size=2)
+    is_qk = np.array([r.endswith((".q", ".k")) for r in qk.receivers])
+    np.testing.assert_array_equal(qk.scores[:, ~is_qk], eap.scores[:, ~is_qk])
+    picks = [("a0.h1", "a2.h3.q"), ("input", "a0.h2.k"), ("a1.h2", "a2.h2.k"), ("m0", "a1.h3.q"), ("input", "a1.h0.k")]
+    cols = _columns(qk, picks)
+    for i in range(len(QUERIES)):
+        eb, ep = tokenizer(QUERIES[i], BASE[i]), tokenizer(QUERIES[i], PERT[i])
+        ids, types = eb["input_ids"], eb["token_type_ids"]
+        _, pert = edge_forward(model, ep["input_ids"], ep["token_type_ids"])
+        for (node, reader), col in zip(picks, cols):
+            layer, head = int(reader[1]), int(reader.split(".")[1][1:])
+            seen = {}
+
+            def record(l, h, probs, key):
+                if (l, h) == (layer, head):
+                    seen[key] = probs
+                return probs
+
+            edge_forward(model, ids, types, pattern=lambda l, h, pr: record(l, h, pr, "base"))
+            mix = lambda r, u, value: pert[u] if (r, u) == (reader, node) else value  # noqa: E731
+            edge_forward(model, ids, types, mix=mix, pattern=lambda l, h, pr: record(l, h, pr, "patched"))
+            change = seen["patched"] - seen["base"]
+            at = lambda t: edge_forward(model, ids, types, pattern=lambda l, h, pr: pr + t * change  # noqa: E731
+                                        if (l, h) == (layer, head) else pr)[0]
+            want = (at(1e-5) - at(-1e-5)) / 2e-5
+            assert qk.scores[i, col] == pytest.approx(want, abs=1e-8), (node, reader)
+            assert np.abs(change).max() > 1e-6  # the edge moves the pattern
+
+
 def test_eap_ig_converges_to_the_integrated_gradient(tiny64, tokenizer):
     ce, model = tiny64
     coarse = ce.attribute_edges(QUERIES, BASE, PERT, method="eap-ig", steps=2)

@@ -15,6 +15,11 @@ once by one pass forward through the LayerNorms, :meth:`EdgeGraph.edge_products`
 * ``method="eap-ig"``: averaged over ``steps`` runs whose input embeddings move from the
   baseline's to the perturbed's (midpoints ``(k + 1/2) / steps``); the output differences stay the
   endpoints'. With many steps this is the integrated gradient of the edge.
+* ``method="eap-qk"``: EAP with the QK fix of AtP* (Kramar et al. 2024) on every edge into a head's
+  query or key input: the patched input and the head's new attention pattern are computed exactly,
+  and only the pattern's effect on the score is linearised (``sum (A' - A) * d score / d A``). A
+  first-order estimate misses what a saturated softmax does with a changed query or key; this does
+  not (:meth:`EdgeGraph.qk_products`). Value, MLP and score edges stay EAP's.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from .patching import encode_triples
 
 __all__ = ["EdgeAttribution", "attribute_edges", "EDGE_METHODS", "edge_scores"]
 
-EDGE_METHODS = ("eap", "eap-ig")
+EDGE_METHODS = ("eap", "eap-ig", "eap-qk")
 
 
 @dataclass
@@ -86,6 +91,7 @@ def attribute_edges(ce, queries: Sequence[str], baseline_docs: Sequence[str], pe
     edges = edge_index(graph)
     n = len(enc_b)
     steps = steps if method == "eap-ig" else 1
+    qk = method == "eap-qk"
     out = EdgeAttribution(method, steps, edges, [graph.node_name(u) for u in edges[:, 1]],
                           [graph.reader_name(r) for r in edges[:, 0]], np.zeros(n), np.zeros(n),
                           np.zeros((n, len(edges))))
@@ -97,7 +103,7 @@ def attribute_edges(ce, queries: Sequence[str], baseline_docs: Sequence[str], pe
         graph = graph_for(ce, batch_b)
         with torch.inference_mode():
             emb_b, emb_p = graph.embed(batch_b), graph.embed(batch_p)
-        full, base, pert = edge_scores(graph, batch_b, emb_b, emb_p, steps)
+        full, base, pert = edge_scores(graph, batch_b, emb_b, emb_p, steps, qk=qk)
         out.scores[chunk] = full[:, edges[:, 0], edges[:, 1]]
         out.baseline[chunk], out.perturbed[chunk] = base, pert
         bar.update(len(chunk))
@@ -105,10 +111,10 @@ def attribute_edges(ce, queries: Sequence[str], baseline_docs: Sequence[str], pe
     return out
 
 
-def edge_scores(graph: EdgeGraph, batch, emb_b: torch.Tensor, emb_p: torch.Tensor, steps: int):
+def edge_scores(graph: EdgeGraph, batch, emb_b: torch.Tensor, emb_p: torch.Tensor, steps: int, qk: bool = False):
     """(B, R, U) estimated change of each (reader, node) pair (0 where no edge), and the baseline and
     perturbed scores, for one batch whose input node outputs are ``emb_b`` and ``emb_p``; ``steps`` = 1:
-    EAP at the baseline, else EAP-IG's midpoints."""
+    EAP at the baseline, else EAP-IG's midpoints; ``qk``: the QK fix on query and key edges (EAP only)."""
     real = (batch.part_ids != PAD).to(emb_b.dtype)[None, :, :, None]
     with torch.inference_mode():
         run_b, run_p = graph.run(batch, emb=emb_b), graph.run(batch, emb=emb_p)
@@ -122,4 +128,8 @@ def edge_scores(graph: EdgeGraph, batch, emb_b: torch.Tensor, emb_p: torch.Tenso
         with torch.no_grad():
             total += graph.edge_products(run.grads, run.ln_inputs, delta).double()
     total /= len(alphas)
+    if qk:
+        with torch.no_grad():
+            for (r, u), value in graph.qk_products(run_b, run, run_p.outs).items():
+                total[:, r, u] = value.double()
     return (total.cpu().numpy(), run_b.scores.double().cpu().numpy(), run_p.scores.double().cpu().numpy())

@@ -48,6 +48,8 @@ class Run:
     outs: torch.Tensor
     grads: list | None = None
     ln_inputs: list | None = None
+    #: with ``grad``: per layer (q, k, logits with the mask, pattern, d score / d pattern), each (B, H, ...)
+    attention: list | None = None
 
 
 class EdgeGraph:
@@ -170,6 +172,7 @@ class EdgeGraph:
         x = self.embed(batch) if emb is None else emb
         x = x.detach().requires_grad_(True) if grad else x
         outs, reads, lns = [x], [], []
+        self._capture = [] if grad else None
         mask = (1.0 - batch.model_inputs["attention_mask"][:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         for layer, w in enumerate(self._w):
             X = self._inputs(2 * layer, x, outs, keep, subst, reads)  # (3H, B, T, d)
@@ -186,7 +189,10 @@ class EdgeGraph:
         scores = _scores(self.ce, logits)
         run = Run(scores, torch.stack(outs))
         if grad:
-            run.grads = list(torch.autograd.grad(scores.sum(), reads))
+            captured, self._capture = self._capture, None
+            grads = torch.autograd.grad(scores.sum(), reads + [a for *_, a in captured])
+            run.grads = list(grads[: len(reads)])
+            run.attention = [(q, k, s, a.detach(), g) for (q, k, s, a), g in zip(captured, grads[len(reads):])]
             run.ln_inputs = [t.detach() for t in lns]
             run.outs = run.outs.detach()
         return run
@@ -202,7 +208,10 @@ class EdgeGraph:
         proj = lambda k, Xs: torch.einsum("hbtd,hde->bhte", Xs, w[k][0]) + w[k][1][None, :, None, :]  # noqa: E731
         q, k, v = proj("q", X[:H]), proj("k", X[H:2 * H]), proj("v", X[2 * H:])
         s = q @ k.transpose(-1, -2) / math.sqrt(self.dh) + mask
-        z = torch.softmax(s.to(torch.promote_types(s.dtype, torch.float32)), -1).to(v.dtype) @ v  # (B, H, T, dh)
+        a = torch.softmax(s.to(torch.promote_types(s.dtype, torch.float32)), -1).to(v.dtype)
+        if getattr(self, "_capture", None) is not None:  # the QK fix of edge attribution reads these
+            self._capture.append((q.detach(), k.detach(), s.detach(), a))
+        z = a @ v  # (B, H, T, dh)
         return torch.einsum("bhte,hed->hbtd", z, w["o"][0])
 
     def _inputs(self, p: int, x: torch.Tensor, outs: list, keep, subst, reads: list) -> torch.Tensor:
@@ -266,6 +275,38 @@ class EdgeGraph:
             tangents[new.start: new.stop] = delta[new.start: new.stop]
             ln = self._w[layer]["ln2" if second else "ln1"]
             tangents[: new.stop] = _layer_norm_jvp(tangents[: new.stop], ln_inputs[p], ln.weight, ln.eps)
+        return out
+
+
+    # ---- AtP*'s QK fix (for edge attribution) --------------------------------------------------
+    def qk_products(self, run_b: "Run", grad_run: "Run", outs_p: torch.Tensor, node_chunk: int = 8) -> dict:
+        """{(reader, node): (B,)} for every edge into a head's query or key input: the change of the score
+        when the edge carries the perturbed run's output, its effect on the head's attention pattern
+        computed exactly and only what follows linearised, ``sum (A' - A) * d score / d A`` (the QK fix of
+        Kramar et al. 2024's AtP*). The reader's patched input is exact too (the chain of additions and
+        LayerNorms with only that edge's node swapped)."""
+        out = {}
+        H, L = self.H, self.L
+        scale = 1.0 / math.sqrt(self.dh)
+        for layer in range(L):
+            p, w = 2 * layer, self._w[layer]
+            n, start = self.upstream(p), self.point_readers(p).start
+            q, k, s, a, g = grad_run.attention[layer]
+            base = self.chain(p, run_b.outs[:n], run_b.outs[:n], torch.zeros(1, n, dtype=s.dtype, device=s.device))
+            for lo in range(0, n, node_chunk):
+                hi = min(n, lo + node_chunk)
+                eye = torch.zeros(hi - lo, n, dtype=s.dtype, device=s.device)
+                eye[torch.arange(hi - lo), torch.arange(lo, hi)] = 1.0
+                dx = self.chain(p, outs_p[:n], run_b.outs[:n], eye) - base  # (m, B, T, d)
+                for which, weight in (("q", w["q"][0]), ("k", w["k"][0])):
+                    d = torch.einsum("mbtd,hde->mbhte", dx, weight)
+                    moved = (d @ k.transpose(-1, -2) if which == "q" else q @ d.transpose(-1, -2)) * scale
+                    a2 = torch.softmax((s + moved).to(torch.promote_types(s.dtype, torch.float32)), -1)
+                    value = ((a2 - a) * g).sum((-1, -2))  # (m, B, H)
+                    offset = 0 if which == "q" else H
+                    for i, u in enumerate(range(lo, hi)):
+                        for h in range(H):
+                            out[(start + offset + h, u)] = value[i, :, h]
         return out
 
 

@@ -54,7 +54,7 @@ class Circuit(Experiment):
     default = False
     pools = ("main",)
     options = (
-        Option("circuit_method", "eap-ig", "--method", "Edge attribution: eap or eap-ig.", kind=str),
+        Option("circuit_method", "eap-ig", "--method", "Edge attribution: eap, eap-ig or eap-qk (EAP with AtP*'s QK fix).", kind=str),
         Option("circuit_steps", 8, "--steps", "EAP-IG interpolation steps.", minimum=1),
         Option("circuit_edges", None, "--edges", "Circuit size (edges); default: the smallest reaching "
                "--faithfulness.", optional=True, minimum=1),
