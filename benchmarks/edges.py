@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ig-steps", type=int, default=0, help="also time EAP-IG with this many steps (0: no)")
     ap.add_argument("--chunk-size", type=int, default=4)
+    ap.add_argument("--qk", action="store_true", help="also time eap-qk (EAP with AtP*'s QK fix)")
     ap.add_argument("--exact", type=int, default=0, help="exactly patch the top-K edges too (0: no)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "edges.json"))
     args = ap.parse_args()
@@ -37,6 +38,8 @@ def main() -> None:
     if args.ig_steps:
         sides["eap-ig"] = lambda: ce.attribute_edges(q, b, p, method="eap-ig", steps=args.ig_steps,
                                                      chunk_size=args.chunk_size)
+    if args.qk:
+        sides["eap-qk"] = lambda: ce.attribute_edges(q, b, p, method="eap-qk", chunk_size=args.chunk_size)
     for name, fn in sides.items():
         t0 = time.perf_counter()
         results[name] = fn()
@@ -45,7 +48,8 @@ def main() -> None:
     eap = results["eap"]
     out = {"machine": machine_info(), "commit": git_commit(), "pairs": len(q), "pairs_fingerprint": pairs.fingerprint,
            "edges": int(len(eap.edges)), "chunk_size": args.chunk_size, "ig_steps": args.ig_steps, "times_s": times,
-           "eap_over_plain": times["eap"] / times["plain"]}
+           "eap_over_plain": times["eap"] / times["plain"],
+           **({"eap_qk_over_plain": times["eap-qk"] / times["plain"]} if "eap-qk" in times else {})}
     if args.exact:
         from scipy import stats
 
