@@ -191,7 +191,7 @@ def section(run: RunFolder) -> str:
     cols = list(dict.fromkeys(cols))
     signed = lambda v: f"{float(v):+.4f}"  # noqa: E731
     if COMPARE.mark in frame:  # an empty mark reads as NaN
-        frame[COMPARE.mark] = frame[COMPARE.mark].fillna("")
+        frame[COMPARE.mark] = frame[COMPARE.mark].astype(object).fillna("")
     full = table(frame[cols], {CONTRAST.direction: arrow, COMPARE.ndcg: lambda v: num(v, 4), COMPARE.delta: signed, COMPARE.ci_low: signed,
                                 COMPARE.ci_high: signed, COMPARE.p_value: pval, run.p_name: pval,
                                 COMPARE.mde: lambda v: num(v, 3)})
