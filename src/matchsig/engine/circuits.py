@@ -107,14 +107,6 @@ def counterfactual_scores(ce, queries: Sequence[str], documents: Sequence[str], 
     return out
 
 
-def reader_node(graph: EdgeGraph, r: int) -> int | None:
-    """The node reader ``r`` feeds (a head's q/k/v -> the head, an MLP input -> the MLP); None for the score."""
-    if r == graph.R - 1:
-        return None
-    layer, k = divmod(r, 3 * graph.H + 1)
-    return 1 + layer * (graph.H + 1) + (graph.H if k == 3 * graph.H else k % graph.H)
-
-
 def connected(graph: EdgeGraph, edges: np.ndarray) -> np.ndarray:
     """(k,) bool: which of ``edges`` ((k, 2) reader, node) lie on a path input -> ... -> score made of ``edges``.
 
@@ -122,7 +114,7 @@ def connected(graph: EdgeGraph, edges: np.ndarray) -> np.ndarray:
     computes the reference's output, and an edge into a node with no kept path to the score reaches no
     score, so the circuit and its connected part score the same (tested)."""
     edges = np.asarray(edges, dtype=int).reshape(-1, 2)
-    into = [reader_node(graph, int(r)) for r in edges[:, 0]]
+    into = [graph.reader_node(int(r)) for r in edges[:, 0]]
     reached = np.zeros(graph.U, dtype=bool)
     reached[0] = True
     for u in range(graph.U):  # node order is topological: an edge's node comes before its reader's

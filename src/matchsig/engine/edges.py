@@ -130,6 +130,5 @@ def edge_scores(graph: EdgeGraph, batch, emb_b: torch.Tensor, emb_p: torch.Tenso
     total /= len(alphas)
     if qk:
         with torch.no_grad():
-            for (r, u), value in graph.qk_products(run_b, run, run_p.outs).items():
-                total[:, r, u] = value.double()
+            graph.qk_products(run_b, run, run_p.outs, total)
     return (total.cpu().numpy(), run_b.scores.double().cpu().numpy(), run_p.scores.double().cpu().numpy())

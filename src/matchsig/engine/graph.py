@@ -101,6 +101,13 @@ class EdgeGraph:
         layer, k = divmod(r, 3 * self.H + 1)
         return f"m{layer}" if k == 3 * self.H else f"a{layer}.h{k % self.H}.{'qkv'[k // self.H]}"
 
+    def reader_node(self, r: int) -> int | None:
+        """The node reader ``r`` feeds (a head's q/k/v -> the head, an MLP input -> the MLP); None for the score."""
+        if r == self.R - 1:
+            return None
+        layer, k = divmod(r, 3 * self.H + 1)
+        return 1 + layer * (self.H + 1) + (self.H if k == 3 * self.H else k % self.H)
+
     def node_names(self) -> list[str]:
         return [self.node_name(u) for u in range(self.U)]
 
@@ -279,13 +286,13 @@ class EdgeGraph:
 
 
     # ---- AtP*'s QK fix (for edge attribution) --------------------------------------------------
-    def qk_products(self, run_b: "Run", grad_run: "Run", outs_p: torch.Tensor, node_chunk: int = 8) -> dict:
-        """{(reader, node): (B,)} for every edge into a head's query or key input: the change of the score
-        when the edge carries the perturbed run's output, its effect on the head's attention pattern
+    def qk_products(self, run_b: "Run", grad_run: "Run", outs_p: torch.Tensor, out: torch.Tensor,
+                    node_chunk: int = 8) -> None:
+        """Overwrite ``out`` (B, R, U) at every edge into a head's query or key input with the change of the
+        score when the edge carries the perturbed run's output, its effect on the head's attention pattern
         computed exactly and only what follows linearised, ``sum (A' - A) * d score / d A`` (the QK fix of
         Kramar et al. 2024's AtP*). The reader's patched input is exact too (the chain of additions and
         LayerNorms with only that edge's node swapped)."""
-        out = {}
         H, L = self.H, self.L
         scale = 1.0 / math.sqrt(self.dh)
         for layer in range(L):
@@ -303,11 +310,8 @@ class EdgeGraph:
                     moved = (d @ k.transpose(-1, -2) if which == "q" else q @ d.transpose(-1, -2)) * scale
                     a2 = torch.softmax((s + moved).to(torch.promote_types(s.dtype, torch.float32)), -1)
                     value = ((a2 - a) * g).sum((-1, -2))  # (m, B, H)
-                    offset = 0 if which == "q" else H
-                    for i, u in enumerate(range(lo, hi)):
-                        for h in range(H):
-                            out[(start + offset + h, u)] = value[i, :, h]
-        return out
+                    first = start + (0 if which == "q" else H)  # the layer's q readers, then its k readers
+                    out[:, first: first + H, lo:hi] = value.permute(1, 2, 0).to(out.dtype)
 
 
 def _layer_norm_jvp(t: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

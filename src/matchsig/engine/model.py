@@ -160,12 +160,11 @@ class CrossEncoder(Interventions):
             value = translate_spec(value, self.part_names)
         ab = as_ablation(value)
         check_decoder_part(self, ab)
-        if self.family.causal:
-            cells = {d for m in getattr(ab, "members", (ab,)) for d in m.directions}
-            if cells and all(int(y) > int(x) for x, y in cells):
-                names = ", ".join(sorted(f"{self.part_names[x]}<-{self.part_names[y]}" for x, y in cells))
-                raise MatchsigError(f"ablation {names}: impossible under the causal mask of {self.name} (each cut "
-                                    "part comes after the part that would read it); nothing to cut")
+        cells = {(x.name, y.name) for m in getattr(ab, "members", (ab,)) for x, y in m.directions}
+        if cells and not any(self.scheme.possible(x, y) for x, y in cells):
+            names = ", ".join(sorted(self.scheme.label(f"{x}<-{y}") for x, y in cells))
+            raise MatchsigError(f"ablation {names}: impossible under the causal mask of {self.name} (each cut "
+                                "part comes after the part that would read it); nothing to cut")
         return ab
 
     # ---- structure -----------------------------------------------------------------------------

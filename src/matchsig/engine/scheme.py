@@ -76,6 +76,10 @@ class PartScheme:
         return (tuple((x, y) for x in self.targets() for y in PART_NAMES)
                 + tuple((x, ALL) for x in self.targets()))
 
+    def computed_cells(self) -> tuple[tuple[str, str], ...]:
+        """The Table 1 cells this model computes: :meth:`table1_cells` that are :meth:`possible`, in order."""
+        return tuple(c for c in self.table1_cells() if self.possible(*c))
+
     def figure1_directions(self) -> tuple[str, ...]:
         """Figure 1's up-to-layer directions: X<-Y for X, Y in {aggregator, Q, D} where possible, then
         aggregator<-{Q,D} and aggregator<-* (the paper's CLS rows; ``DEC`` has no layer curve: its

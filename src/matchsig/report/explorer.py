@@ -408,7 +408,7 @@ def build_view_data(ce, query: str, document: str, *, top_k: int = DEFAULT_TOP_K
     ]
     scheme = ce.scheme
     if ablations is TABLE1_ABLATIONS:  # the model's Table 1: its possible cells, in its part names
-        ablations = ("none",) + tuple(f"{x}<-{y}" for x, y in scheme.table1_cells() if scheme.possible(x, y))
+        ablations = ("none",) + tuple(f"{x}<-{y}" for x, y in scheme.computed_cells())
     abls = [Ablation.parse(a) for a in ablations]
     if "none" not in [a.name for a in abls]:
         abls = [Ablation.none()] + abls

@@ -46,8 +46,7 @@ class Table1(Experiment):
         """The labelled ablations of the model's Table 1: the 30 of an encoder; a causal decoder's possible ones
         (its impossible cells are written "impossible", never computed as no-ops); an encoder-decoder's 30 and
         its decoder token's row ``DEC<-Y``."""
-        return [(cell_label(x, y), Ablation.parse(cell_label(x, y))) for x, y in scheme.table1_cells()
-                if scheme.possible(x, y)]
+        return [(cell_label(x, y), Ablation.parse(cell_label(x, y))) for x, y in scheme.computed_cells()]
 
     def units(self, runner) -> list:
         driver.baseline_scores(runner)
@@ -65,7 +64,8 @@ class Table1(Experiment):
         per_query = {TABLE1.none: ref, **{label: driver.evaluate(runner, s) for label, s in zip(labels, scores)}}
         rows = [{TABLE1.target: TABLE1.none, TABLE1.source: "", TABLE1.ablation: TABLE1.none},
                 {TABLE1.target: TABLE1.random, TABLE1.source: "", TABLE1.ablation: TABLE1.random}]
-        rows += [{TABLE1.target: x, TABLE1.source: y, TABLE1.ablation: label} for label, (x, y) in zip(labels, (c for c in scheme.table1_cells() if scheme.possible(*c)))]
+        rows += [{TABLE1.target: x, TABLE1.source: y, TABLE1.ablation: label}
+                 for label, (x, y) in zip(labels, scheme.computed_cells())]
         # the correction's family is the ablations; the random row is a reference, tested alone
         family = [False, False] + [True] * len(labels)
         frame = driver.ablation_rows(runner, rows, [ref, rnd.per_query, *(per_query[l] for l in labels)],
