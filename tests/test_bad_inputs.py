@@ -234,3 +234,9 @@ def test_no_unsafe_loads_in_the_package():
             assert "weights_only=True" in call, (path.name, call)
         assert "allow_pickle=True" not in text, path.name
         assert "pickle.load" not in text, path.name
+
+
+def test_train_refuses_an_unknown_precision(tmp_path):
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "t"), "--data", str(tmp_path), "--precision", "fp16"])
+    assert isinstance(res.exception, MatchsigError) and "bad --precision 'fp16': expected bf16 or fp32" in str(res.exception)
+    assert not (tmp_path / "t").exists()

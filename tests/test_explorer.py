@@ -512,3 +512,128 @@ def test_patching_overlay_in_chromium(browser, data, tmp_path):
     full = "rgba(220, 38, 38, 1)" if ranked[0]["effect_mean"] > 0 else "rgba(37, 99, 235, 1)"  # largest |effect|: full colour
     assert top.value_of_css_property("background-color") == full and "patching effect" in top.get_attribute("title")
     assert missing.value_of_css_property("background-color") == "rgba(243, 244, 246, 1)"  # no mean: grey
+
+
+# ---- the circuit drawn in the page (matchsig circuit's circuit.json) --------------------------
+
+
+def _circuit_json(path: Path, layers: int = 6, heads: int = 12, n_edges: int = 150, seed: int = 5) -> dict:
+    """A circuit.json as `matchsig circuit` writes it: random edges between existing nodes of the model."""
+    rng = np.random.default_rng(seed)
+    senders = ["input"] + [f"a{l}.h{h}" for l in range(layers) for h in range(heads)] + [f"m{l}" for l in range(layers)]
+    edges, seen = [], set()
+    while len(edges) < n_edges:
+        s = senders[rng.integers(len(senders))]
+        layer = 0 if s == "input" else int(s[1:].split(".")[0])
+        target_layer = int(rng.integers(layer + (0 if s.startswith("m") or s == "input" else 0), layers + 1))
+        if s.startswith("a") and target_layer == layer:
+            r = f"m{layer}"
+        elif target_layer >= layers or (s.startswith("m") and target_layer == layer):
+            r = "score"
+        else:
+            r = f"a{target_layer}.h{rng.integers(heads)}.{'qkv'[rng.integers(3)]}" if rng.random() < 0.8 else f"m{target_layer}"
+        if (s, r) in seen:
+            continue
+        seen.add((s, r))
+        edges.append({"sender": s, "receiver": r, "score": float(rng.normal(scale=0.05)), "on_path": bool(rng.random() < 0.9)})
+    edges[7]["score"] = -edges[3]["score"]  # a tie in |score|: kept in file order
+    nodes = sorted({n.rsplit(".", 1)[0] if n.count(".") == 2 else n for e in edges for n in (e["sender"], e["receiver"])}
+                   - {"input", "score"})
+    circuit = {"diagnostic": "tfc1", "method": "eap", "steps": 8, "ablation": "mean", "layers": layers, "heads": heads,
+               "target": 0.8, "size": len(edges), "reached": True, "faithfulness": 0.83, "ci": [0.7, 0.95],
+               "nodes": nodes, "connected_size": len(edges), "edges": edges}
+    path.write_text(json.dumps(circuit))
+    return circuit
+
+
+def test_read_circuit_keeps_the_largest_edges_and_refuses_another_model(tmp_path):
+    import pandas as pd
+
+    from matchsig.report.explorer import read_circuit
+
+    circuit = _circuit_json(tmp_path / "circuit.json")
+    got = read_circuit(tmp_path / "circuit.json", 6, 12, max_edges=40)
+    frame = pd.DataFrame(circuit["edges"])
+    frame["abs"] = frame["score"].abs()
+    want = frame.sort_values("abs", ascending=False, kind="stable").head(40)  # pandas' stable sort: ties in file order
+    assert [e[:3] for e in got["edges"]] == [[r.sender, r.receiver, r.score] for r in want.itertuples()]
+    assert [e[3] for e in got["edges"]] == [int(r.on_path) for r in want.itertuples()]
+    assert got["size"] == 150 and got["nodes"] == circuit["nodes"] and got["ci"] == [0.7, 0.95] and got["faithfulness"] == 0.83
+    assert len(read_circuit(tmp_path / "circuit.json", 6, 12)["edges"]) == 150
+    with pytest.raises(MatchsigError, match="6 layers x 12 heads, not 12 x 12"):
+        read_circuit(tmp_path / "circuit.json", 12, 12)
+    for bad, msg in ((dict(sender="a6.h0", receiver="score"), "not an edge of this model"),
+                     (dict(sender="a0.h0", receiver="a1.h2"), "not an edge of this model"),  # a head receives by q, k or v
+                     (dict(sender="score", receiver="m1"), "not an edge of this model"),
+                     (dict(sender="a0.h0", receiver="m1", score="x"), "numeric score")):
+        broken = dict(circuit, edges=circuit["edges"] + [dict(dict(score=0.1), **bad)])
+        (tmp_path / "bad.json").write_text(json.dumps(broken))
+        with pytest.raises(MatchsigError, match=msg):
+            read_circuit(tmp_path / "bad.json", 6, 12)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(MatchsigError, match="is not JSON"):
+        read_circuit(tmp_path / "bad.json", 6, 12)
+
+
+def test_cli_view_draws_the_runs_circuit(tmp_path, minilm_folder, ce, monkeypatch):
+    from typer.testing import CliRunner
+
+    from matchsig.cli import app
+
+    monkeypatch.setattr(CrossEncoder, "load", classmethod(lambda cls, name, **kwargs: ce))
+    run = _fake_run(tmp_path, str(minilm_folder))
+    circuit = _circuit_json(run / "circuit.json")
+    res = CliRunner().invoke(app, ["view", str(run), "--qid", "19335", "--docid", "1017759", "--top-k", "2"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(re.search(r'id="matchsig-data">(.*?)</script>',
+                                   (run / "view-19335-1017759.html").read_text(encoding="utf-8"), re.S).group(1))
+    assert payload["circuit"]["size"] == len(circuit["edges"]) and payload["meta"]["circuit"].endswith("circuit.json")
+    assert {tuple(e[:2]) for e in payload["circuit"]["edges"]} == {(e["sender"], e["receiver"]) for e in circuit["edges"]}
+    _circuit_json(tmp_path / "other.json", layers=4)
+    res = CliRunner().invoke(app, ["view", str(run), "--qid", "19335", "--docid", "1017759", "--circuit", str(tmp_path / "other.json")])
+    assert isinstance(res.exception, MatchsigError) and "another model" in str(res.exception)
+    res = CliRunner().invoke(app, ["view", "--query", "x", "--document", "y", "--circuit", str(tmp_path / "none.json")])
+    assert isinstance(res.exception, MatchsigError) and "--circuit" in str(res.exception)
+
+
+@pytest.mark.browser
+def test_circuit_in_chromium(browser, data, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from matchsig.report.explorer import read_circuit
+
+    circuit = _circuit_json(tmp_path / "circuit.json")
+    path = write_view(tmp_path / "circuit.html", render_html(dict(data, circuit=read_circuit(tmp_path / "circuit.json", 6, 12))))
+    _open(browser, path)
+    assert browser.find_element(By.ID, "circuit-panel").is_displayed()
+    ranked = sorted(circuit["edges"], key=lambda e: -abs(e["score"]))  # sorted() is stable: ties in file order
+    drawn = browser.execute_script("return window.matchsig.circuitEdges();")
+    assert len(drawn) == 60 and [d[:2] for d in drawn] == [[e["sender"], e["receiver"]] for e in ranked[:60]]
+    assert all(d[2] == pytest.approx(e["score"], abs=1e-12) for d, e in zip(drawn, ranked))
+    # the slider redraws that many edges; colours follow the sign, widths |score|
+    browser.execute_script("var r = document.getElementById('circuit-n'); r.value = 12; r.dispatchEvent(new Event('input'));")
+    lines = browser.find_elements(By.CSS_SELECTOR, "#circuit-edges line")
+    assert len(lines) == 12 and "12 of 150" in browser.find_element(By.ID, "circuit-n-label").text
+    for line, e in zip(lines, ranked):
+        assert line.get_attribute("stroke") == ("#2563eb" if e["score"] >= 0 else "#dc2626")
+    widths = [float(x.get_attribute("stroke-width")) for x in lines]
+    assert widths[0] == pytest.approx(3.4, abs=0.01) and widths == sorted(widths, reverse=True)
+    # every node of the model is drawn; the circuit's heads are black and marked in the grid
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#circuit-wrap [data-node]")) == 2 + 6 * 12 + 6
+    heads_in = {n for n in circuit["nodes"] if n.startswith("a")}
+    marked = browser.find_elements(By.CSS_SELECTOR, "#grid .cell.cn")
+    assert {f"a{c.get_attribute('data-layer')}.h{c.get_attribute('data-head')}" for c in marked} == heads_in
+    black = browser.find_elements(By.CSS_SELECTOR, '#circuit-wrap [data-node][fill="#111827"]')
+    assert {b.get_attribute("data-node") for b in black} == set(circuit["nodes"])
+    # a click on a head node selects it in the whole page
+    name = sorted(heads_in)[0]
+    layer, head = int(name[1:].split(".")[0]), int(name.split(".h")[1])
+    browser.find_element(By.CSS_SELECTOR, f'#circuit-wrap circle[data-node="{name}"]').click()
+    assert browser.find_element(By.ID, "head-label").text == f"Layer {layer} · Head {head}"
+    assert "circuit" in browser.find_element(By.ID, "head-info").text
+    assert browser.find_element(By.CSS_SELECTOR, "#circuit-wrap .nd.sel").get_attribute("data-node") == name
+    Select(browser.find_element(By.ID, "metric")).select_by_value("circuit")
+    browser.save_screenshot(str(tmp_path / "circuit.png"))
+    errors = [e for e in (browser.get_log("browser") if hasattr(browser, "get_log") else []) if e.get("level") == "SEVERE"]
+    assert not errors, errors

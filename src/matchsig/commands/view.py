@@ -20,6 +20,8 @@ def view(
     out: str = typer.Option(None, "--out", "-o", help="HTML file to write (default: view.html, or RUN_DIR/view-QID-DOCID.html)."),
     heads: str = typer.Option(None, "--heads", help="A contrast heads.csv whose matching heads are highlighted (default: RUN_DIR/contrast/heads.csv)."),
     patching: str = typer.Option(None, "--patching", help="A patching.csv of `matchsig patch --site head` whose per-head effects are overlaid (default: RUN_DIR/patching.csv)."),
+    circuit: str = typer.Option(None, "--circuit", help="A circuit.json of `matchsig circuit` drawn in the page "
+                                "(layers as rows, edges by weight; default: RUN_DIR/circuit.json)."),
     top_k: int = typer.Option(8, "--top-k", "-k", help="Links kept per token and head in each direction (Q<-D, D<-Q)."),
     device: str = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
     dtype: str = typer.Option(None, "--dtype", help="fp32 (default), bf16 or fp16."),
@@ -30,7 +32,8 @@ def view(
     import time
     from pathlib import Path
 
-    from ..report.explorer import build_view_data, load_run_pair, read_contrast_heads, render_html, write_view
+    from ..experiments.circuit.experiment import CIRCUIT_JSON
+    from ..report.explorer import build_view_data, load_run_pair, read_circuit, read_contrast_heads, render_html, write_view
 
     if top_k < 1:
         raise MatchsigError(f"bad --top-k {top_k}: must be >= 1")
@@ -42,6 +45,9 @@ def view(
     patching_path, patching_given = (Path(patching) if patching else None), patching is not None
     if patching_path is not None and not patching_path.is_file():
         raise MatchsigError(f"--patching {patching}: no such file")
+    circuit_path = Path(circuit) if circuit else None
+    if circuit_path is not None and not circuit_path.is_file():
+        raise MatchsigError(f"--circuit {circuit}: no such file")
     if run_dir is not None:
         if query is not None or document is not None:
             raise MatchsigError("give either RUN_DIR with --qid/--docid, or --query and --document, not both")
@@ -58,6 +64,8 @@ def view(
                 notes.append(pair.note)
                 typer.secho(f"matchsig view: {pair.note}", err=True, fg="yellow")
         patching_path = patching_path or pair.patching_csv
+        if circuit_path is None and (Path(run_dir) / CIRCUIT_JSON).is_file():
+            circuit_path = Path(run_dir) / CIRCUIT_JSON
         meta = {"qid": pair.qid, "docid": pair.docid, "grade": pair.grade, "run": str(run_dir)}
         if out is None:
             safe = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "_", s)[:80]  # noqa: E731
@@ -80,7 +88,10 @@ def view(
     if heads_path:
         meta["heads"] = str(heads_path)
     overlay = _patching_overlay(patching_path, patching_given, encoder, notes, meta)
-    data = build_view_data(encoder, query, document, top_k=top_k, contrast=contrast, patching=overlay, meta=meta,
+    drawn = read_circuit(circuit_path, encoder.num_layers, encoder.num_heads) if circuit_path else None
+    if circuit_path:
+        meta["circuit"] = str(circuit_path)
+    data = build_view_data(encoder, query, document, top_k=top_k, contrast=contrast, patching=overlay, circuit=drawn, meta=meta,
                            notes=notes, progress=sys.stderr.isatty())
     path = write_view(out, render_html(data))
     size = path.stat().st_size

@@ -319,6 +319,7 @@
       add('patching', 'patching effect' + (diag ? ' (' + diag + ')' : ''), pv, true);
     }
     var sel = $('metric');
+    if (C) add('circuit', 'circuit |edge score| (' + (C.diagnostic || '') + ')', Array.prototype.slice.call(CW));
     METRICS.forEach(function (m) { var o = el('option', null, m.label); o.value = m.id; sel.appendChild(o); });
     sel.addEventListener('change', function () { S.metric = sel.value; paintGrid(); });
   }
@@ -335,6 +336,7 @@
         var hi = l * H + h, k = kindsOf(hi);
         var c = el('div', 'cell' + (k.syntactic && k.semantic ? ' both' : k.syntactic ? ' syn' : k.semantic ? ' sem' : (Object.keys(k).length ? ' unc' : '')));
         c.setAttribute('data-layer', l); c.setAttribute('data-head', h); c.setAttribute('role', 'gridcell');
+        if (C && CIN['a' + l + '.h' + h]) c.classList.add('cn');
         if (PATCH_TOP.indexOf(hi) >= 0 && PATCH_TOP.indexOf(hi) < PATCH_MARKED) { c.classList.add('pt'); c.setAttribute('data-patch-rank', PATCH_TOP.indexOf(hi) + 1); }
         cells[hi] = c; f.appendChild(c);
       }
@@ -418,7 +420,9 @@
         '), \u0394hard ' + fmt(r.delta_hard, 4) + ' (p ' + fmt(r.p_hard, 3) + ')');
     });
     info.appendChild(tb);
+    if (C && CIN['a' + l + '.h' + h]) row('circuit', 'in the ' + (C.diagnostic || '') + ' circuit: |edge score| ' + fmt(CW[hi], 4));
     if (!$('tip').hidden && S.hover >= 0) hideTip();
+    markCircuitHead();
     shade();
   }
   function step(dh) {
@@ -569,6 +573,112 @@
     box.appendChild(tb);
   }
 
+  // ---- circuit (matchsig circuit's circuit.json) ----------------------------------------------
+  // nodes: 'input', 'score', 'a{l}.h{h}' (heads; a receiving head ends in .q/.k/.v), 'm{l}' (MLPs)
+  var C = D.circuit || null, CIN = {}, CW = null, CSVG = 'http://www.w3.org/2000/svg';
+  var CG = { col: 40, row: 54, left: 58, top: 26 };
+  function circuitHeadIndex(name) {
+    var m = /^a(\d+)\.h(\d+)/.exec(name);
+    return m ? (+m[1]) * H + (+m[2]) : -1;
+  }
+  function setupCircuit() {
+    if (!C) return;
+    C.nodes.forEach(function (n) { CIN[n] = true; });
+    CW = new Float64Array(L * H); // per head: the summed |score| of the sent edges it sends or receives
+    C.edges.forEach(function (e) {
+      [e[0], e[1]].forEach(function (n) { var hi = circuitHeadIndex(n); if (hi >= 0) CW[hi] += Math.abs(e[2]); });
+    });
+  }
+  function cpos(name) { // (x, y) in pixels: as the report's figure, input at the bottom, score on top
+    var base = name.charAt(0) === 'a' ? name.split('.').slice(0, 2).join('.') : name.split('.')[0];
+    var colX = function (c) { return CG.left + c * CG.col; };
+    var rowY = function (r) { return CG.top + (L + 1 - r) * CG.row; };
+    if (base === 'input') return [colX((H - 1) / 2), rowY(0)];
+    if (base === 'score') return [colX((H - 1) / 2), rowY(L + 1)];
+    if (base.charAt(0) === 'm') return [colX(H + 0.5), rowY(+base.slice(1) + 1.5)];
+    var hi = circuitHeadIndex(base);
+    return [colX(hi % H), rowY(Math.floor(hi / H) + 1)];
+  }
+  function svg(tag, attrs, parent) {
+    var e = document.createElementNS(CSVG, tag);
+    for (var k in attrs) if (Object.prototype.hasOwnProperty.call(attrs, k)) e.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+  function drawCircuit() {
+    var wrap = $('circuit-wrap'), n = +$('circuit-n').value;
+    wrap.textContent = '';
+    var W = CG.left + (H + 1.5) * CG.col, Hh = CG.top * 2 + (L + 1) * CG.row;
+    var root = svg('svg', { width: W, height: Hh, viewBox: '0 0 ' + W + ' ' + Hh, role: 'img', 'aria-label': 'circuit' }, wrap);
+    var r, x;
+    for (r = 0; r <= L + 1; r++) {
+      var ty = CG.top + (L + 1 - r) * CG.row;
+      var lab = svg('text', { x: 4, y: ty + 3, fill: '#667085' }, root);
+      lab.textContent = r === 0 ? 'input' : r === L + 1 ? 'score' : 'layer ' + (r - 1);
+    }
+    for (x = 0; x < H; x++) {
+      var hl = svg('text', { x: CG.left + x * CG.col, y: Hh - 4, fill: '#667085', 'text-anchor': 'middle' }, root);
+      hl.textContent = String(x);
+    }
+    var ml = svg('text', { x: CG.left + (H + 0.5) * CG.col, y: Hh - 4, fill: '#667085', 'text-anchor': 'middle' }, root);
+    ml.textContent = 'MLP';
+    var shown = C.edges.slice(0, n), top = 0;
+    shown.forEach(function (e) { top = Math.max(top, Math.abs(e[2])); });
+    top = top || 1;
+    var shift = { q: -0.18, k: 0, v: 0.18 }, g = svg('g', { id: 'circuit-edges' }, root);
+    shown.forEach(function (e) {
+      var a = cpos(e[0]), b = cpos(e[1]), parts = e[1].split('.');
+      var dx = (e[1].charAt(0) === 'a' && parts.length === 3) ? shift[parts[2]] * CG.col : 0;
+      var line = svg('line', { x1: a[0], y1: a[1], x2: b[0] + dx, y2: b[1], 'class': 'edge',
+        stroke: e[2] >= 0 ? '#2563eb' : '#dc2626', 'stroke-opacity': 0.6,
+        'stroke-width': (0.4 + 3.0 * Math.abs(e[2]) / top).toFixed(2),
+        'data-sender': e[0], 'data-receiver': e[1], 'data-score': e[2] }, g);
+      svg('title', {}, line).textContent = e[0] + ' \u2192 ' + e[1] + ': ' + fmt(e[2], 4) + (e[3] ? '' : ' (not on a path from the input to the score)');
+    });
+    var nodes = ['input', 'score'], l, h;
+    for (l = 0; l < L; l++) { for (h = 0; h < H; h++) nodes.push('a' + l + '.h' + h); nodes.push('m' + l); }
+    nodes.forEach(function (name) {
+      var p = cpos(name), inC = !!CIN[name], hi = circuitHeadIndex(name), node;
+      var fill = inC ? '#111827' : '#d1d5db';
+      if (name.charAt(0) === 'm') node = svg('rect', { x: p[0] - 5, y: p[1] - 5, width: 10, height: 10, fill: fill }, root);
+      else node = svg('circle', { cx: p[0], cy: p[1], r: inC ? 6 : 3.5, fill: fill }, root);
+      node.setAttribute('data-node', name);
+      svg('title', {}, node).textContent = name + (inC ? ' (in the circuit)' : '') +
+        (hi >= 0 ? ': layer ' + Math.floor(hi / H) + ', head ' + (hi % H) + ', |edge score| ' + fmt(CW[hi], 4) : '');
+      if (hi >= 0) {
+        node.setAttribute('class', 'nd' + (hi === S.layer * H + S.head ? ' sel' : ''));
+        node.setAttribute('data-layer', Math.floor(hi / H)); node.setAttribute('data-head', hi % H);
+      }
+    });
+    $('circuit-n-label').textContent = n + ' of ' + C.edges.length + (C.edges.length < C.size ? ' sent (' + C.size + ' in the circuit)' : '');
+  }
+  function markCircuitHead() {
+    if (!C) return;
+    var old = document.querySelectorAll('#circuit-wrap .nd.sel');
+    for (var i = 0; i < old.length; i++) old[i].classList.remove('sel');
+    var now2 = document.querySelector('#circuit-wrap .nd[data-layer="' + S.layer + '"][data-head="' + S.head + '"]');
+    if (now2) now2.classList.add('sel');
+  }
+  function renderCircuit() {
+    if (!C) return;
+    $('circuit-panel').hidden = false;
+    var ci = C.ci || [];
+    $('circuit-title').textContent = 'Circuit of ' + (C.diagnostic || '?') + ' (' + C.method + ', ' + C.ablation + ' ablation)';
+    $('circuit-info').textContent = C.size + ' edges, ' + C.nodes.length + ' nodes: faithfulness ' + fmt(C.faithfulness, 2) +
+      ' (95% CI ' + fmt(ci[0], 2) + ' to ' + fmt(ci[1], 2) + ')' +
+      (C.target === null ? '' : C.reached ? ', the smallest circuit reaching ' + C.target : ', target ' + C.target + ' not reached');
+    var range = $('circuit-n');
+    range.max = Math.max(1, C.edges.length);
+    range.value = Math.min(C.edges.length, 60) || 1;
+    range.disabled = !C.edges.length;
+    range.addEventListener('input', drawCircuit);
+    $('circuit-wrap').addEventListener('click', function (ev) {
+      var t = ev.target;
+      if (t && t.getAttribute && t.getAttribute('data-layer') !== null) select(+t.getAttribute('data-layer'), +t.getAttribute('data-head'));
+    });
+    drawCircuit();
+  }
+
   // ---- keyboard -----------------------------------------------------------------------------
   function setupKeys() {
     document.addEventListener('keydown', function (ev) {
@@ -603,11 +713,13 @@
   renderMeta();
   setupContrast();
   setupPatching();
+  setupCircuit();
   setupMetrics();
   renderTokens();
   renderGrid();
   renderAblations();
   setupHeat();
+  renderCircuit();
   setupKeys();
   var first = initialHead();
   S.dir = 'qd'; $('dir-qd').classList.add('on');
@@ -617,6 +729,11 @@
     data: D, renderMs: ms,
     select: select, setDirection: setDir,
     state: function () { return { layer: S.layer, head: S.head, dir: S.dir, pin: S.pin }; },
+    circuitEdges: function () {
+      return Array.prototype.map.call(document.querySelectorAll('#circuit-edges line'), function (e) {
+        return [e.getAttribute('data-sender'), e.getAttribute('data-receiver'), +e.getAttribute('data-score')];
+      });
+    },
     links: function (dir, l, h, r) { return links(dir === 'dq' ? DQ : QD, l * H + h, r); }
   };
   document.body.setAttribute('data-render-ms', ms.toFixed(1));
