@@ -105,6 +105,50 @@ def test_ig_equals_an_independent_float64_integrated_gradient(tiny64, tokenizer)
         np.testing.assert_allclose(res.delta[i, 0, :, 0], want, atol=1e-8)
 
 
+def test_graddrop_equals_an_independent_float64_gradient_with_each_layer_frozen(tiny64, tokenizer):
+    """AtP*'s GradDrop recomputed on the plain HF model (no matchsig): for each layer l, forward hooks make the
+    outputs of its attention and MLP projections constants; z of every layer is read as the input of its
+    attention output projection; graddrop = sum_l |(z_p - z_b) . d score / d z| / (L - 1), per pair and head."""
+    ce, model = tiny64
+    res = ce.attribute(QUERIES, BASE, PERT, site="z", method="atp*", chunk_size=2)
+    plain = ce.attribute(QUERIES, BASE, PERT, site="z", method="atp", chunk_size=2)
+    assert res.method == "atp*" and res.graddrop.shape == res.delta.shape == (3, 3, 4, 1)
+    np.testing.assert_allclose(res.delta, plain.delta, atol=1e-12)  # the signed estimate is AtP's
+    assert plain.graddrop is None and "graddrop" in res.to_frame() and "graddrop" not in plain.to_frame()
+    layers, nh = model.config.num_hidden_layers, model.config.num_attention_heads
+    blocks = model.bert.encoder.layer
+    for i in range(len(QUERIES)):
+        enc_b = tokenizer(QUERIES[i], BASE[i], return_tensors="pt")
+        enc_p = tokenizer(QUERIES[i], PERT[i], return_tensors="pt")
+        grabbed = {}
+        grabs = [blocks[l].attention.output.dense.register_forward_pre_hook(
+            lambda m, a, l=l: grabbed.__setitem__(l, a[0])) for l in range(layers)]
+        with torch.no_grad():
+            model(**enc_p)
+            z_p = {l: grabbed[l].clone() for l in range(layers)}
+        total = np.zeros((layers, nh))
+        for dropped in range(layers):
+            frozen = [blocks[dropped].attention.output.dense.register_forward_hook(lambda m, a, out: out.detach()),
+                      blocks[dropped].output.dense.register_forward_hook(lambda m, a, out: out.detach())]
+            try:
+                score = torch.log_softmax(model(**enc_b).logits, -1)[0, 1]
+                grads = torch.autograd.grad(score, [grabbed[l] for l in range(layers)], allow_unused=True)
+            finally:
+                for h in frozen:
+                    h.remove()
+            for l, g in enumerate(grads):
+                g = torch.zeros_like(grabbed[l]) if g is None else g
+                atp = ((z_p[l] - grabbed[l].detach()) * g).view(-1, nh, g.shape[-1] // nh).sum((0, 2))
+                total[l] += np.abs(atp.detach().numpy())
+                if dropped == l:
+                    assert not atp.abs().sum()  # a node inside the frozen layer gets nothing from it
+        for h in grabs:
+            h.remove()
+        np.testing.assert_allclose(res.graddrop[i, :, :, 0], total / (layers - 1), atol=1e-10)
+        # the layers below a node do not touch its gradient: for the last layer's heads every term but their own is AtP's
+        np.testing.assert_allclose(total[-1] / (layers - 1), np.abs(plain.delta[i, -1, :, 0]), atol=1e-10)
+
+
 def test_attribution_agrees_with_exact_patching_on_tfc1_pairs(ce):
     """The embedded-size MiniLM on TFC1 diagnostic pairs: both methods rank heads as exact patching does."""
     from matchsig.engine.attribution import agreement
@@ -117,12 +161,21 @@ def test_attribution_agrees_with_exact_patching_on_tfc1_pairs(ce):
     pairs = make_pairs(ce, pool, "tfc1", n=5, max_doc_tokens=100)
     q, b, p = pairs.queries(), pairs.baselines(), pairs.perturbeds()
     exact = ce.patch(q, b, p, site="z")
-    for method in ("atp", "ig"):
+    for method in ("atp", "atp*", "ig"):
         res = ce.attribute(q, b, p, site="z", method=method, steps=4)
         np.testing.assert_allclose(res.baseline, exact.baseline, atol=1e-5)
         np.testing.assert_allclose(res.perturbed, exact.perturbed, atol=1e-5)
         agree = agreement(res, exact)
         assert agree["spearman"] >= 0.7 and agree["top_k_overlap"] >= 0.5, (method, agree)
+        if method == "atp*":  # GradDrop's ranking figure re-derived with pandas and scipy from the long tables
+            from scipy import stats
+
+            gd = res.to_frame().groupby(["layer", "head"])["graddrop"].mean()
+            long = exact.to_frame().assign(mag=lambda f: (f["patched"] - f["baseline"]).abs())
+            mag = long.groupby(["layer", "head"])["mag"].mean().loc[gd.index]
+            assert agree["graddrop_spearman"] == pytest.approx(stats.spearmanr(gd, mag)[0], abs=1e-12)
+            print("graddrop agreement", agree)
+            assert agree["graddrop_spearman"] >= 0.5, agree
     same = agreement(exact, exact)
     assert same["pearson"] == pytest.approx(1.0) and same["top_k_overlap"] == 1.0
 

@@ -10,6 +10,15 @@ positions or one) from the perturbed run into the baseline run is, to first orde
 where the derivative is the *total* one (later layers recompute, as they do under a real patch).
 
 * ``method="atp"``: the derivative at the baseline run (one forward with gradients, one backward);
+* ``method="atp*"``: AtP* (Kramár et al. 2024) as far as it applies to these sites: the AtP estimate
+  (``delta``) plus GradDrop (``graddrop``), the unsigned score that AtP* ranks nodes by to find the
+  ones whose effect cancels along some paths. For each layer l, the gradient is taken again with
+  layer l's attention and MLP branch outputs frozen (``hook_attn_out`` and ``hook_mlp_out``
+  detached; the skip path still carries gradient), and ``graddrop = sum_l |AtP_l| / (L - 1)`` per
+  pair and node (a node inside layer l gets 0 from that layer, hence L - 1). The other half of AtP*,
+  the QK fix, corrects nodes that are attention queries or keys; these sites have none (a head's
+  output ``z`` reaches the score through no softmax of its own), so it lives in edge attribution
+  (``eap-qk``, :mod:`matchsig.engine.edges`). Costs L more gradient runs than ``atp``.
 * ``method="ig"``: integrated gradients (EAP-IG, Hanna et al. 2024): the derivative averaged over
   ``steps`` runs whose input embeddings move from the baseline's to the perturbed's (midpoints
   ``(k + 1/2) / steps``), which follows the path instead of extrapolating from one end.
@@ -29,28 +38,32 @@ import numpy as np
 import torch
 
 from ..errors import MatchsigError
-from .hooks import HookPoint, site_name
+from .hooks import HookPoint, check_supported, site_name
 from .parts import PAD
 from .patching import PatchResult, _resolve, encode_triples
 
 __all__ = ["AttributionResult", "attribute", "agreement", "METHODS"]
 
-METHODS = ("atp", "ig")
+METHODS = ("atp", "atp*", "ig")
 
 
 @dataclass
 class AttributionResult(PatchResult):
     """A :class:`~matchsig.patching.PatchResult` estimated by attribution: ``patched`` = baseline +
-    ``delta`` (``delta[i, a, b, c]``: the estimated score change of pair i's node, NaN past its length)."""
+    ``delta`` (``delta[i, a, b, c]``: the estimated score change of pair i's node, NaN past its length);
+    ``graddrop`` (same shape, ``atp*`` only, else None): AtP*'s GradDrop magnitude of each pair and node."""
 
     method: str = "atp"
     steps: int = 1
     delta: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 0)))
+    graddrop: np.ndarray | None = None
 
     def to_frame(self):
         frame = super().to_frame()
         frame["delta"] = frame["patched"] - frame["baseline"]
         frame["method"] = self.method
+        if self.graddrop is not None:  # PatchResult.to_frame's cells: the grid raveled, cells past a pair's end dropped
+            frame["graddrop"] = self.graddrop.reshape(-1)[~np.isnan(np.asarray(self.patched).reshape(-1))]
         return frame
 
 
@@ -72,7 +85,8 @@ def attribute(ce, queries: Sequence[str], baseline_docs: Sequence[str], perturbe
     shape = (n, len(layer_list), len(head_list) if head_list else 1, len(pos_list) if pos_list else 1)
     result = AttributionResult(kind, layer_list, head_list, pos_list, np.zeros(n), np.zeros(n),
                                np.full(shape, np.nan), method=method, steps=steps if method == "ig" else 1,
-                               delta=np.full(shape, np.nan))
+                               delta=np.full(shape, np.nan),
+                               graddrop=np.full(shape, np.nan) if method == "atp*" else None)
     from .progress import _progress
 
     bar = _progress(n, progress, f"attribution {method} {kind}")
@@ -138,6 +152,47 @@ def _attribute_chunk(ce, enc_b, enc_p, chunk, kind, layer_list, head_list, pos_l
         g = g.double().view(len(chunk), reps, *g.shape[1:]).mean(1)  # the path average (ig) or the one point
         _fill(result.delta, chunk, li, (pert_acts[layer].double() - base_acts[layer].double()) * g, real,
               head_list, pos_list)
+    if result.graddrop is not None:
+        _graddrop(ce, batch_b, chunk, names, embed, layer_list, head_list, pos_list, base_acts, pert_acts, real, result)
+
+
+def _graddrop(ce, batch, chunk, names, embed, layer_list, head_list, pos_list, base_acts, pert_acts, real, result) -> None:
+    """AtP*'s GradDrop: the AtP estimate again with each layer's branch outputs frozen, |.| summed over layers."""
+    total = np.zeros((len(chunk),) + result.graddrop.shape[1:])
+    part = np.full((len(result.graddrop),) + result.graddrop.shape[1:], np.nan)
+    drop_kinds = ("hook_attn_out", "hook_mlp_out")
+    check_supported(ce, drop_kinds)
+    for dropped in range(ce.num_layers):
+        live: dict[int, torch.Tensor] = {}
+
+        def start(value: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+            value = value.detach().requires_grad_(True)
+            if names.get(0) == embed:
+                live[0] = value
+            return value
+
+        def capture(value: torch.Tensor, hook: HookPoint):
+            live[hook.layer] = value
+            return value.detach() if hook.layer == dropped and hook.kind in drop_kinds else None
+
+        def freeze(value: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+            return value.detach()
+
+        hooks = {name: capture for name in names.values()}
+        for kind in drop_kinds:
+            hooks.setdefault(site_name(kind, dropped), freeze)
+        hooks[embed] = start  # the leaf that requires grad (the parameters are frozen), as in the AtP run
+        with _frozen(ce.model), torch.enable_grad():
+            scores = _scores(ce, ce.forward(batch, hooks=hooks).logits)
+            wanted = [live[layer] for layer in layer_list]
+            grads = torch.autograd.grad(scores.sum(), wanted, allow_unused=True) if any(w.requires_grad for w in wanted) \
+                else [None] * len(wanted)
+        for li, (layer, grad) in enumerate(zip(layer_list, grads)):
+            g = torch.zeros_like(live[layer]) if grad is None else grad
+            _fill(part, chunk, li, (pert_acts[layer].double() - base_acts[layer].double()) * g.double(), real,
+                  head_list, pos_list)
+        total += np.abs(part[chunk])
+    result.graddrop[chunk] = total / max(ce.num_layers - 1, 1)
 
 
 def _cached_run(ce, batch, names: dict, embed: str) -> tuple[dict, np.ndarray]:
@@ -184,7 +239,9 @@ def _fill(delta: np.ndarray, chunk, li: int, product: torch.Tensor, real: torch.
 def agreement(attributed: PatchResult, exact: PatchResult, top_k: int = 10) -> dict:
     """How well attribution ranks the nodes exact patching ranks: Pearson and Spearman correlations
     of the per-node mean score changes (over pairs), and the overlap of the top-``top_k`` nodes by
-    |mean change|; both results must cover the same grid."""
+    |mean change|; both results must cover the same grid. An ``atp*`` result adds
+    ``graddrop_spearman`` and ``graddrop_top_k_overlap``: its per-node mean GradDrop against the
+    per-node mean over pairs of |exact change| (GradDrop is a magnitude)."""
     from scipy import stats
 
     a, e = np.asarray(attributed.patched), np.asarray(exact.patched)
@@ -194,6 +251,13 @@ def agreement(attributed: PatchResult, exact: PatchResult, top_k: int = 10) -> d
     de = np.nanmean(e - exact.baseline[:, None, None, None], axis=0).ravel()
     k = min(top_k, da.size)
     top = lambda v: set(np.argsort(-np.abs(v), kind="stable")[:k].tolist())  # noqa: E731
-    return {"nodes": int(da.size), "pearson": float(stats.pearsonr(da, de)[0]) if da.size > 2 else float("nan"),
-            "spearman": float(stats.spearmanr(da, de)[0]) if da.size > 2 else float("nan"),
-            "top_k": k, "top_k_overlap": len(top(da) & top(de)) / k if k else float("nan")}
+    out = {"nodes": int(da.size), "pearson": float(stats.pearsonr(da, de)[0]) if da.size > 2 else float("nan"),
+           "spearman": float(stats.spearmanr(da, de)[0]) if da.size > 2 else float("nan"),
+           "top_k": k, "top_k_overlap": len(top(da) & top(de)) / k if k else float("nan")}
+    graddrop = getattr(attributed, "graddrop", None)
+    if graddrop is not None:  # AtP*'s ranking score is a magnitude: against each node's mean |exact change|
+        gd = np.nanmean(graddrop, axis=0).ravel()
+        mag = np.nanmean(np.abs(e - exact.baseline[:, None, None, None]), axis=0).ravel()
+        out["graddrop_spearman"] = float(stats.spearmanr(gd, mag)[0]) if gd.size > 2 else float("nan")
+        out["graddrop_top_k_overlap"] = len(top(gd) & top(mag)) / k if k else float("nan")
+    return out

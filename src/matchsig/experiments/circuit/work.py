@@ -13,7 +13,7 @@ __all__ = ["ABLATIONS", "connected_sizes", "split_queries", "attribution_work", 
 #: What a non-circuit edge carries on the held-out pairs (``--ablation``).
 ABLATIONS = ("mean", "counterfactual")
 #: Node attribution method matching each edge method (for the agreement with exact node patching).
-NODE_METHOD = {"eap": "atp", "eap-ig": "ig", "eap-qk": "atp"}
+NODE_METHOD = {"eap": "atp", "eap-ig": "ig", "eap-qk": "atp*"}  # the node form of each edge method
 
 
 def split_queries(pairs, heldout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
