@@ -148,7 +148,7 @@ def test_circuit_experiment_with_counterfactual_ablation(tmp_path, tokenizer):
     circuit_json = json.loads((out / "circuit.json").read_text())
     assert circuit_json["ablation"] == "counterfactual" and circuit_json["size"] == 20
     assert circuit_json["connected_size"] == sum(e["on_path"] for e in circuit_json["edges"]) == curve.loc[20, "connected_edges"]
-    from matchsig.report.explorer import read_circuit  # what `matchsig view` draws of this file
+    from matchsig.report.view_circuit import read_circuit  # what `matchsig view` draws of this file
 
     drawn = read_circuit(out / "circuit.json", circuit_json["layers"], circuit_json["heads"])
     assert drawn["size"] == 20 and sorted(map(tuple, (e[:2] for e in drawn["edges"]))) == \

@@ -549,7 +549,7 @@ def _circuit_json(path: Path, layers: int = 6, heads: int = 12, n_edges: int = 1
 def test_read_circuit_keeps_the_largest_edges_and_refuses_another_model(tmp_path):
     import pandas as pd
 
-    from matchsig.report.explorer import read_circuit
+    from matchsig.report.view_circuit import read_circuit
 
     circuit = _circuit_json(tmp_path / "circuit.json")
     got = read_circuit(tmp_path / "circuit.json", 6, 12, max_edges=40)
@@ -601,7 +601,7 @@ def test_circuit_in_chromium(browser, data, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from matchsig.report.explorer import read_circuit
+    from matchsig.report.view_circuit import read_circuit
 
     circuit = _circuit_json(tmp_path / "circuit.json")
     path = write_view(tmp_path / "circuit.html", render_html(dict(data, circuit=read_circuit(tmp_path / "circuit.json", 6, 12))))

@@ -32,22 +32,16 @@ def view(
     import time
     from pathlib import Path
 
-    from ..experiments.circuit.experiment import CIRCUIT_JSON
-    from ..report.explorer import build_view_data, load_run_pair, read_circuit, read_contrast_heads, render_html, write_view
+    from ..report.explorer import build_view_data, load_run_pair, read_contrast_heads, render_html, write_view
+    from ..report.view_circuit import read_circuit
 
     if top_k < 1:
         raise MatchsigError(f"bad --top-k {top_k}: must be >= 1")
     notes: list[str] = []
     meta: dict = {}
-    heads_path = Path(heads) if heads else None
-    if heads_path is not None and not heads_path.is_file():
-        raise MatchsigError(f"--heads {heads}: no such file")
-    patching_path, patching_given = (Path(patching) if patching else None), patching is not None
-    if patching_path is not None and not patching_path.is_file():
-        raise MatchsigError(f"--patching {patching}: no such file")
-    circuit_path = Path(circuit) if circuit else None
-    if circuit_path is not None and not circuit_path.is_file():
-        raise MatchsigError(f"--circuit {circuit}: no such file")
+    heads_path, patching_path, circuit_path = (_given_file(f, v) for f, v in
+                                               (("--heads", heads), ("--patching", patching), ("--circuit", circuit)))
+    patching_given = patching is not None
     if run_dir is not None:
         if query is not None or document is not None:
             raise MatchsigError("give either RUN_DIR with --qid/--docid, or --query and --document, not both")
@@ -64,8 +58,7 @@ def view(
                 notes.append(pair.note)
                 typer.secho(f"matchsig view: {pair.note}", err=True, fg="yellow")
         patching_path = patching_path or pair.patching_csv
-        if circuit_path is None and (Path(run_dir) / CIRCUIT_JSON).is_file():
-            circuit_path = Path(run_dir) / CIRCUIT_JSON
+        circuit_path = circuit_path or pair.circuit_json
         meta = {"qid": pair.qid, "docid": pair.docid, "grade": pair.grade, "run": str(run_dir)}
         if out is None:
             safe = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "_", s)[:80]  # noqa: E731
@@ -85,22 +78,29 @@ def view(
     started = time.perf_counter()
     encoder = CrossEncoder.load(model, device=device, dtype=dtype, max_length=max_length)
     contrast = read_contrast_heads(heads_path, encoder.num_layers, encoder.num_heads) if heads_path else []
-    if heads_path:
-        meta["heads"] = str(heads_path)
     overlay = _patching_overlay(patching_path, patching_given, encoder, notes, meta)
     drawn = read_circuit(circuit_path, encoder.num_layers, encoder.num_heads) if circuit_path else None
-    if circuit_path:
-        meta["circuit"] = str(circuit_path)
+    meta.update({k: str(v) for k, v in (("heads", heads_path), ("circuit", circuit_path)) if v})
     data = build_view_data(encoder, query, document, top_k=top_k, contrast=contrast, patching=overlay, circuit=drawn, meta=meta,
                            notes=notes, progress=sys.stderr.isatty())
     path = write_view(out, render_html(data))
-    size = path.stat().st_size
     typer.echo(
-        f"wrote {path} ({size / 1024:.0f} KiB): {data['q_span'][1] - data['q_span'][0]} query + "
+        f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB): {data['q_span'][1] - data['q_span'][0]} query + "
         f"{data['d_span'][1] - data['d_span'][0]} document tokens, {encoder.num_layers} x {encoder.num_heads} heads, "
         f"{len(data['scores'])} scores, {sum(1 for r in contrast if r['kind'] != 'none')} flagged head rows, "
         f"{time.perf_counter() - started:.1f} s"
     )
+
+
+def _given_file(flag: str, value: str | None):
+    """The path of an optional file flag; a one-line error when it is given but is no file."""
+    from pathlib import Path
+
+    if value is None:
+        return None
+    if not Path(value).is_file():
+        raise MatchsigError(f"{flag} {value}: no such file")
+    return Path(value)
 
 
 def _patching_overlay(path, given: bool, encoder, notes: list[str], meta: dict) -> list[dict]:

@@ -1,9 +1,9 @@
 """`matchsig view`: a self-contained HTML page to explore one query-document pair.
 
-The page shows the pair's tokens coloured by part, a layer x head grid (heads flagged by a contrast
-run highlighted), the Q<-D and D<-Q attention of the chosen head (text shading, links on hover and a
-heatmap), exact-match tokens, and the pair's score under each of the 31 direction ablations of the
-paper's Table 1. Everything (scripts, styles, data) is inlined: no server, no network.
+The page shows the pair's tokens coloured by part, a layer x head grid (a contrast run's heads
+highlighted), the chosen head's Q<-D and D<-Q attention (shading, links on hover, a heatmap),
+exact-match tokens, the pair's score under each of Table 1's direction ablations, and a run's circuit
+(:mod:`matchsig.report.view_circuit`). All is inlined (scripts, styles, data): no server, no network.
 
 What is sent to the page is only what it draws, so a 512-token pair stays small and fast:
 
@@ -40,7 +40,6 @@ from ..analysis.runfolder import FILES
 from ..engine.ablation import TABLE1_ABLATIONS
 from ..engine.parts import Part
 from ..errors import MatchsigError
-
 
 DEFAULT_TOP_K = 8
 #: Statistics of :data:`matchsig.engine.attention_stats.STATISTICS` the page draws (per head, both directions).
@@ -285,6 +284,7 @@ class RunPair:
     heads_csv: Path | None
     note: str | None
     patching_csv: Path | None = None
+    circuit_json: Path | None = None
 
 
 def load_run_pair(run_dir: str | Path, qid: str, docid: str) -> RunPair:
@@ -322,9 +322,11 @@ def load_run_pair(run_dir: str | Path, qid: str, docid: str) -> RunPair:
     found = hit.iloc[0].to_dict()
     heads = run / FILES.contrast_heads
     note = None if heads.is_file() else f"no contrast run in {run} ({FILES.contrast_heads} missing): no heads are highlighted"
-    patching = run / FILES.patching
+    from ..experiments.circuit.experiment import CIRCUIT_JSON
+
+    overlays = [p if p.is_file() else None for p in (run / FILES.patching, run / CIRCUIT_JSON)]
     return RunPair(model or "", found["query"], found["document"], str(qid), str(docid), found.get("grade"),
-                   heads if heads.is_file() else None, note, patching if patching.is_file() else None)
+                   heads if heads.is_file() else None, note, *overlays)
 
 
 def read_patching_heads(path: str | Path, num_layers: int, num_heads: int) -> list[dict]:
@@ -334,77 +336,6 @@ def read_patching_heads(path: str | Path, num_layers: int, num_heads: int) -> li
     from ..analysis.head_overlap import patching_overlay
 
     return patching_overlay(path, num_layers, num_heads)
-
-
-#: Edges of a circuit sent to the page (the largest by |score|); the page's slider shows any number up to it.
-CIRCUIT_MAX_EDGES = 600
-
-
-def _circuit_node(name: object, num_layers: int, num_heads: int, receiver: bool) -> tuple | None:
-    """``(kind, layer, head, qkv)`` of a circuit node name (``input``, ``score``, ``a{l}.h{h}``, ``m{l}``;
-    receivers of heads end in ``.q``, ``.k`` or ``.v``), or None when it is not a node of this model."""
-    if not isinstance(name, str):
-        return None
-    if name == ("score" if receiver else "input"):  # the input only sends, the score only receives
-        return (name, None, None, None)
-    bits = name.split(".")
-    try:
-        if bits[0].startswith("m") and len(bits) == 1:
-            layer = int(bits[0][1:])
-            return ("mlp", layer, None, None) if 0 <= layer < num_layers else None
-        if bits[0].startswith("a") and bits[1].startswith("h") and len(bits) == (3 if receiver else 2):
-            layer, head = int(bits[0][1:]), int(bits[1][1:])
-            qkv = bits[2] if receiver else None
-            if 0 <= layer < num_layers and 0 <= head < num_heads and qkv in ((None,) if not receiver else ("q", "k", "v")):
-                return ("head", layer, head, qkv)
-    except (ValueError, IndexError):
-        return None
-    return None
-
-
-def read_circuit(path: str | Path, num_layers: int, num_heads: int, max_edges: int = CIRCUIT_MAX_EDGES) -> dict:
-    """The page's circuit from a ``circuit.json`` of ``matchsig circuit``: its summary, its nodes and its
-    ``max_edges`` edges of largest |score| as ``[sender, receiver, score]`` (ties kept in file order).
-
-    A one-line :class:`MatchsigError` when the file is not a circuit of a model with ``num_layers`` x
-    ``num_heads`` heads (a node that does not exist, another shape)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise MatchsigError(f"cannot read circuit {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise MatchsigError(f"circuit {path} is not JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("edges"), list) or not isinstance(data.get("nodes"), list):
-        raise MatchsigError(f"circuit {path}: not a circuit.json of `matchsig circuit` (no nodes/edges lists)")
-    shape = (data.get("layers"), data.get("heads"))
-    if shape != (num_layers, num_heads):
-        raise MatchsigError(f"circuit {path} is of a model with {shape[0]} layers x {shape[1]} heads, not "
-                            f"{num_layers} x {num_heads}: was it made with another model?")
-    edges = []
-    for n, e in enumerate(data["edges"]):
-        try:
-            sender, receiver, score = e["sender"], e["receiver"], float(e["score"])
-        except (TypeError, KeyError, ValueError):
-            raise MatchsigError(f"circuit {path}: edge {n} lacks sender, receiver or a numeric score") from None
-        if _circuit_node(sender, num_layers, num_heads, False) is None or \
-                _circuit_node(receiver, num_layers, num_heads, True) is None or not math.isfinite(score):
-            raise MatchsigError(f"circuit {path}: edge {n} ({sender} -> {receiver}, {score}) is not an edge of this model")
-        edges.append((sender, receiver, score, bool(e.get("on_path", True))))
-    order = sorted(range(len(edges)), key=lambda i: (-abs(edges[i][2]), i))[:max(0, int(max_edges))]
-    ci = data.get("ci") or [None, None]
-    return {
-        "diagnostic": str(data.get("diagnostic", "")),
-        "method": str(data.get("method", "")),
-        "ablation": str(data.get("ablation", "mean")),
-        "target": _finite(data["target"]) if data.get("target") is not None else None,
-        "reached": bool(data.get("reached", False)),
-        "faithfulness": _finite(data.get("faithfulness", float("nan"))),
-        "ci": [_finite(c) if c is not None else None for c in ci],
-        "size": len(edges),
-        "nodes": [str(x) for x in data["nodes"]],
-        "edges": [[edges[i][0], edges[i][1], edges[i][2], int(edges[i][3])] for i in order],
-    }
 
 
 # ---------------------------------------------------------------------------------------------
