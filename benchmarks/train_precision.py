@@ -4,7 +4,7 @@
     python benchmarks/train_precision.py [--rounds 2]
 
 A CPU without native bf16 instructions (oneDNN: ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``)
-emulates the bf16 matmuls; measured on the 2-core AVX2 EPYC: fp32 1.5-1.9 s, bf16 44.6-45.1 s.
+emulates the bf16 matmuls; measured on the 2-core AVX2 EPYC: fp32 1.5-2.4 s, bf16 44.6-52.2 s.
 """
 
 from __future__ import annotations
