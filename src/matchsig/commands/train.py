@@ -52,10 +52,6 @@ def train(
         if precision not in ("bf16", "fp32"):
             raise MatchsigError(f"bad --precision {precision!r}: expected bf16 or fp32")
         cfg.bf16 = precision == "bf16"
-    if precision is not None:
-        if precision not in ("bf16", "fp32"):
-            raise MatchsigError(f"bad --precision {precision!r}: expected bf16 or fp32")
-        cfg.bf16 = precision == "bf16"
     if save_steps is not None:
         try:
             cfg.save_steps = [int(s) for s in save_steps.split(",") if s.strip()]

@@ -123,76 +123,69 @@ def _attribute_chunk(ce, enc_b, enc_p, chunk, kind, layer_list, head_list, pos_l
     base_acts, result.baseline[chunk] = _cached_run(ce, batch_b, names, embed) if reps > 1 else ({}, 0.0)
     rows = torch.arange(len(chunk), device=ce.device).repeat_interleave(reps)
     alphas = ((torch.arange(reps, device=ce.device, dtype=torch.float32) + 0.5) / reps).repeat(len(chunk))
-    live: dict[int, torch.Tensor] = {}
 
-    def start(value: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-        if reps > 1:  # ig: input embeddings on the path from the baseline's to the perturbed's
-            e_b, e_p = base_acts[-1][rows].to(value.dtype), pert_acts[-1][rows].to(value.dtype)
-            value = e_b + alphas.to(value.dtype)[:, None, None] * (e_p - e_b)
-        value = value.detach().requires_grad_(True)
-        if names.get(0) == embed:
-            live[0] = value
-        return value
+    def on_path(value: torch.Tensor) -> torch.Tensor:  # ig: input embeddings on the path from the baseline's to the perturbed's
+        e_b, e_p = base_acts[-1][rows].to(value.dtype), pert_acts[-1][rows].to(value.dtype)
+        return e_b + alphas.to(value.dtype)[:, None, None] * (e_p - e_b)
 
-    def capture(value: torch.Tensor, hook: HookPoint) -> None:
-        live[hook.layer] = value
-
-    hooks = {name: capture for name in names.values()}
-    hooks[embed] = start
-    with _frozen(ce.model), torch.enable_grad():
-        out = ce.forward(batch_b.select(rows) if reps > 1 else batch_b, hooks=hooks)
-        scores = _scores(ce, out.logits)
-        grads = torch.autograd.grad(scores.sum(), [live[layer] for layer in layer_list], allow_unused=True)
+    scores, live, grads = _gradient_run(ce, batch_b.select(rows) if reps > 1 else batch_b, names, embed, layer_list,
+                                        move=on_path if reps > 1 else None)
     if reps == 1:
         base_acts = {layer: live[layer].detach() for layer in layer_list}
         result.baseline[chunk] = scores.detach().double().cpu().numpy()
     real = (batch_b.part_ids != PAD).double()  # (B, T): padding is never patched
-    for li, (layer, grad) in enumerate(zip(layer_list, grads)):
-        g = torch.zeros_like(live[layer]) if grad is None else grad
+    for li, (layer, g) in enumerate(zip(layer_list, grads)):
         g = g.double().view(len(chunk), reps, *g.shape[1:]).mean(1)  # the path average (ig) or the one point
         _fill(result.delta, chunk, li, (pert_acts[layer].double() - base_acts[layer].double()) * g, real,
               head_list, pos_list)
-    if result.graddrop is not None:
-        _graddrop(ce, batch_b, chunk, names, embed, layer_list, head_list, pos_list, base_acts, pert_acts, real, result)
-
-
-def _graddrop(ce, batch, chunk, names, embed, layer_list, head_list, pos_list, base_acts, pert_acts, real, result) -> None:
-    """AtP*'s GradDrop: the AtP estimate again with each layer's branch outputs frozen, |.| summed over layers."""
-    total = np.zeros((len(chunk),) + result.graddrop.shape[1:])
-    part = np.full((len(result.graddrop),) + result.graddrop.shape[1:], np.nan)
-    drop_kinds = ("hook_attn_out", "hook_mlp_out")
-    check_supported(ce, drop_kinds)
+    if result.graddrop is None:
+        return
+    # AtP*'s GradDrop: the AtP estimate again with each layer's branch outputs frozen, |.| summed over layers
+    check_supported(ce, DROP_KINDS)
+    rows_here = np.arange(len(chunk))
+    part = np.full((len(chunk),) + result.graddrop.shape[1:], np.nan)
+    total = np.zeros_like(part)
     for dropped in range(ce.num_layers):
-        live: dict[int, torch.Tensor] = {}
-
-        def start(value: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-            value = value.detach().requires_grad_(True)
-            if names.get(0) == embed:
-                live[0] = value
-            return value
-
-        def capture(value: torch.Tensor, hook: HookPoint):
-            live[hook.layer] = value
-            return value.detach() if hook.layer == dropped and hook.kind in drop_kinds else None
-
-        def freeze(value: torch.Tensor, hook: HookPoint) -> torch.Tensor:
-            return value.detach()
-
-        hooks = {name: capture for name in names.values()}
-        for kind in drop_kinds:
-            hooks.setdefault(site_name(kind, dropped), freeze)
-        hooks[embed] = start  # the leaf that requires grad (the parameters are frozen), as in the AtP run
-        with _frozen(ce.model), torch.enable_grad():
-            scores = _scores(ce, ce.forward(batch, hooks=hooks).logits)
-            wanted = [live[layer] for layer in layer_list]
-            grads = torch.autograd.grad(scores.sum(), wanted, allow_unused=True) if any(w.requires_grad for w in wanted) \
-                else [None] * len(wanted)
-        for li, (layer, grad) in enumerate(zip(layer_list, grads)):
-            g = torch.zeros_like(live[layer]) if grad is None else grad
-            _fill(part, chunk, li, (pert_acts[layer].double() - base_acts[layer].double()) * g.double(), real,
+        _, _, grads = _gradient_run(ce, batch_b, names, embed, layer_list, dropped=dropped)
+        for li, (layer, g) in enumerate(zip(layer_list, grads)):
+            _fill(part, rows_here, li, (pert_acts[layer].double() - base_acts[layer].double()) * g.double(), real,
                   head_list, pos_list)
-        total += np.abs(part[chunk])
+        total += np.abs(part)
     result.graddrop[chunk] = total / max(ce.num_layers - 1, 1)
+
+
+#: The branch outputs a GradDrop run freezes in its dropped layer (the skip path keeps its gradient).
+DROP_KINDS = ("hook_attn_out", "hook_mlp_out")
+
+
+def _gradient_run(ce, batch, names: dict, embed: str, layer_list, move=None, dropped: int | None = None):
+    """One forward with gradients of the summed score: (scores, the grid's activations by layer, their
+    gradients, zeros where the score does not depend on them). ``move`` replaces the input embeddings
+    (ig's path); ``dropped``: the layer whose :data:`DROP_KINDS` outputs are constants (GradDrop)."""
+    live: dict[int, torch.Tensor] = {}
+
+    def start(value: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        # the leaf that requires grad: the parameters are frozen, only activations are differentiated
+        value = (value if move is None else move(value)).detach().requires_grad_(True)
+        if names.get(0) == embed:
+            live[0] = value
+        return value
+
+    def capture(value: torch.Tensor, hook: HookPoint):
+        live[hook.layer] = value
+        return value.detach() if hook.layer == dropped and hook.kind in DROP_KINDS else None
+
+    hooks = {name: capture for name in names.values()}
+    if dropped is not None:
+        for kind in DROP_KINDS:
+            hooks.setdefault(site_name(kind, dropped), lambda value, hook: value.detach())
+    hooks[embed] = start
+    with _frozen(ce.model), torch.enable_grad():
+        scores = _scores(ce, ce.forward(batch, hooks=hooks).logits)
+        wanted = [live[layer] for layer in layer_list]
+        grads = torch.autograd.grad(scores.sum(), wanted, allow_unused=True) if any(w.requires_grad for w in wanted) \
+            else [None] * len(wanted)
+    return scores, live, [torch.zeros_like(w) if g is None else g for w, g in zip(wanted, grads)]
 
 
 def _cached_run(ce, batch, names: dict, embed: str) -> tuple[dict, np.ndarray]:

@@ -284,7 +284,6 @@ class EdgeGraph:
             tangents[: new.stop] = _layer_norm_jvp(tangents[: new.stop], ln_inputs[p], ln.weight, ln.eps)
         return out
 
-
     # ---- AtP*'s QK fix (for edge attribution) --------------------------------------------------
     def qk_products(self, run_b: "Run", grad_run: "Run", outs_p: torch.Tensor, out: torch.Tensor,
                     node_chunk: int = 8) -> None:

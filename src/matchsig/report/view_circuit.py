@@ -12,8 +12,8 @@ from ..errors import MatchsigError
 __all__ = ["CIRCUIT_MAX_EDGES", "read_circuit"]
 
 
-def _finite(value) -> float | None:
-    """A JSON-safe number: None for a missing, NaN or infinite one."""
+def _number(value) -> float | None:
+    """A JSON-safe number from a circuit.json field: None for a missing, NaN or infinite one."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -25,26 +25,12 @@ def _finite(value) -> float | None:
 CIRCUIT_MAX_EDGES = 600
 
 
-def _circuit_node(name: object, num_layers: int, num_heads: int, receiver: bool) -> tuple | None:
-    """``(kind, layer, head, qkv)`` of a circuit node name (``input``, ``score``, ``a{l}.h{h}``, ``m{l}``;
-    receivers of heads end in ``.q``, ``.k`` or ``.v``), or None when it is not a node of this model."""
-    if not isinstance(name, str):
-        return None
-    if name == ("score" if receiver else "input"):  # the input only sends, the score only receives
-        return (name, None, None, None)
-    bits = name.split(".")
-    try:
-        if bits[0].startswith("m") and len(bits) == 1:
-            layer = int(bits[0][1:])
-            return ("mlp", layer, None, None) if 0 <= layer < num_layers else None
-        if bits[0].startswith("a") and bits[1].startswith("h") and len(bits) == (3 if receiver else 2):
-            layer, head = int(bits[0][1:]), int(bits[1][1:])
-            qkv = bits[2] if receiver else None
-            if 0 <= layer < num_layers and 0 <= head < num_heads and qkv in ((None,) if not receiver else ("q", "k", "v")):
-                return ("head", layer, head, qkv)
-    except (ValueError, IndexError):
-        return None
-    return None
+def _node_names(num_layers: int, num_heads: int) -> tuple[set[str], set[str]]:
+    """The names a circuit.json of this shape can use: senders (the input, heads, MLPs) and readers (a
+    head's q, k or v input, an MLP, the score), as :class:`matchsig.engine.graph.EdgeGraph` names them."""
+    heads = [f"a{layer}.h{head}" for layer in range(num_layers) for head in range(num_heads)]
+    mlps = [f"m{layer}" for layer in range(num_layers)]
+    return {"input", *heads, *mlps}, {"score", *mlps, *(f"{h}.{x}" for h in heads for x in "qkv")}
 
 
 def read_circuit(path: str | Path, num_layers: int, num_heads: int, max_edges: int = CIRCUIT_MAX_EDGES) -> dict:
@@ -66,14 +52,14 @@ def read_circuit(path: str | Path, num_layers: int, num_heads: int, max_edges: i
     if shape != (num_layers, num_heads):
         raise MatchsigError(f"circuit {path} is of a model with {shape[0]} layers x {shape[1]} heads, not "
                             f"{num_layers} x {num_heads}: was it made with another model?")
+    senders, readers = _node_names(num_layers, num_heads)
     edges = []
     for n, e in enumerate(data["edges"]):
         try:
             sender, receiver, score = e["sender"], e["receiver"], float(e["score"])
         except (TypeError, KeyError, ValueError):
             raise MatchsigError(f"circuit {path}: edge {n} lacks sender, receiver or a numeric score") from None
-        if _circuit_node(sender, num_layers, num_heads, False) is None or \
-                _circuit_node(receiver, num_layers, num_heads, True) is None or not math.isfinite(score):
+        if sender not in senders or receiver not in readers or not math.isfinite(score):
             raise MatchsigError(f"circuit {path}: edge {n} ({sender} -> {receiver}, {score}) is not an edge of this model")
         edges.append((sender, receiver, score, bool(e.get("on_path", True))))
     order = sorted(range(len(edges)), key=lambda i: (-abs(edges[i][2]), i))[:max(0, int(max_edges))]
@@ -82,10 +68,10 @@ def read_circuit(path: str | Path, num_layers: int, num_heads: int, max_edges: i
         "diagnostic": str(data.get("diagnostic", "")),
         "method": str(data.get("method", "")),
         "ablation": str(data.get("ablation", "mean")),
-        "target": _finite(data.get("target")),
+        "target": _number(data.get("target")),
         "reached": bool(data.get("reached", False)),
-        "faithfulness": _finite(data.get("faithfulness")),
-        "ci": [_finite(c) for c in ci],
+        "faithfulness": _number(data.get("faithfulness")),
+        "ci": [_number(c) for c in ci],
         "size": len(edges),
         "nodes": [str(x) for x in data["nodes"]],
         "edges": [[edges[i][0], edges[i][1], edges[i][2], int(edges[i][3])] for i in order],
