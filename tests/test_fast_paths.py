@@ -161,14 +161,10 @@ def test_fully_cut_rows_give_zero_attention_output(kernel):
         assert torch.allclose(out[:, 1, 0], plain[:, 1, 0], atol=1e-6)
 
 
-@needs_op
-@pytest.mark.parametrize("seed", range(4))
-def test_correct_kernel_on_random_layouts_and_blocks(seed):
+def _random_batch(seed: int, b: int, h: int, t: int, d: int):
     """Random part layouts (RoBERTa-style double separators, queries longer than documents, empty
-    documents, padding) and random per-row, per-head cut blocks: the one-pass kernel equals float64
-    post-softmax zeroing."""
+    documents, padding), q/k/v and per-row, per-head cut blocks that never cut padding."""
     g = torch.Generator().manual_seed(seed)
-    b, h, t, d = 5, 4, 23, 16
     rows = []
     for _ in range(b):
         nq, nd = (int(x) for x in torch.randint(0, 12, (2,), generator=g))
@@ -180,13 +176,63 @@ def test_correct_kernel_on_random_layouts_and_blocks(seed):
     block = torch.rand(b, h, 6, 6, generator=g) < 0.3
     block[..., 5, :] = False
     block[..., :, 5] = False
+    return part_ids, q, k, v, block
+
+
+def _zeroed_reference(q, k, v, bias, cut, scaling):
+    """Float64 post-softmax zeroing without renormalisation, (B, T, H, D)."""
+    scores = (q @ k.transpose(-1, -2)).double() * scaling + bias.double()
+    return (torch.softmax(scores, -1).masked_fill(cut, 0.0) @ v.double()).transpose(1, 2)
+
+
+@needs_op
+@pytest.mark.parametrize("rows_mode", ["all", "gathered"])
+@pytest.mark.parametrize("head_dim", [8, 16])
+@pytest.mark.parametrize("seed", range(4))
+def test_correct_kernel_on_random_layouts_and_blocks(seed, head_dim, rows_mode, monkeypatch):
+    """Random layouts and per-row, per-head cut blocks: the one-pass kernel equals float64
+    post-softmax zeroing, on both routes (head dimension 8: the widened pass, where document rows
+    read their own value block; 16: the correction of document rows over the short columns) and
+    with the corrected rows taken all at once or gathered."""
+    from matchsig.engine import correction
+
+    monkeypatch.setattr(correction, "ALL_ROWS_ABOVE", 0.0 if rows_mode == "all" else 1.0)
+    part_ids, q, k, v, block = _random_batch(seed, 5, 4, 23, head_dim)
     ctx = ForwardContext(part_ids=part_ids)
     out = _raw_cut("correct", q, k, v, ctx, block, 0.3)
-    scores = (q @ k.transpose(-1, -2)).double() * 0.3 + ctx.key_bias(q.dtype).double()
-    probs = torch.softmax(scores, -1).masked_fill(ctx.cut_mask(block), 0.0)
-    want = (probs @ v.double()).transpose(1, 2)
+    pl = correction.plan(ctx, block, correction.can_widen(q))
+    assert (pl.value_mask is not None) == (head_dim == 8)  # the route this case is meant to test ran
+    assert pl.coef_t is not None and pl.all_rows == (rows_mode == "all")
+    want = _zeroed_reference(q, k, v, ctx.key_bias(q.dtype), ctx.cut_mask(block), 0.3)
     real = (part_ids != 5)[:, :, None, None]  # padding rows are never read
     assert torch.allclose((out.double() * real), want * real, atol=1e-5)  # |v| ~ 6: fp32 rounding
+
+
+@needs_op
+@pytest.mark.parametrize("rows_mode", ["all", "gathered"])
+@pytest.mark.parametrize("head_dim", [8, 16])
+@pytest.mark.parametrize("mask", ["causal", "window", "per-head"])
+def test_correct_kernel_with_per_row_masks(mask, head_dim, rows_mode, monkeypatch):
+    """A per-row mask (a decoder's causal mask, ModernBERT's sliding window, T5's per-head position
+    bias) enters both the fused pass and the short-column correction at the right rows and columns."""
+    from matchsig.engine import correction
+
+    monkeypatch.setattr(correction, "ALL_ROWS_ABOVE", 0.0 if rows_mode == "all" else 1.0)
+    b, h, t = 5, 4, 23
+    part_ids, q, k, v, block = _random_batch(7, b, h, t, head_dim)
+    i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+    allowed = {"causal": j <= i, "window": (i - j).abs() <= 4, "per-head": torch.ones(t, t, dtype=torch.bool)}[mask]
+    allowed = allowed.expand(b, 1, t, t) & (part_ids != 5)[:, None, None, :]
+    allowed = allowed | (part_ids == 5)[:, None, :, None]  # padding rows read everything: no empty row
+    bias = torch.zeros(b, 1, t, t).masked_fill(~allowed, float("-inf"))
+    if mask == "per-head":
+        bias = bias + torch.randn(b, h, t, t, generator=torch.Generator().manual_seed(1))
+    ctx = ForwardContext(part_ids=part_ids)
+    out = K._correct(K.Call(q, k, v, bias, 0.3, ctx, block))[0]
+    want = _zeroed_reference(q, k, v, bias, ctx.cut_mask(block), 0.3)
+    real = (part_ids != 5)[:, :, None, None]
+    assert torch.isfinite(out).all()
+    assert torch.allclose((out.double() * real), want * real, atol=1e-5)
 
 
 @needs_op

@@ -13,13 +13,16 @@ Kernels (all exact; the tests pin each to a float64 reference):
 * ``"correct"``: one pass of a fused attention kernel that also returns each row's log-sum-exp
   ``lse`` (PyTorch's private CPU flash op, CUDA's memory-efficient op). A cut row either cuts all
   document columns or none (parts are cut whole) and the non-document columns are few, so with
-  ``P_ij = exp(q_i.k_j * scaling - lse_i)`` on those *small* columns only::
+  ``P_ij = exp(q_i.k_j * scaling - lse_i)`` on those *short* columns only::
 
-      row i cuts D:      out_i = sum_{j small, not cut} P_ij v_j
-      row i keeps D:     out_i = SDPA_i - sum_{j small, cut} P_ij v_j
+      row i cuts D:      out_i = sum_{j short, not cut} P_ij v_j
+      row i keeps D:     out_i = SDPA_i - sum_{j short, cut} P_ij v_j
 
-  Statistics come from the query x document sub-blocks ``exp(q_X . k_Y * scaling - lse_X)``
-  (:func:`matchsig.attention_stats.reduce_subblocks`), never from a full map;
+  only for the rows whose part has a partial cut (:mod:`matchsig.engine.correction`). With small
+  heads on CPU the pass is widened instead for the document rows (a second value block holding
+  the columns they keep). Statistics come from the query x document sub-blocks
+  ``exp(q_X . k_Y * scaling - lse_X)`` (:func:`matchsig.attention_stats.reduce_subblocks`), never
+  from a full map;
 * ``"fused"``: ``softmax(s) with block C zeroed == SDPA(s, -inf on C) * exp(lse(s, -inf on C) -
   lse(s))``, two fused passes (CPU fp32; kept for benchmarks);
 * ``"math"``: the explicit softmax, zeroing after it without renormalising (SPEC §3): the
@@ -45,14 +48,13 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .attention_stats import positions, reduce_probs, reduce_subblocks
+from . import correction
+from .attention_stats import reduce_probs, reduce_subblocks
 from ..errors import MatchsigError
-from .parts import PAD, Part
 
 if TYPE_CHECKING:
     from .context import ForwardContext
 
-_NP = PAD + 1  # part ids 0..4 plus padding
 
 _aten = getattr(torch.ops, "aten", None)
 _flash_cpu = getattr(_aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -244,11 +246,16 @@ def _math(call: Call):
 
 def _correct(call: Call):
     q, k, v, ctx = call.query, call.key, call.value, call.ctx
-    out_full, lse = _sdpa_lse(q, k, v, call.bias, call.scaling)
-    if call.block is not None:
-        out = _corrected(q, k, v, out_full, lse, call.block, ctx, call.scaling, call.bias)
-    else:
+    if call.block is None:
+        out_full, lse = _sdpa_lse(q, k, v, call.bias, call.scaling)
         out = out_full.transpose(1, 2).contiguous()
+    else:
+        pl = correction.plan(ctx, call.block, correction.can_widen(q))
+        widened = pl.value_mask is not None
+        out_pass, lse = _sdpa_lse(*(correction.widened_inputs(q, k, v, pl, ctx) if widened else (q, k, v)),
+                                  call.bias, call.scaling)
+        out = correction.combine(out_pass, pl, widened)
+        out = correction.apply(out, q, k, v, lse, pl, ctx, call.scaling, call.bias).to(q.dtype)
     if not call.stats:
         return out, None
     with _serial():
@@ -338,65 +345,12 @@ def _self_check(query, key, value, bias, scaling, out, lse) -> None:
                            f"{query.dtype} (max |diff| output {d_out:.2e}, log-sum-exp {d_lse:.2e})")
 
 
-def _small_columns(ctx: "ForwardContext") -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of the non-document, non-padding tokens per row, (B, n) long, and their part ids
-    (``PAD`` on the slots past a row's count)."""
-    hit = ctx._cut_cache.get("small")
-    if hit is None:
-        p = ctx.part_ids
-        pos, valid = positions((p != Part.D) & (p != PAD))
-        hit = (pos, p.gather(1, pos).masked_fill(~valid, PAD))
-        ctx._cut_cache["small"] = hit
-    return hit
-
-
-def _correction(ctx: "ForwardContext", block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For cut block ``block``: ``coef`` (B, H', T, n) fp32 and ``keep`` (B, H', T, 1) fp32, H' in {1, H}.
-
-    ``out_i = keep_i * SDPA_i + sum_m coef_im P_i,pos_m v_pos_m``: a row that cuts the document keeps
-    nothing of SDPA and adds back its kept small columns (coef 1); a row that keeps the document
-    keeps SDPA and subtracts its cut small columns (coef -1).
-    """
-    key = ("corr", id(block))
-    hit = ctx._cut_cache.get(key)
-    if hit is not None and hit[0] is block:
-        return hit[1]
-    original = block
-    if block.shape[1] > 1 and bool((block == block[:, :1]).all()):
-        block = block[:, :1]
-    pos, col_part = _small_columns(ctx)
-    p = ctx.part_ids
-    b, t = p.shape
-    hh = block.shape[1]
-    cuts_doc = block[..., int(Part.D)]  # (B', H', 6): per row part
-    coef = torch.where(cuts_doc[..., None], ~block, -block.to(torch.int8)).float()  # (B', H', 6, 6)
-    coef[..., PAD] = 0.0
-    idx = (p[:, :, None] * _NP + col_part[:, None, :]).flatten(1)  # (B, T*n)
-    coef_t = torch.gather(coef.flatten(2).expand(b, hh, -1), 2, idx[:, None, :].expand(b, hh, -1))
-    keep = torch.gather((~cuts_doc).float().expand(b, hh, -1), 2, p[:, None, :].expand(b, hh, -1))
-    value = (coef_t.view(b, hh, t, pos.shape[1]), keep[..., None])
-    ctx._cut_cache[key] = (original, value)
-    return value
-
-
 def _corrected(query, key, value, out_full, lse, block, ctx: "ForwardContext", scaling,
                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Post-softmax zeroing of ``block`` from one fused pass (``out_full``, ``lse``); (B, T, H, D).
-    ``bias``: the pass's additive mask, needed only when it is per row ((B, 1 or H, T, T))."""
-    coef, keep = _correction(ctx, block)
-    pos, _ = _small_columns(ctx)
-    b, h, _, d = query.shape
-    g = pos[:, None, :, None].expand(b, h, -1, d)
-    ks = key.gather(2, g).float()
-    vs = value.gather(2, g).float()
-    p = torch.matmul(query.float(), ks.transpose(-1, -2))  # (B, H, T, n) scores of the small columns
-    p.mul_(scaling).sub_(lse[..., None])
-    t = 1 if bias is None else bias.shape[-2]
-    if t > 1:  # a per-row mask (sliding window, causal): the small columns' own entries of it
-        p.add_(bias.gather(3, pos[:, None, None, :].expand(b, bias.shape[1], t, -1)).float())
-    p.exp_().mul_(coef)
-    out = torch.matmul(p, vs).addcmul_(out_full.float(), keep)
-    return out.transpose(1, 2).contiguous().to(query.dtype)
+    """Post-softmax zeroing of ``block`` from one plain fused pass (``out_full``, ``lse``); (B, T, H, D)."""
+    pl = correction.plan(ctx, block, widen=False)
+    out = correction.combine(out_full, pl, False)
+    return correction.apply(out, query, key, value, lse, pl, ctx, scaling, bias).to(query.dtype)
 
 
 class _serial:
