@@ -13,12 +13,17 @@ its part's cut set:
 The *short* columns are the non-document, non-padding tokens: few, so a corrected row costs one small
 (row x short columns) product, and only rows with a partial cut pay it (:class:`Plan`).
 
-Document rows are most rows. When the head dimension is small, the fused pass costs the same at
-twice the width (CPU flash op, fp32: measured 3.52 ms at d = 8 and 3.84 ms at d = 16 with the
-padding included, against 4.50 ms at d = 24; ``benchmarks/families.py`` tiny shapes), so the pass
-instead carries a second value block: values masked to the columns the document rows keep, and
-those rows read it directly (:func:`widened_inputs`, :func:`combine`): an exact sum computed by the
-fused kernel itself, no correction for document rows.
+Document rows are most rows. When the head dimension is small, the fused CPU pass costs the same
+at twice the width, so the pass instead carries a second value block: values masked to the columns
+the document rows keep, and those rows read it directly (:func:`widened_inputs`, :func:`combine`):
+an exact sum computed by the fused kernel itself, no correction for document rows. Measured by
+``benchmarks/widened_pass.py --rounds 41`` (``benchmarks/widened-pass.json``), against plain SDPA of
+the same call: 16 pairs x 4 heads x 151 tokens at head dimension 8, twice the width with its padding
+0.98x, three times 1.20x; at head dimension 64, twice the width 2.12x. Hence
+:data:`WIDEN_MAX_WIDTH` = 16 (one extra block, heads of 8) and never on realistic heads.
+
+The plan is built on the host (numpy on the 6 x 6 cut block and the (B, T) part ids): on a small
+model each tensor op costs tens of microseconds here, more than the arithmetic it does.
 """
 
 from __future__ import annotations
@@ -186,7 +191,7 @@ def apply(res: torch.Tensor, query, key, value, lse, pl: Plan, ctx: "ForwardCont
     short columns to ``res`` ((B, T, H, d) fp32, in place); returns ``res``. ``bias``: the pass's
     additive mask, needed only when it is per row ((B, 1 or H, T, T): sliding window, causal, T5's
     position bias)."""
-    if pl.row_keep is not None:
+    if pl.row_keep is not None and not pl.all_rows:  # (all rows: fused into the last step)
         res.mul_(pl.row_keep)  # measured 7 us against 46-82 us for masked_fill_ on (16, 151, 4, 8)
     out = res.transpose(1, 2)  # (B, H, T, d) view
     if pl.coef_t is None:
@@ -209,11 +214,17 @@ def apply(res: torch.Tensor, query, key, value, lse, pl: Plan, ctx: "ForwardCont
     if bias is not None and bias.shape[-2] > 1:  # a per-row mask: its entries at these rows and columns
         s.add_(_bias_block(bias, pl, pos, ctx))
     s.exp_().mul_(pl.coef_t)
-    corr = torch.bmm(vs.transpose(1, 2), s.view(b * h, -1, r)).view(b, h, d, r).transpose(-1, -2)  # (B, H, R, d)
-    if pl.all_rows:
-        out.add_(corr)
-    else:
+    s = s.view(b * h, -1, r)
+    if d >= 16:  # (B, H, R, d) laid out row by row: the add into the output reads it in order
+        corr = torch.bmm(s.transpose(1, 2), vs).view(b, h, r, d)
+    else:  # tiny heads: this orientation multiplies 2.4x faster (measured, 16 x 4 heads x 151 tokens)
+        corr = torch.bmm(vs.transpose(1, 2), s).view(b, h, d, r).transpose(-1, -2)
+    if not pl.all_rows:
         out.scatter_add_(2, at, corr)
+    elif pl.row_keep is None:
+        out.add_(corr)
+    else:  # one pass over the output instead of two: res * row_keep + corr
+        torch.addcmul(corr.transpose(1, 2), res, pl.row_keep, out=res)
     return res
 
 
