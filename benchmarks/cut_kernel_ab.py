@@ -24,7 +24,6 @@ import torch
 
 from common import REPO, dump, git_commit, machine_info
 
-PARTS = ["CLS", "Q", "SEP1", "D", "SEP2"]
 SHAPES = {"tiny": (4, 8), "minilm": (12, 32), "base": (12, 64)}  # heads, head dimension
 SPECS = ["D<-D", "CLS<-*", "Q<-D,D<-Q"]
 
@@ -43,11 +42,10 @@ def _base_kernels(rev: str):
 
 
 def _block(spec: str, heads: int) -> torch.Tensor:
-    block = torch.zeros(1, heads, 6, 6, dtype=torch.bool)
-    for direction in spec.split(","):
-        x, y = direction.split("<-")
-        block[0, :, PARTS.index(x), list(range(5)) if y == "*" else PARTS.index(y)] = True
-    return block
+    """The (1, heads, 6, 6) cut block of ``spec`` in one layer, as the engine builds it."""
+    from matchsig import Ablation
+
+    return torch.as_tensor(Ablation.parse(spec).block_masks(1, heads)[0])[None]
 
 
 def main() -> None:

@@ -51,14 +51,14 @@ ALL_ROWS_ABOVE = 0.5
 class Plan:
     """What one cut block asks of each row of a batch (cached per context and block).
 
-    ``row_keep``: (B, T, H', 1) fp32, 0 on the rows that start from nothing (they keep nothing, or they
-    cut the document and add their kept short columns), 1 elsewhere (None: no such row). ``rows``: (B, R) positions of
-    the rows corrected over the short columns (None: none; slots past a row's count hold rows that
-    need nothing, with ``coef`` 0 and ``keep`` 1). ``coef_t``: (B, H', n, R) +1 (add a kept short
-    column), -1 (remove a cut one) or 0; ``keep``: (B, H', R, 1), 1 where the row keeps the pass's
-    output. ``value_mask``: (B, H', T, 1) fp32, 1 on the key positions the document rows keep, when
-    the pass is widened (else None); ``not_doc``: (B, 1, T, 1) fp32, 1 on rows that are not document
-    rows (widened only). H' is 1 when every head is cut alike, else H."""
+    ``row_keep``: (B, T, H', 1) fp32, 0 on the rows that start from nothing (they keep nothing, or
+    they cut the document and add their kept short columns), 1 elsewhere (None: no such row).
+    ``rows``: (B, R) positions of the rows corrected over the short columns, or None when there are
+    none or ``all_rows`` (every row is taken, R = T); slots past a row's count hold rows that need
+    nothing (``coef_t`` 0 there). ``coef_t``: (B, H', n, R) +1 (add a kept short column), -1
+    (remove a cut one) or 0. ``value_mask``: (B, H', T, 1) fp32, 1 on the key positions the document
+    rows keep, when the pass is widened (else None); ``not_doc``: (B, 1, T, 1) fp32, 1 on rows that
+    are not document rows (widened only). H' is 1 when every head is cut alike, else H."""
 
     row_keep: torch.Tensor | None
     rows: torch.Tensor | None
@@ -66,6 +66,11 @@ class Plan:
     value_mask: torch.Tensor | None = None
     not_doc: torch.Tensor | None = None
     all_rows: bool = False
+
+    @property
+    def widened(self) -> bool:
+        """Whether the fused pass carries the document rows' value block."""
+        return self.value_mask is not None
 
 
 def _host_positions(hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,10 +177,10 @@ def widened_inputs(query, key, value, pl: Plan, ctx: "ForwardContext"):
     return q2, k2, v2
 
 
-def combine(out: torch.Tensor, pl: Plan | None, widened: bool) -> torch.Tensor:
+def combine(out: torch.Tensor, pl: Plan) -> torch.Tensor:
     """The pass's (B, H, T, d or 2d) output as a (B, T, H, d) fp32 tensor this call owns: document
     rows read their kept block, the other rows the sum of both blocks (the full output)."""
-    if not widened:
+    if not pl.widened:
         res = out.transpose(1, 2).contiguous()  # the CPU op's output is laid out (B, T, H, d): no copy
         return res if res.dtype == torch.float32 else res.float()
     b, h, t, d2 = out.shape

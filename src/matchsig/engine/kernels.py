@@ -251,11 +251,9 @@ def _correct(call: Call):
         out = out_full.transpose(1, 2).contiguous()
     else:
         pl = correction.plan(ctx, call.block, correction.can_widen(q))
-        widened = pl.value_mask is not None
-        out_pass, lse = _sdpa_lse(*(correction.widened_inputs(q, k, v, pl, ctx) if widened else (q, k, v)),
+        out_pass, lse = _sdpa_lse(*(correction.widened_inputs(q, k, v, pl, ctx) if pl.widened else (q, k, v)),
                                   call.bias, call.scaling)
-        out = correction.combine(out_pass, pl, widened)
-        out = correction.apply(out, q, k, v, lse, pl, ctx, call.scaling, call.bias).to(q.dtype)
+        out = _corrected(q, k, v, out_pass, lse, call.block, ctx, call.scaling, call.bias, pl)
     if not call.stats:
         return out, None
     with _serial():
@@ -345,11 +343,12 @@ def _self_check(query, key, value, bias, scaling, out, lse) -> None:
                            f"{query.dtype} (max |diff| output {d_out:.2e}, log-sum-exp {d_lse:.2e})")
 
 
-def _corrected(query, key, value, out_full, lse, block, ctx: "ForwardContext", scaling,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Post-softmax zeroing of ``block`` from one plain fused pass (``out_full``, ``lse``); (B, T, H, D)."""
-    pl = correction.plan(ctx, block, widen=False)
-    out = correction.combine(out_full, pl, False)
+def _corrected(query, key, value, out_pass, lse, block, ctx: "ForwardContext", scaling,
+               bias: torch.Tensor | None = None, pl: "correction.Plan | None" = None) -> torch.Tensor:
+    """Post-softmax zeroing of ``block`` from one fused pass (``out_pass``, ``lse``) run as plan ``pl``
+    asks (default: a plain pass, not widened); (B, T, H, D)."""
+    pl = pl if pl is not None else correction.plan(ctx, block, widen=False)
+    out = correction.combine(out_pass, pl)
     return correction.apply(out, query, key, value, lse, pl, ctx, scaling, bias).to(query.dtype)
 
 
